@@ -1,0 +1,153 @@
+//! Configuration from flags and environment (clap). Every duration and count is a setting so that tests
+//! can shorten them; the defaults are the documented policy (see README "Settings").
+
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+use secrecy::SecretString;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AppEnv {
+    Development,
+    Test,
+    Production,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SmsProvider {
+    /// Writes the code to the log. Development only: refused when APP_ENV=production.
+    Log,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct Config {
+    /// development, test or production. Production refuses development conveniences
+    /// (log SMS sender, generated secrets and keys).
+    #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
+    pub app_env: AppEnv,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// PostgreSQL URL. The database is created if it does not exist; migrations run at start.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/phone_auth",
+        hide_env_values = true
+    )]
+    pub database_url: SecretString,
+
+    /// Maximum PostgreSQL connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: SecretString,
+
+    /// Prefix of every Redis key this service writes (lets several deployments or tests share one Redis).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "phone-auth:")]
+    pub redis_key_prefix: String,
+
+    /// Maximum Redis connections in the pool.
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: u32,
+
+    /// ISO 3166 region (e.g. US, GB) used for phone numbers written without a leading +.
+    /// Unset: such numbers are refused with BAD_USER_INPUT.
+    #[arg(long, env = "DEFAULT_REGION")]
+    pub default_region: Option<String>,
+
+    /// Server secret for the HMAC under which one-time codes are stored (at least 32 bytes).
+    /// Required in production; generated at start (and logged as such) otherwise.
+    #[arg(long, env = "OTP_HMAC_SECRET", hide_env_values = true)]
+    pub otp_hmac_secret: Option<SecretString>,
+
+    /// Lifetime of a one-time code, seconds.
+    #[arg(long, env = "OTP_TTL_SECONDS", default_value_t = 300)]
+    pub otp_ttl_seconds: u64,
+
+    /// Wrong tries that burn a code (TOO_MANY_ATTEMPTS).
+    #[arg(long, env = "OTP_MAX_ATTEMPTS", default_value_t = 5)]
+    pub otp_max_attempts: u32,
+
+    /// Seconds after a code is sent before another may be requested for the same phone.
+    #[arg(long, env = "OTP_RESEND_COOLDOWN_SECONDS", default_value_t = 60)]
+    pub otp_resend_cooldown_seconds: u64,
+
+    /// Codes a phone may be sent per window (OTP_SEND_WINDOW_SECONDS).
+    #[arg(long, env = "OTP_MAX_SENDS_PER_WINDOW", default_value_t = 5)]
+    pub otp_max_sends_per_window: u32,
+
+    /// Window for OTP_MAX_SENDS_PER_WINDOW and OTP_MAX_FAILURES_PER_WINDOW, seconds.
+    #[arg(long, env = "OTP_SEND_WINDOW_SECONDS", default_value_t = 3600)]
+    pub otp_window_seconds: u64,
+
+    /// Failed code checks a phone may make per window over any number of codes (NIST SP 800-63B 5.2.2).
+    #[arg(long, env = "OTP_MAX_FAILURES_PER_WINDOW", default_value_t = 10)]
+    pub otp_max_failures_per_window: u32,
+
+    /// Lifetime of the registration token verifyUser returns for a new phone, seconds.
+    #[arg(long, env = "REGISTRATION_TOKEN_TTL_SECONDS", default_value_t = 600)]
+    pub registration_token_ttl_seconds: u64,
+
+    /// Consecutive wrong passwords that lock password sign-in for a phone.
+    #[arg(long, env = "LOCKOUT_MAX_FAILURES", default_value_t = 3)]
+    pub lockout_max_failures: u32,
+
+    /// How long password sign-in stays locked, seconds.
+    #[arg(long, env = "LOCKOUT_SECONDS", default_value_t = 3600)]
+    pub lockout_seconds: u64,
+
+    /// Lifetime of an access token (JWT), seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECONDS", default_value_t = 900)]
+    pub access_token_ttl_seconds: u64,
+
+    /// Absolute lifetime of a session and its refresh tokens, seconds (30 days).
+    #[arg(long, env = "SESSION_TTL_SECONDS", default_value_t = 2_592_000)]
+    pub session_ttl_seconds: u64,
+
+    /// `iss` claim of access tokens.
+    #[arg(long, env = "JWT_ISSUER", default_value = "http://127.0.0.1:8080")]
+    pub jwt_issuer: String,
+
+    /// `aud` claim of access tokens.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "phone-auth")]
+    pub jwt_audience: String,
+
+    /// Ed25519 signing keys, comma-separated `kid:base64url-32-byte-seed`, newest first: the first signs,
+    /// all verify (rotation). Required in production; one is generated at start otherwise.
+    #[arg(long, env = "JWT_SIGNING_KEYS", hide_env_values = true)]
+    pub jwt_signing_keys: Option<SecretString>,
+
+    /// Password hashes computed at once (argon2id is CPU bound: default the number of cores).
+    #[arg(long, env = "HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+
+    /// How long a request waits for a hashing slot before SERVICE_UNAVAILABLE, milliseconds.
+    #[arg(long, env = "HASH_QUEUE_TIMEOUT_MS", default_value_t = 2000)]
+    pub hash_queue_timeout_ms: u64,
+
+    /// How SMS codes are delivered.
+    #[arg(long, env = "SMS_PROVIDER", value_enum, default_value = "log")]
+    pub sms_provider: SmsProvider,
+
+    /// Seconds a request may take before it is answered with 408 and its work dropped.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 15)]
+    pub request_timeout_seconds: u64,
+}
+
+impl Config {
+    /// The defaults, as if no flag or variable were given (used by tests and `print-schema`).
+    pub fn defaults() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        Wrapper::parse_from(["phone-auth"]).config
+    }
+}

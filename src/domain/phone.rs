@@ -1,0 +1,223 @@
+//! Phone numbers, parsed with the `phonenumber` crate (a port of Google's libphonenumber) and kept in
+//! E.164 form (`+16502530000`). Every counter, key and row is keyed on that canonical form, so that
+//! "+1 (650) 253-0000", "16502530000" with region US and "＋１６５０２５３００００" are one phone.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use phonenumber::country::Id;
+use phonenumber::Type;
+
+use crate::domain::digit_value;
+use crate::error::AppError;
+
+/// E.164 allows at most 15 digits, country code included (ITU-T E.164 section 6).
+const MAX_DIGITS: usize = 15;
+/// Longest input scanned at all: 15 digits of up to 3 UTF-8 bytes, a `+`, and room for separators.
+const MAX_INPUT_BYTES: usize = 64;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber {
+    e164: String,
+    region: Option<Id>,
+}
+
+/// What numbers the service accepts.
+#[derive(Clone, Debug, Default)]
+pub struct PhonePolicy {
+    /// Region assumed for numbers written without `+`. None: such numbers are refused.
+    pub default_region: Option<Id>,
+    /// If set, only numbers of these regions are accepted (an SMS-pumping defence).
+    pub allowed_regions: Option<HashSet<Id>>,
+}
+
+impl PhonePolicy {
+    pub fn from_config(default_region: Option<&str>, allowed: Option<&str>) -> anyhow::Result<Self> {
+        let parse_id = |s: &str| -> anyhow::Result<Id> {
+            s.trim()
+                .to_ascii_uppercase()
+                .parse::<Id>()
+                .map_err(|_| anyhow::anyhow!("unknown region code {s:?} (expected e.g. US, GB, IR)"))
+        };
+        let default_region = default_region.filter(|s| !s.trim().is_empty()).map(parse_id).transpose()?;
+        let allowed_regions = match allowed.filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(list) => Some(list.split(',').map(parse_id).collect::<anyhow::Result<HashSet<_>>>()?),
+        };
+        Ok(PhonePolicy {
+            default_region,
+            allowed_regions,
+        })
+    }
+}
+
+impl PhoneNumber {
+    /// Parses what a user typed. Accepted: digits (see `digit_value`), one leading `+`, and the
+    /// separators space, `-`, `.`, `(`, `)`. Refused before parsing: letters (libphonenumber would read
+    /// `+1 800 FLOWERS` as digits), extensions, control and invisible characters, more than 15 digits.
+    /// Numbers libphonenumber considers invalid are refused, and so are number types no SMS can reach
+    /// (premium rate, shared cost, toll free, UAN, voicemail).
+    pub fn parse(input: &str, policy: &PhonePolicy) -> Result<Self, AppError> {
+        let bad = |message: &str| AppError::bad_input("phone", "INVALID_PHONE", message);
+        if input.len() > MAX_INPUT_BYTES {
+            return Err(bad("The phone number is too long."));
+        }
+        let mut cleaned = String::with_capacity(MAX_DIGITS + 1);
+        let mut digits = 0usize;
+        for c in input.chars() {
+            match c {
+                '+' | '\u{FF0B}' => {
+                    if !cleaned.is_empty() {
+                        return Err(bad("A + may only start the phone number."));
+                    }
+                    cleaned.push('+');
+                }
+                ' ' | '-' | '.' | '(' | ')' => {}
+                c => {
+                    let d = digit_value(c).ok_or_else(|| {
+                        bad("A phone number may contain only digits, a leading +, spaces, dashes, dots and brackets.")
+                    })?;
+                    digits += 1;
+                    if digits > MAX_DIGITS {
+                        return Err(bad("A phone number has at most 15 digits."));
+                    }
+                    cleaned.push(char::from_digit(d, 10).unwrap_or('0'));
+                }
+            }
+        }
+        if digits == 0 {
+            return Err(bad("The phone number is empty."));
+        }
+        let international = cleaned.starts_with('+');
+        if !international && policy.default_region.is_none() {
+            return Err(bad("Write the phone number in international form, starting with + and the country code."));
+        }
+        let region = if international { None } else { policy.default_region };
+        let parsed = phonenumber::parse(region, &cleaned).map_err(|_| bad("This is not a valid phone number."))?;
+        if !parsed.is_valid() {
+            return Err(bad("This is not a valid phone number."));
+        }
+        match parsed.number_type(&phonenumber::metadata::DATABASE) {
+            Type::PremiumRate | Type::SharedCost | Type::TollFree | Type::Uan | Type::Voicemail => {
+                return Err(AppError::bad_input(
+                    "phone",
+                    "UNSUPPORTED_NUMBER_TYPE",
+                    "Codes cannot be sent to this kind of number (premium rate, shared cost, toll free, UAN or voicemail).",
+                ));
+            }
+            _ => {}
+        }
+        let number_region = parsed.country().id();
+        if let Some(allowed) = &policy.allowed_regions
+            && !number_region.is_some_and(|r| allowed.contains(&r))
+        {
+            return Err(AppError::bad_input(
+                "phone",
+                "COUNTRY_NOT_ALLOWED",
+                "Phone numbers of this country are not accepted.",
+            ));
+        }
+        let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
+        Ok(PhoneNumber {
+            e164,
+            region: number_region,
+        })
+    }
+
+    /// Rebuilds a number read back from our own storage (already canonical).
+    pub fn from_trusted_e164(e164: String) -> Self {
+        PhoneNumber { e164, region: None }
+    }
+
+    pub fn e164(&self) -> &str {
+        &self.e164
+    }
+
+    pub fn region(&self) -> Option<Id> {
+        self.region
+    }
+}
+
+impl fmt::Debug for PhoneNumber {
+    /// Phone numbers are personal data: logs show the country code and the last two digits only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tail = &self.e164[self.e164.len().saturating_sub(2)..];
+        write!(f, "PhoneNumber(..{tail})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us() -> PhonePolicy {
+        PhonePolicy::from_config(Some("US"), None).unwrap()
+    }
+
+    #[test]
+    fn every_form_of_one_number_is_one_value() {
+        let forms = [
+            "+16502530000",
+            "+1 650 253 0000",
+            "+1 (650) 253-0000",
+            "+1.650.253.0000",
+            "6502530000",
+            "(650) 253-0000",
+            "＋１６５０２５３００００",
+            "+١٦٥٠٢٥٣٠٠٠٠",
+            "+۱۶۵۰۲۵۳۰۰۰۰",
+        ];
+        for f in forms {
+            assert_eq!(PhoneNumber::parse(f, &us()).unwrap().e164(), "+16502530000", "{f}");
+        }
+    }
+
+    #[test]
+    fn national_form_needs_a_default_region() {
+        let none = PhonePolicy::default();
+        assert!(PhoneNumber::parse("6502530000", &none).is_err());
+        assert!(PhoneNumber::parse("+16502530000", &none).is_ok());
+    }
+
+    #[test]
+    fn refuses_hostile_and_invalid_input() {
+        for bad in [
+            "",
+            "+",
+            "++16502530000",
+            "+1 800 FLOWERS",
+            "+1650253000\u{0}",
+            "+1650\u{200B}2530000",
+            "+1 650 253 0000 ext. 12",
+            "+1234567890123456",
+            "+1 555 123 4567",
+            "1+6502530000",
+        ] {
+            assert!(PhoneNumber::parse(bad, &us()).is_err(), "{bad:?} accepted");
+        }
+        assert!(PhoneNumber::parse(&"1".repeat(1 << 20), &us()).is_err());
+    }
+
+    #[test]
+    fn refuses_number_types_that_are_never_a_phone() {
+        // US toll free.
+        let e = PhoneNumber::parse("+1 800 253 0000", &us()).unwrap_err();
+        assert!(matches!(e, AppError::BadInput { reason: "UNSUPPORTED_NUMBER_TYPE", .. }));
+        // UK premium rate.
+        assert!(PhoneNumber::parse("+44 909 879 0000", &us()).is_err());
+    }
+
+    #[test]
+    fn allow_list_of_regions() {
+        let p = PhonePolicy::from_config(None, Some("GB, IR")).unwrap();
+        assert!(PhoneNumber::parse("+989121234567", &p).is_ok());
+        let e = PhoneNumber::parse("+16502530000", &p).unwrap_err();
+        assert!(matches!(e, AppError::BadInput { reason: "COUNTRY_NOT_ALLOWED", .. }));
+    }
+
+    #[test]
+    fn debug_hides_the_number() {
+        let p = PhoneNumber::parse("+16502530000", &us()).unwrap();
+        assert_eq!(format!("{p:?}"), "PhoneNumber(..00)");
+    }
+}

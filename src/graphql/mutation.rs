@@ -1,0 +1,112 @@
+use std::sync::Arc;
+
+use async_graphql::{Context, Object, Result};
+
+use crate::domain::{OtpCode, Password, PersonName, PhoneNumber};
+use crate::graphql::RequestContext;
+use crate::graphql::types::{
+    AuthPayload, GenerateCodePayload, LogoutPayload, RegisterInput, VerifyUserPayload, clamp_i32,
+};
+use crate::services::auth::{AuthService, Verified};
+
+/// Sign-up and sign-in by phone.
+///
+/// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
+/// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED (with
+/// `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED, SERVICE_UNAVAILABLE,
+/// INTERNAL_SERVER_ERROR.
+pub struct Mutation;
+
+fn auth<'a>(ctx: &Context<'a>) -> &'a AuthService {
+    ctx.data_unchecked::<Arc<AuthService>>()
+}
+
+#[Object]
+impl Mutation {
+    /// Sends a 6-digit code by SMS to `phone` (E.164, or national form when the server has a default
+    /// region). The answer is the same whether or not the phone has an account. Errors: BAD_USER_INPUT,
+    /// RATE_LIMITED (one code per 60 s, 5 per hour per phone).
+    async fn generate_code(&self, ctx: &Context<'_>, phone: String) -> Result<GenerateCodePayload> {
+        let auth = auth(ctx);
+        let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
+        let sent = auth.generate_code(&phone).await?;
+        Ok(GenerateCodePayload {
+            phone: phone.e164().to_owned(),
+            expires_in_seconds: clamp_i32(sent.expires_in_seconds),
+            resend_in_seconds: clamp_i32(sent.resend_in_seconds),
+        })
+    }
+
+    /// Checks the code sent to `phone` and uses it up. A registered phone is signed in; a new phone gets
+    /// a registration token. Errors: BAD_USER_INPUT, INVALID_CODE (wrong, expired, used or none
+    /// pending), TOO_MANY_ATTEMPTS (the 5th wrong try burns the code), RATE_LIMITED (10 failed checks per
+    /// hour per phone).
+    async fn verify_user(&self, ctx: &Context<'_>, phone: String, code: String) -> Result<VerifyUserPayload> {
+        let auth = auth(ctx);
+        let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
+        let code = OtpCode::parse(&code)?;
+        let e164 = phone.e164().to_owned();
+        Ok(match auth.verify_user(&phone, &code).await? {
+            Verified::SignedIn(signed_in) => VerifyUserPayload {
+                phone: e164,
+                registered: true,
+                auth: Some(signed_in.into()),
+                registration_token: None,
+                registration_token_expires_in_seconds: None,
+            },
+            Verified::NewPhone {
+                registration_token,
+                expires_in_seconds,
+            } => VerifyUserPayload {
+                phone: e164,
+                registered: false,
+                auth: None,
+                registration_token: Some(registration_token),
+                registration_token_expires_in_seconds: Some(clamp_i32(expires_in_seconds)),
+            },
+        })
+    }
+
+    /// Creates the account of a verified phone and signs it in. Errors: BAD_USER_INPUT (password:
+    /// TOO_SHORT, TOO_LONG, TOO_COMMON; names: TOO_LONG, INVALID_CHARACTERS), INVALID_TOKEN,
+    /// PHONE_ALREADY_REGISTERED, SERVICE_UNAVAILABLE.
+    async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<AuthPayload> {
+        let password = Password::parse(&input.password)?;
+        let first_name = PersonName::parse_optional("firstName", input.first_name.as_deref())?;
+        let last_name = PersonName::parse_optional("lastName", input.last_name.as_deref())?;
+        let signed_in = auth(ctx)
+            .register(&input.registration_token, &password, first_name.as_ref(), last_name.as_ref())
+            .await?;
+        Ok(signed_in.into())
+    }
+
+    /// Signs in with phone and password. Errors: BAD_USER_INPUT, INVALID_CREDENTIALS (unknown phone or
+    /// wrong password: one answer), ACCOUNT_LOCKED (3 wrong passwords lock password sign-in for an hour;
+    /// a sign-in by code lifts it), SERVICE_UNAVAILABLE.
+    async fn login(&self, ctx: &Context<'_>, phone: String, password: String) -> Result<AuthPayload> {
+        let auth = auth(ctx);
+        let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
+        let password = Password::for_login(&password)?;
+        Ok(auth.login(&phone, &password).await?.into())
+    }
+
+    /// Exchanges a refresh token for a new access token and refresh token (the old one is used up;
+    /// using it again revokes the session). Errors: INVALID_TOKEN.
+    async fn refresh_token(&self, ctx: &Context<'_>, refresh_token: String) -> Result<AuthPayload> {
+        Ok(auth(ctx).refresh(&refresh_token).await?.into())
+    }
+
+    /// Revokes the current session, or every session of the user with `allSessions: true`. Takes effect
+    /// at once. Errors: UNAUTHENTICATED.
+    async fn logout(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = false)] all_sessions: bool,
+    ) -> Result<LogoutPayload> {
+        let bearer = ctx.data_opt::<RequestContext>().and_then(|r| r.bearer.as_deref());
+        let revoked = auth(ctx).logout(bearer, all_sessions).await?;
+        Ok(LogoutPayload {
+            revoked_sessions: clamp_i32(revoked),
+        })
+    }
+}

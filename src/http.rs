@@ -1,0 +1,229 @@
+//! The HTTP edge: routes, the GraphQL transport, health and key discovery.
+//!
+//! We do not use async-graphql-axum's extractor for POST: as it comes it accepts JSON-array batches,
+//! text/plain and form bodies (a cross-site request path with no CORS preflight) and reads up to 5 MiB.
+//! Here a request is one JSON object, sent as `application/json`, of at most `MAX_BODY_BYTES`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::parser::types::OperationType;
+use async_graphql::{ServerError, Value};
+use async_graphql_axum::GraphQLResponse;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use sqlx::PgPool;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::error::codes;
+use crate::graphql::{AuthSchema, RequestContext};
+use crate::services::auth::AuthService;
+
+/// Our largest legitimate request (register with a 128-character password and names) is under 2 KiB;
+/// 32 KiB leaves room for comments and formatting in hand-written queries.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub schema: AuthSchema,
+    pub auth: Arc<AuthService>,
+    pub pg: PgPool,
+    pub redis: ConnectionManager,
+    pub issuer: String,
+}
+
+pub fn router(state: HttpState, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/openid-configuration", get(openid_configuration))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .with_state(state)
+}
+
+/// A request-level failure (nothing was executed), in the GraphQL response shape.
+fn request_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })))
+        .into_response()
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    // Only `Authorization: Bearer`: never a cookie or a query parameter, so a token cannot ride along
+    // on a cross-site request or land in an access log.
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn graphql_post(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !is_json(&headers) {
+        return request_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Send the GraphQL request as Content-Type: application/json.",
+        );
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            "BATCH_NOT_SUPPORTED",
+            "Batched requests are not supported: send one operation per request.",
+        );
+    }
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("The body is not a valid GraphQL request in JSON: {e}");
+            return request_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &message);
+        }
+    };
+    execute(&state, request, &headers).await
+}
+
+async fn graphql_get(State(state): State<HttpState>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Html(graphiql_html()).into_response();
+    };
+    let request = match async_graphql::http::parse_query_string(&query) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("The query string is not a valid GraphQL request: {e}");
+            return request_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &message);
+        }
+    };
+    // GET must be safe: a mutation by GET could be triggered by a link or an <img> (GraphQL over HTTP).
+    if let Ok(doc) = async_graphql::parser::parse_query(&request.query)
+        && doc.operations.iter().any(|(_, op)| op.node.ty != OperationType::Query)
+    {
+        let mut response = request_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "Mutations must be sent with POST.",
+        );
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    execute(&state, request, &headers).await
+}
+
+async fn execute(state: &HttpState, request: async_graphql::Request, headers: &HeaderMap) -> Response {
+    let context = RequestContext {
+        bearer: bearer_token(headers),
+    };
+    let mut response = state.schema.execute(request.data(context)).await;
+    for error in &mut response.errors {
+        tag_uncoded(error);
+    }
+    GraphQLResponse::from(response).into_response()
+}
+
+/// Errors from our resolvers always carry a code. Those that do not come from async-graphql itself:
+/// a document that does not parse or validate (no path), or an argument it could not coerce.
+fn tag_uncoded(error: &mut ServerError) {
+    let has_code = error.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
+    if has_code {
+        return;
+    }
+    let code = if error.path.is_empty() {
+        "GRAPHQL_VALIDATION_FAILED"
+    } else {
+        codes::BAD_USER_INPUT
+    };
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", Value::String(code.into()));
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let pg = sqlx::query("select 1").execute(&state.pg);
+    let mut redis = state.redis.clone();
+    let ping_cmd = redis::cmd("PING");
+    let ping = ping_cmd.query_async::<String>(&mut redis);
+    let (pg, redis) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(2), pg),
+        tokio::time::timeout(Duration::from_secs(2), ping)
+    );
+    let pg_ok = matches!(pg, Ok(Ok(_)));
+    let redis_ok = matches!(redis, Ok(Ok(_)));
+    let status = if pg_ok && redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    (status, axum::Json(json!({ "postgres": word(pg_ok), "redis": word(redis_ok) }))).into_response()
+}
+
+async fn jwks(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(state.auth.tokens.jwks().clone()),
+    )
+        .into_response()
+}
+
+async fn openid_configuration(State(state): State<HttpState>) -> Response {
+    let issuer = state.issuer.trim_end_matches('/');
+    axum::Json(json!({
+        "issuer": state.issuer,
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+    }))
+    .into_response()
+}
+
+fn graphiql_html() -> String {
+    // GraphiQL 4 and React from a CDN (unpkg): the page needs internet access in the browser. The
+    // bearer header is editable in the "Headers" tab.
+    r#"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>phone-auth GraphiQL</title>
+  <style>body { margin: 0; height: 100vh; } #graphiql { height: 100vh; }</style>
+  <link rel="stylesheet" href="https://unpkg.com/graphiql@4.1.2/graphiql.min.css">
+</head>
+<body>
+  <div id="graphiql">Loading GraphiQL from unpkg.com...</div>
+  <script crossorigin src="https://unpkg.com/react@18.3.1/umd/react.production.min.js"></script>
+  <script crossorigin src="https://unpkg.com/react-dom@18.3.1/umd/react-dom.production.min.js"></script>
+  <script crossorigin src="https://unpkg.com/graphiql@4.1.2/graphiql.min.js"></script>
+  <script>
+    const fetcher = GraphiQL.createFetcher({ url: window.location.pathname });
+    ReactDOM.createRoot(document.getElementById('graphiql')).render(
+      React.createElement(GraphiQL, {
+        fetcher,
+        isHeadersEditorEnabled: true,
+        defaultHeaders: '{\n  "Authorization": "Bearer <accessToken>"\n}',
+      })
+    );
+  </script>
+</body>
+</html>"#
+        .to_owned()
+}

@@ -1,0 +1,183 @@
+//! The sign-up and sign-in flows, composed from the single-concern services. Owns no state of its own.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::domain::{OtpCode, Password, PersonName, PhoneNumber, PhonePolicy};
+use crate::error::{AppError, AppResult};
+use crate::services::hasher::PasswordHasher;
+use crate::services::lockout::LockoutService;
+use crate::services::otp::OtpService;
+use crate::services::registration::RegistrationTokens;
+use crate::services::sessions::SessionStore;
+use crate::services::sms::{SmsMessage, SmsSender, message_body};
+use crate::services::tokens::TokenService;
+use crate::services::users::{User, UserStore};
+
+pub struct AuthService {
+    pub phone_policy: PhonePolicy,
+    pub app_name: String,
+    pub otp: OtpService,
+    pub lockout: LockoutService,
+    pub users: UserStore,
+    pub sessions: SessionStore,
+    pub tokens: TokenService,
+    pub registration: RegistrationTokens,
+    pub hasher: PasswordHasher,
+    pub sms: Arc<dyn SmsSender>,
+}
+
+pub struct CodeSent {
+    pub expires_in_seconds: u64,
+    pub resend_in_seconds: u64,
+}
+
+pub struct SignedIn {
+    pub user: User,
+    pub access_token: String,
+    pub expires_in_seconds: u64,
+    pub refresh_token: String,
+}
+
+pub enum Verified {
+    /// The phone has an account: signed in by code.
+    SignedIn(SignedIn),
+    /// A new phone: this token lets its holder register it.
+    NewPhone { registration_token: String, expires_in_seconds: u64 },
+}
+
+impl AuthService {
+    async fn sign_in(&self, user: User) -> AppResult<SignedIn> {
+        let session = self.sessions.create(user.id).await?;
+        let access_token = self.tokens.issue(user.id, session.session_id)?;
+        Ok(SignedIn {
+            user,
+            access_token,
+            expires_in_seconds: self.tokens.ttl_seconds(),
+            refresh_token: session.refresh_token,
+        })
+    }
+
+    /// Sends a code. Answers the same whether or not the phone has an account.
+    #[tracing::instrument(skip(self))]
+    pub async fn generate_code(&self, phone: &PhoneNumber) -> AppResult<CodeSent> {
+        let issued = self.otp.issue(phone).await?;
+        let body = message_body(&self.app_name, &issued.code, issued.expires_in_seconds);
+        self.sms
+            .send(SmsMessage {
+                to: phone,
+                code: &issued.code,
+                body,
+            })
+            .await?;
+        Ok(CodeSent {
+            expires_in_seconds: issued.expires_in_seconds,
+            resend_in_seconds: issued.resend_in_seconds,
+        })
+    }
+
+    #[tracing::instrument(skip(self, code))]
+    pub async fn verify_user(&self, phone: &PhoneNumber, code: &OtpCode) -> AppResult<Verified> {
+        self.otp.consume(phone, code).await?;
+        match self.users.find_by_phone(phone).await? {
+            Some(user) => {
+                // Proving the phone is a stronger proof than the password: it lifts a password lock.
+                self.lockout.clear(phone).await?;
+                Ok(Verified::SignedIn(self.sign_in(user).await?))
+            }
+            None => Ok(Verified::NewPhone {
+                registration_token: self.registration.create(phone).await?,
+                expires_in_seconds: self.registration.ttl_seconds(),
+            }),
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn register(
+        &self,
+        registration_token: &str,
+        password: &Password,
+        first_name: Option<&PersonName>,
+        last_name: Option<&PersonName>,
+    ) -> AppResult<SignedIn> {
+        // Check the token before the expensive hash, but use it up only after the hash succeeded, so
+        // that a full hashing queue does not cost the user their token.
+        self.registration.peek(registration_token).await?;
+        let hash = self.hasher.hash(password).await?;
+        let phone = self.registration.consume(registration_token).await?;
+        let user = self
+            .users
+            .create(
+                &phone,
+                &hash,
+                first_name.map(PersonName::as_str),
+                last_name.map(PersonName::as_str),
+            )
+            .await?;
+        self.lockout.clear(&phone).await?;
+        self.sign_in(user).await
+    }
+
+    /// Password sign-in. Unknown phone and wrong password are the same answer, the same work (a hash
+    /// against a dummy) and the same count towards the lock.
+    #[tracing::instrument(skip(self, password))]
+    pub async fn login(&self, phone: &PhoneNumber, password: &Password) -> AppResult<SignedIn> {
+        self.lockout.reserve(phone).await?;
+        let outcome = async {
+            let found = self.users.find_credentials(phone).await?;
+            let ok = self.hasher.verify(password, found.as_ref().map(|(_, h)| h.as_str())).await?;
+            AppResult::Ok(found.filter(|_| ok).map(|(user, _)| user))
+        }
+        .await;
+        match outcome {
+            Ok(Some(user)) => {
+                self.lockout.clear(phone).await?;
+                self.sign_in(user).await
+            }
+            Ok(None) => {
+                if self.lockout.record_failure(phone).await? {
+                    Err(AppError::AccountLocked {
+                        retry_after_seconds: self.lockout.lock_seconds(),
+                    })
+                } else {
+                    Err(AppError::InvalidCredentials)
+                }
+            }
+            Err(e) => {
+                // The attempt never got an answer (queue full, store down): it must not count.
+                let _ = self.lockout.release(phone).await;
+                Err(e)
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn refresh(&self, refresh_token: &str) -> AppResult<SignedIn> {
+        let (user, session) = self.sessions.rotate(refresh_token).await?;
+        let access_token = self.tokens.issue(user.id, session.session_id)?;
+        Ok(SignedIn {
+            user,
+            access_token,
+            expires_in_seconds: self.tokens.ttl_seconds(),
+            refresh_token: session.refresh_token,
+        })
+    }
+
+    /// The user behind a bearer token whose session is live; None otherwise.
+    pub async fn current_user(&self, bearer: Option<&str>) -> AppResult<Option<(User, Uuid)>> {
+        let Some(token) = bearer else { return Ok(None) };
+        let Ok(verified) = self.tokens.verify(token) else { return Ok(None) };
+        Ok(self
+            .sessions
+            .live_user(verified.session_id, verified.user_id)
+            .await?
+            .map(|u| (u, verified.session_id)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn logout(&self, bearer: Option<&str>, all_sessions: bool) -> AppResult<u64> {
+        let (user, session_id) = self.current_user(bearer).await?.ok_or(AppError::Unauthenticated)?;
+        self.sessions.revoke(session_id, user.id, all_sessions).await
+    }
+}

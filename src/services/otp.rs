@@ -1,0 +1,182 @@
+//! One-time codes in Redis.
+//!
+//! Keys (all with a TTL, all in the phone's hash tag):
+//! - `{phone}:otp`       hash {h: HMAC-SHA256(secret, phone || 0 || code), tries}; TTL = code lifetime (300 s)
+//! - `{phone}:otp_cool`  present while a new code is refused; TTL = resend cooldown (60 s)
+//! - `{phone}:otp_sends` codes sent in the current window; TTL = window (3600 s)
+//! - `{phone}:otp_fails` failed checks in the current window, over any number of codes; TTL = window
+//!
+//! The code itself is never stored: only its HMAC under a server secret, so a Redis dump does not
+//! reveal live codes. Issuing and checking are each one Lua script, that is one atomic step and one
+//! round trip: of many parallel correct submissions exactly one consumes the code.
+
+use hmac::{Hmac, Mac};
+use redis::Script;
+use redis::aio::ConnectionManager;
+use secrecy::{ExposeSecret, SecretSlice};
+use sha2::Sha256;
+
+use crate::domain::{OtpCode, PhoneNumber};
+use crate::error::{AppError, AppResult};
+use crate::services::{Keys, retry_after_secs};
+
+#[derive(Clone, Debug)]
+pub struct OtpSettings {
+    pub ttl_seconds: u64,
+    pub max_attempts: u32,
+    pub resend_cooldown_seconds: u64,
+    pub max_sends_per_window: u32,
+    pub window_seconds: u64,
+    pub max_failures_per_window: u32,
+}
+
+pub struct Issued {
+    pub code: OtpCode,
+    pub expires_in_seconds: u64,
+    pub resend_in_seconds: u64,
+}
+
+// Returns {status, pttl_ms}: 0 stored, 1 cooling down, 2 window budget spent.
+// A new code replaces the pending one (its tries start at 0) but never touches otp_fails: a fresh code
+// must not reset the phone's failure count (NIST SP 800-63B 5.2.2).
+const ISSUE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {1, redis.call('PTTL', KEYS[2])}
+end
+local sends = tonumber(redis.call('GET', KEYS[3]) or '0')
+if sends >= tonumber(ARGV[4]) then
+  return {2, redis.call('PTTL', KEYS[3])}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'h', ARGV[1], 'tries', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+if redis.call('INCR', KEYS[3]) == 1 then
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+return {0, 0}
+";
+
+// Returns {status, pttl_ms}: 0 correct (code consumed), 1 invalid (wrong, expired, used, none),
+// 2 burnt by this wrong try, 3 phone over its failure budget for the window.
+const CHECK_LUA: &str = r"
+local fails = tonumber(redis.call('GET', KEYS[2]) or '0')
+if fails >= tonumber(ARGV[3]) then
+  return {3, redis.call('PTTL', KEYS[2])}
+end
+local h = redis.call('HGET', KEYS[1], 'h')
+if not h then
+  return {1, 0}
+end
+if h == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[2])
+  return {0, 0}
+end
+if redis.call('INCR', KEYS[2]) == 1 then
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+if redis.call('HINCRBY', KEYS[1], 'tries', 1) >= tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return {2, 0}
+end
+return {1, 0}
+";
+
+pub struct OtpService {
+    redis: ConnectionManager,
+    keys: Keys,
+    secret: SecretSlice<u8>,
+    settings: OtpSettings,
+    issue: Script,
+    check: Script,
+}
+
+impl OtpService {
+    pub fn new(redis: ConnectionManager, keys: Keys, secret: SecretSlice<u8>, settings: OtpSettings) -> Self {
+        OtpService {
+            redis,
+            keys,
+            secret,
+            settings,
+            issue: Script::new(ISSUE_LUA),
+            check: Script::new(CHECK_LUA),
+        }
+    }
+
+    pub fn settings(&self) -> &OtpSettings {
+        &self.settings
+    }
+
+    fn mac(&self, phone: &PhoneNumber, code: &OtpCode) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.secret.expose_secret())
+            .expect("HMAC accepts keys of any length");
+        mac.update(phone.e164().as_bytes());
+        mac.update(&[0]);
+        mac.update(code.expose().as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// Draws and stores a new code for `phone`, unless the phone is cooling down or out of budget.
+    #[tracing::instrument(skip(self))]
+    pub async fn issue(&self, phone: &PhoneNumber) -> AppResult<Issued> {
+        let code = OtpCode::generate()?;
+        let s = &self.settings;
+        let (status, pttl): (i64, i64) = self
+            .issue
+            .key(self.keys.phone(phone, "otp"))
+            .key(self.keys.phone(phone, "otp_cool"))
+            .key(self.keys.phone(phone, "otp_sends"))
+            .arg(self.mac(phone, &code))
+            .arg(s.ttl_seconds)
+            .arg(s.resend_cooldown_seconds)
+            .arg(s.max_sends_per_window)
+            .arg(s.window_seconds)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        match status {
+            0 => Ok(Issued {
+                code,
+                expires_in_seconds: s.ttl_seconds,
+                resend_in_seconds: s.resend_cooldown_seconds,
+            }),
+            1 | 2 => Err(AppError::RateLimited {
+                retry_after_seconds: retry_after_secs(pttl),
+            }),
+            other => Err(AppError::Internal(anyhow::anyhow!("otp issue script returned {other}"))),
+        }
+    }
+
+    /// Checks `code` against the pending code of `phone` and consumes it if it matches.
+    #[tracing::instrument(skip(self, code))]
+    pub async fn consume(&self, phone: &PhoneNumber, code: &OtpCode) -> AppResult<()> {
+        let s = &self.settings;
+        let (status, pttl): (i64, i64) = self
+            .check
+            .key(self.keys.phone(phone, "otp"))
+            .key(self.keys.phone(phone, "otp_fails"))
+            .arg(self.mac(phone, code))
+            .arg(s.max_attempts)
+            .arg(s.max_failures_per_window)
+            .arg(s.window_seconds)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        match status {
+            0 => Ok(()),
+            1 => Err(AppError::InvalidCode),
+            2 => Err(AppError::TooManyAttempts),
+            3 => Err(AppError::RateLimited {
+                retry_after_seconds: retry_after_secs(pttl),
+            }),
+            other => Err(AppError::Internal(anyhow::anyhow!("otp check script returned {other}"))),
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

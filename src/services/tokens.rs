@@ -1,0 +1,200 @@
+//! Access tokens: JWTs signed with Ed25519 (EdDSA), short-lived (900 s), carrying iss, aud, sub (user
+//! id), sid (session id), iat and exp, and nothing personal (no phone).
+//!
+//! Keys come from configuration as `kid:seed` pairs, newest first: the newest signs, all verify, and all
+//! are published as a JWKS so that gateways and other services can verify tokens without calling us.
+//! A token signed with a previous key therefore stays valid until it expires, and rotation is: add the
+//! new key in front, wait one access-token lifetime, drop the old one.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::TryRng;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+
+/// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410 section 7); the 32-byte seed follows.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// Our tokens are about 350 bytes; a header of several kilobytes is not one and is not parsed.
+const MAX_TOKEN_BYTES: usize = 2048;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub sid: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+pub struct VerifiedToken {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+pub struct TokenService {
+    signing_kid: String,
+    signing_key: EncodingKey,
+    verifying: HashMap<String, DecodingKey>,
+    jwks: JwkSet,
+    issuer: String,
+    audience: String,
+    ttl_seconds: u64,
+    validation: Validation,
+}
+
+pub struct SigningKey {
+    pub kid: String,
+    seed: [u8; 32],
+}
+
+impl SigningKey {
+    /// Parses `kid:seed,kid:seed` (seed: 32 bytes, base64url or base64).
+    pub fn parse_list(spec: &SecretString) -> anyhow::Result<Vec<SigningKey>> {
+        let mut keys = Vec::new();
+        for item in spec.expose_secret().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (kid, seed) = item
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("JWT_SIGNING_KEYS: each key is kid:base64url-seed"))?;
+            let bytes = URL_SAFE_NO_PAD
+                .decode(seed.trim_end_matches('='))
+                .or_else(|_| URL_SAFE.decode(seed))
+                .or_else(|_| base64::engine::general_purpose::STANDARD.decode(seed))
+                .map_err(|_| anyhow::anyhow!("JWT_SIGNING_KEYS: key {kid:?} is not base64"))?;
+            let seed: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("JWT_SIGNING_KEYS: key {kid:?} must be 32 bytes"))?;
+            if kid.is_empty() || keys.iter().any(|k: &SigningKey| k.kid == kid) {
+                anyhow::bail!("JWT_SIGNING_KEYS: key ids must be non-empty and distinct");
+            }
+            keys.push(SigningKey {
+                kid: kid.to_owned(),
+                seed,
+            });
+        }
+        if keys.is_empty() {
+            anyhow::bail!("JWT_SIGNING_KEYS is empty");
+        }
+        Ok(keys)
+    }
+
+    /// A fresh random key (development only: tokens do not survive a restart).
+    pub fn generate() -> anyhow::Result<SigningKey> {
+        let mut seed = [0u8; 32];
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut seed)
+            .map_err(|e| anyhow::anyhow!("os rng: {e}"))?;
+        let mut id = [0u8; 4];
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut id)
+            .map_err(|e| anyhow::anyhow!("os rng: {e}"))?;
+        Ok(SigningKey {
+            kid: format!("dev-{}", crate::services::otp::hex(&id)),
+            seed,
+        })
+    }
+
+    /// `kid:seed` text of this key, for printing a generated key into configuration.
+    pub fn to_config(&self) -> String {
+        format!("{}:{}", self.kid, URL_SAFE_NO_PAD.encode(self.seed))
+    }
+
+    fn encoding_key(&self) -> EncodingKey {
+        let mut der = Vec::with_capacity(48);
+        der.extend_from_slice(&ED25519_PKCS8_PREFIX);
+        der.extend_from_slice(&self.seed);
+        EncodingKey::from_ed_der(&der)
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl TokenService {
+    pub fn new(keys: &[SigningKey], issuer: String, audience: String, ttl_seconds: u64) -> anyhow::Result<Self> {
+        let mut verifying = HashMap::new();
+        let mut jwks = JwkSet { keys: Vec::new() };
+        for key in keys {
+            let mut jwk = Jwk::from_encoding_key(&key.encoding_key(), Algorithm::EdDSA)
+                .map_err(|e| anyhow::anyhow!("signing key {:?}: {e}", key.kid))?;
+            jwk.common.key_id = Some(key.kid.clone());
+            jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+            verifying.insert(
+                key.kid.clone(),
+                DecodingKey::from_jwk(&jwk).map_err(|e| anyhow::anyhow!("signing key {:?}: {e}", key.kid))?,
+            );
+            jwks.keys.push(jwk);
+        }
+        let first = keys.first().ok_or_else(|| anyhow::anyhow!("no signing key"))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&issuer]);
+        validation.set_audience(&[&audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        // Clock skew allowed between us and other verifiers of our tokens.
+        validation.leeway = 30;
+        Ok(TokenService {
+            signing_kid: first.kid.clone(),
+            signing_key: first.encoding_key(),
+            verifying,
+            jwks,
+            issuer,
+            audience,
+            ttl_seconds,
+            validation,
+        })
+    }
+
+    pub fn ttl_seconds(&self) -> u64 {
+        self.ttl_seconds
+    }
+
+    /// The public keys, as served at /.well-known/jwks.json.
+    pub fn jwks(&self) -> &JwkSet {
+        &self.jwks
+    }
+
+    pub fn issue(&self, user_id: Uuid, session_id: Uuid) -> AppResult<String> {
+        let iat = now();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user_id.to_string(),
+            sid: session_id.to_string(),
+            iat,
+            exp: iat + self.ttl_seconds,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.signing_kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.signing_key)
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("jwt encode: {e}")))
+    }
+
+    /// Checks signature, algorithm, issuer, audience and expiry. Says nothing about revocation: the
+    /// session store does.
+    pub fn verify(&self, token: &str) -> AppResult<VerifiedToken> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AppError::InvalidToken);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AppError::InvalidToken)?;
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.verifying.get(kid))
+            .ok_or(AppError::InvalidToken)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|_| AppError::InvalidToken)?;
+        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| AppError::InvalidToken)?;
+        let session_id = Uuid::parse_str(&data.claims.sid).map_err(|_| AppError::InvalidToken)?;
+        Ok(VerifiedToken { user_id, session_id })
+    }
+}
