@@ -37,7 +37,9 @@ pub struct App {
 /// Creates the database named in `url` if it does not exist (connecting to the server's `postgres`
 /// database to do so). Safe against a concurrent creation.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a PostgreSQL URL")?;
+    let options: PgConnectOptions = url
+        .parse()
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
     let name = options.get_database().unwrap_or("postgres").to_owned();
     if options.connect().await.is_ok() {
         return Ok(());
@@ -50,7 +52,10 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         .context("cannot connect to PostgreSQL")?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     let create = format!("create database {quoted}");
-    match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+    match sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&mut admin)
+        .await
+    {
         Ok(_) => {
             tracing::info!(database = %name, "created database");
             Ok(())
@@ -86,12 +91,20 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
 
     let otp_secret = match &config.otp_hmac_secret {
         Some(s) => {
-            anyhow::ensure!(s.expose_secret().len() >= 32, "OTP_HMAC_SECRET must be at least 32 bytes");
+            anyhow::ensure!(
+                s.expose_secret().len() >= 32,
+                "OTP_HMAC_SECRET must be at least 32 bytes"
+            );
             SecretSlice::from(s.expose_secret().as_bytes().to_vec())
         }
         None => {
-            anyhow::ensure!(!production, "OTP_HMAC_SECRET is required when APP_ENV=production");
-            tracing::warn!("OTP_HMAC_SECRET is not set: using a random secret; pending codes will not survive a restart");
+            anyhow::ensure!(
+                !production,
+                "OTP_HMAC_SECRET is required when APP_ENV=production"
+            );
+            tracing::warn!(
+                "OTP_HMAC_SECRET is not set: using a random secret; pending codes will not survive a restart"
+            );
             random_secret()?
         }
     };
@@ -99,7 +112,10 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     let keys = match &config.jwt_signing_keys {
         Some(spec) => SigningKey::parse_list(spec)?,
         None => {
-            anyhow::ensure!(!production, "JWT_SIGNING_KEYS is required when APP_ENV=production");
+            anyhow::ensure!(
+                !production,
+                "JWT_SIGNING_KEYS is required when APP_ENV=production"
+            );
             let key = SigningKey::generate()?;
             tracing::warn!(
                 kid = %key.kid,
@@ -133,7 +149,8 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     // One multiplexed connection that reconnects by itself: it pipelines concurrent commands over one
     // socket, about 5x the throughput of a bb8 pool measured on this machine (DEPENDENCY-NOTES.md), and
     // unlike bb8-redis (whose `has_broken` always says false) it recovers after a Redis restart.
-    let redis_client = redis::Client::open(config.redis_url.expose_secret()).context("REDIS_URL")?;
+    let redis_client =
+        redis::Client::open(config.redis_url.expose_secret()).context("REDIS_URL")?;
     let redis_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
@@ -176,7 +193,11 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         users: UserStore::new(pg.clone()),
         sessions: SessionStore::new(pg.clone(), config.session_ttl_seconds),
         tokens,
-        registration: RegistrationTokens::new(redis.clone(), key_names, config.registration_token_ttl_seconds),
+        registration: RegistrationTokens::new(
+            redis.clone(),
+            key_names,
+            config.registration_token_ttl_seconds,
+        ),
         hasher,
         sms,
     });

@@ -44,7 +44,12 @@ pub struct Config {
     pub database_max_connections: u32,
 
     /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: SecretString,
 
     /// Prefix of every Redis key this service writes (lets several deployments or tests share one Redis).

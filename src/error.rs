@@ -53,7 +53,11 @@ pub enum AppError {
 }
 
 impl AppError {
-    pub fn bad_input(field: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_input(
+        field: &'static str,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         AppError::BadInput {
             field,
             reason,
@@ -85,11 +89,15 @@ impl AppError {
             AppError::TooManyAttempts => {
                 "Too many wrong codes: this code can no longer be used. Request a new one.".into()
             }
-            AppError::RateLimited { retry_after_seconds } => {
+            AppError::RateLimited {
+                retry_after_seconds,
+            } => {
                 format!("Too many requests. Try again in {retry_after_seconds} seconds.")
             }
             AppError::InvalidCredentials => "The phone number or password is wrong.".into(),
-            AppError::AccountLocked { retry_after_seconds } => format!(
+            AppError::AccountLocked {
+                retry_after_seconds,
+            } => format!(
                 "Password sign-in is locked after too many wrong passwords. Try again in \
                  {retry_after_seconds} seconds, or sign in with a code."
             ),
@@ -124,7 +132,9 @@ impl From<AppError> for async_graphql::Error {
     fn from(e: AppError) -> Self {
         match &e {
             AppError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
-            AppError::Unavailable(cause) => tracing::warn!(error = ?cause, "dependency unavailable"),
+            AppError::Unavailable(cause) => {
+                tracing::warn!(error = ?cause, "dependency unavailable")
+            }
             _ => {}
         }
         let code = e.code();
@@ -135,8 +145,12 @@ impl From<AppError> for async_graphql::Error {
                     ext.set("field", *field);
                     ext.set("reason", *reason);
                 }
-                AppError::RateLimited { retry_after_seconds }
-                | AppError::AccountLocked { retry_after_seconds } => {
+                AppError::RateLimited {
+                    retry_after_seconds,
+                }
+                | AppError::AccountLocked {
+                    retry_after_seconds,
+                } => {
                     ext.set("retryAfterSeconds", *retry_after_seconds);
                 }
                 _ => {}

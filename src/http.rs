@@ -44,15 +44,24 @@ pub fn router(state: HttpState, request_timeout: Duration) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/openid-configuration", get(openid_configuration))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
         .with_state(state)
 }
 
 /// A request-level failure (nothing was executed), in the GraphQL response shape.
 fn request_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })))
+    (
+        status,
+        axum::Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })),
+    )
         .into_response()
 }
 
@@ -101,7 +110,11 @@ async fn graphql_post(State(state): State<HttpState>, headers: HeaderMap, body: 
     execute(&state, request, &headers).await
 }
 
-async fn graphql_get(State(state): State<HttpState>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn graphql_get(
+    State(state): State<HttpState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return Html(graphiql_html()).into_response();
     };
@@ -114,20 +127,29 @@ async fn graphql_get(State(state): State<HttpState>, RawQuery(query): RawQuery, 
     };
     // GET must be safe: a mutation by GET could be triggered by a link or an <img> (GraphQL over HTTP).
     if let Ok(doc) = async_graphql::parser::parse_query(&request.query)
-        && doc.operations.iter().any(|(_, op)| op.node.ty != OperationType::Query)
+        && doc
+            .operations
+            .iter()
+            .any(|(_, op)| op.node.ty != OperationType::Query)
     {
         let mut response = request_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
             "Mutations must be sent with POST.",
         );
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
     execute(&state, request, &headers).await
 }
 
-async fn execute(state: &HttpState, request: async_graphql::Request, headers: &HeaderMap) -> Response {
+async fn execute(
+    state: &HttpState,
+    request: async_graphql::Request,
+    headers: &HeaderMap,
+) -> Response {
     let context = RequestContext {
         bearer: bearer_token(headers),
     };
@@ -141,7 +163,10 @@ async fn execute(state: &HttpState, request: async_graphql::Request, headers: &H
 /// Errors from our resolvers always carry a code. Those that do not come from async-graphql itself:
 /// a document that does not parse or validate (no path), or an argument it could not coerce.
 fn tag_uncoded(error: &mut ServerError) {
-    let has_code = error.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
+    let has_code = error
+        .extensions
+        .as_ref()
+        .is_some_and(|e| e.get("code").is_some());
     if has_code {
         return;
     }
@@ -173,7 +198,11 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    (status, axum::Json(json!({ "postgres": word(pg_ok), "redis": word(redis_ok) }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "postgres": word(pg_ok), "redis": word(redis_ok) })),
+    )
+        .into_response()
 }
 
 async fn jwks(State(state): State<HttpState>) -> Response {

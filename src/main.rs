@@ -6,7 +6,11 @@ use phone_auth::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "phone-auth", version, about = "Phone-number authentication as a GraphQL API")]
+#[command(
+    name = "phone-auth",
+    version,
+    about = "Phone-number authentication as a GraphQL API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -32,12 +36,17 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::GenerateKey => {
-            println!("{}", phone_auth::services::tokens::SigningKey::generate()?.to_config());
+            println!(
+                "{}",
+                phone_auth::services::tokens::SigningKey::generate()?.to_config()
+            );
             Ok(())
         }
         Command::Serve => {
             tracing_subscriber::fmt()
-                .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                )
                 .init();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -53,9 +62,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
-    axum::serve(listener, app.router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        app.router
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     tracing::info!("shut down");
     Ok(())
 }
@@ -67,7 +80,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

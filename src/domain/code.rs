@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn parse_refuses_everything_else() {
-        for bad in ["", "12345", "1234567", " 123456", "123456\n", "12 456", "12345a", "+12345", "-12345"] {
+        for bad in [
+            "", "12345", "1234567", " 123456", "123456\n", "12 456", "12345a", "+12345", "-12345",
+        ] {
             assert!(OtpCode::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(OtpCode::parse(&"1".repeat(10_000)).is_err());

@@ -9,17 +9,28 @@ pub struct PersonName(String);
 
 impl PersonName {
     /// None for absent or blank input.
-    pub fn parse_optional(field: &'static str, input: Option<&str>) -> Result<Option<Self>, AppError> {
+    pub fn parse_optional(
+        field: &'static str,
+        input: Option<&str>,
+    ) -> Result<Option<Self>, AppError> {
         let Some(raw) = input else { return Ok(None) };
         if raw.len() > MAX_CHARS * 4 {
-            return Err(AppError::bad_input(field, "TOO_LONG", format!("At most {MAX_CHARS} characters.")));
+            return Err(AppError::bad_input(
+                field,
+                "TOO_LONG",
+                format!("At most {MAX_CHARS} characters."),
+            ));
         }
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             return Ok(None);
         }
         if trimmed.chars().count() > MAX_CHARS {
-            return Err(AppError::bad_input(field, "TOO_LONG", format!("At most {MAX_CHARS} characters.")));
+            return Err(AppError::bad_input(
+                field,
+                "TOO_LONG",
+                format!("At most {MAX_CHARS} characters."),
+            ));
         }
         if trimmed
             .chars()
@@ -41,9 +52,23 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(PersonName::parse_optional("firstName", None).unwrap().is_none());
-        assert!(PersonName::parse_optional("firstName", Some("   ")).unwrap().is_none());
-        assert_eq!(PersonName::parse_optional("firstName", Some(" Ada ")).unwrap().unwrap().as_str(), "Ada");
+        assert!(
+            PersonName::parse_optional("firstName", None)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            PersonName::parse_optional("firstName", Some("   "))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            PersonName::parse_optional("firstName", Some(" Ada "))
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "Ada"
+        );
         assert!(PersonName::parse_optional("firstName", Some("A\u{0}")).is_err());
         assert!(PersonName::parse_optional("firstName", Some("A\u{202E}b")).is_err());
         assert!(PersonName::parse_optional("firstName", Some(&"x".repeat(101))).is_err());

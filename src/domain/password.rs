@@ -31,7 +31,8 @@ impl Password {
         if chars > MAX_CHARS {
             return Err(too_long());
         }
-        if passwords::analyzer::is_common_password(input) || passwords::analyzer::is_common_password(input.to_lowercase())
+        if passwords::analyzer::is_common_password(input)
+            || passwords::analyzer::is_common_password(input.to_lowercase())
         {
             return Err(AppError::bad_input(
                 "password",
@@ -49,7 +50,11 @@ impl Password {
             return Err(too_long());
         }
         if input.is_empty() {
-            return Err(AppError::bad_input("password", "TOO_SHORT", "The password is empty."));
+            return Err(AppError::bad_input(
+                "password",
+                "TOO_SHORT",
+                "The password is empty.",
+            ));
         }
         Ok(Password(SecretString::from(input.to_owned())))
     }

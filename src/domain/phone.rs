@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use phonenumber::country::Id;
 use phonenumber::Type;
+use phonenumber::country::Id;
 
 use crate::domain::digit_value;
 use crate::error::AppError;
@@ -32,17 +32,26 @@ pub struct PhonePolicy {
 }
 
 impl PhonePolicy {
-    pub fn from_config(default_region: Option<&str>, allowed: Option<&str>) -> anyhow::Result<Self> {
+    pub fn from_config(
+        default_region: Option<&str>,
+        allowed: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let parse_id = |s: &str| -> anyhow::Result<Id> {
-            s.trim()
-                .to_ascii_uppercase()
-                .parse::<Id>()
-                .map_err(|_| anyhow::anyhow!("unknown region code {s:?} (expected e.g. US, GB, IR)"))
+            s.trim().to_ascii_uppercase().parse::<Id>().map_err(|_| {
+                anyhow::anyhow!("unknown region code {s:?} (expected e.g. US, GB, IR)")
+            })
         };
-        let default_region = default_region.filter(|s| !s.trim().is_empty()).map(parse_id).transpose()?;
+        let default_region = default_region
+            .filter(|s| !s.trim().is_empty())
+            .map(parse_id)
+            .transpose()?;
         let allowed_regions = match allowed.filter(|s| !s.trim().is_empty()) {
             None => None,
-            Some(list) => Some(list.split(',').map(parse_id).collect::<anyhow::Result<HashSet<_>>>()?),
+            Some(list) => Some(
+                list.split(',')
+                    .map(parse_id)
+                    .collect::<anyhow::Result<HashSet<_>>>()?,
+            ),
         };
         Ok(PhonePolicy {
             default_region,
@@ -90,10 +99,17 @@ impl PhoneNumber {
         }
         let international = cleaned.starts_with('+');
         if !international && policy.default_region.is_none() {
-            return Err(bad("Write the phone number in international form, starting with + and the country code."));
+            return Err(bad(
+                "Write the phone number in international form, starting with + and the country code.",
+            ));
         }
-        let region = if international { None } else { policy.default_region };
-        let parsed = phonenumber::parse(region, &cleaned).map_err(|_| bad("This is not a valid phone number."))?;
+        let region = if international {
+            None
+        } else {
+            policy.default_region
+        };
+        let parsed = phonenumber::parse(region, &cleaned)
+            .map_err(|_| bad("This is not a valid phone number."))?;
         if !parsed.is_valid() {
             return Err(bad("This is not a valid phone number."));
         }
@@ -168,7 +184,11 @@ mod tests {
             "+۱۶۵۰۲۵۳۰۰۰۰",
         ];
         for f in forms {
-            assert_eq!(PhoneNumber::parse(f, &us()).unwrap().e164(), "+16502530000", "{f}");
+            assert_eq!(
+                PhoneNumber::parse(f, &us()).unwrap().e164(),
+                "+16502530000",
+                "{f}"
+            );
         }
     }
 
@@ -202,7 +222,13 @@ mod tests {
     fn refuses_number_types_that_are_never_a_phone() {
         // US toll free.
         let e = PhoneNumber::parse("+1 800 253 0000", &us()).unwrap_err();
-        assert!(matches!(e, AppError::BadInput { reason: "UNSUPPORTED_NUMBER_TYPE", .. }));
+        assert!(matches!(
+            e,
+            AppError::BadInput {
+                reason: "UNSUPPORTED_NUMBER_TYPE",
+                ..
+            }
+        ));
         // UK premium rate.
         assert!(PhoneNumber::parse("+44 909 879 0000", &us()).is_err());
     }
@@ -212,7 +238,13 @@ mod tests {
         let p = PhonePolicy::from_config(None, Some("GB, IR")).unwrap();
         assert!(PhoneNumber::parse("+989121234567", &p).is_ok());
         let e = PhoneNumber::parse("+16502530000", &p).unwrap_err();
-        assert!(matches!(e, AppError::BadInput { reason: "COUNTRY_NOT_ALLOWED", .. }));
+        assert!(matches!(
+            e,
+            AppError::BadInput {
+                reason: "COUNTRY_NOT_ALLOWED",
+                ..
+            }
+        ));
     }
 
     #[test]

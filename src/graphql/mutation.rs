@@ -9,18 +9,18 @@ use crate::graphql::types::{
 };
 use crate::services::auth::{AuthService, Verified};
 
-/// Sign-up and sign-in by phone.
-///
-/// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
-/// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED (with
-/// `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED, SERVICE_UNAVAILABLE,
-/// INTERNAL_SERVER_ERROR.
 pub struct Mutation;
 
 fn auth<'a>(ctx: &Context<'a>) -> &'a AuthService {
     ctx.data_unchecked::<Arc<AuthService>>()
 }
 
+/// Sign-up and sign-in by phone.
+///
+/// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
+/// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED (with
+/// `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED, SERVICE_UNAVAILABLE,
+/// INTERNAL_SERVER_ERROR.
 #[Object]
 impl Mutation {
     /// Sends a 6-digit code by SMS to `phone` (E.164, or national form when the server has a default
@@ -41,7 +41,12 @@ impl Mutation {
     /// a registration token. Errors: BAD_USER_INPUT, INVALID_CODE (wrong, expired, used or none
     /// pending), TOO_MANY_ATTEMPTS (the 5th wrong try burns the code), RATE_LIMITED (10 failed checks per
     /// hour per phone).
-    async fn verify_user(&self, ctx: &Context<'_>, phone: String, code: String) -> Result<VerifyUserPayload> {
+    async fn verify_user(
+        &self,
+        ctx: &Context<'_>,
+        phone: String,
+        code: String,
+    ) -> Result<VerifyUserPayload> {
         let auth = auth(ctx);
         let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
         let code = OtpCode::parse(&code)?;
@@ -75,7 +80,12 @@ impl Mutation {
         let first_name = PersonName::parse_optional("firstName", input.first_name.as_deref())?;
         let last_name = PersonName::parse_optional("lastName", input.last_name.as_deref())?;
         let signed_in = auth(ctx)
-            .register(&input.registration_token, &password, first_name.as_ref(), last_name.as_ref())
+            .register(
+                &input.registration_token,
+                &password,
+                first_name.as_ref(),
+                last_name.as_ref(),
+            )
             .await?;
         Ok(signed_in.into())
     }
@@ -83,7 +93,12 @@ impl Mutation {
     /// Signs in with phone and password. Errors: BAD_USER_INPUT, INVALID_CREDENTIALS (unknown phone or
     /// wrong password: one answer), ACCOUNT_LOCKED (3 wrong passwords lock password sign-in for an hour;
     /// a sign-in by code lifts it), SERVICE_UNAVAILABLE.
-    async fn login(&self, ctx: &Context<'_>, phone: String, password: String) -> Result<AuthPayload> {
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        phone: String,
+        password: String,
+    ) -> Result<AuthPayload> {
         let auth = auth(ctx);
         let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
         let password = Password::for_login(&password)?;
@@ -103,7 +118,9 @@ impl Mutation {
         ctx: &Context<'_>,
         #[graphql(default = false)] all_sessions: bool,
     ) -> Result<LogoutPayload> {
-        let bearer = ctx.data_opt::<RequestContext>().and_then(|r| r.bearer.as_deref());
+        let bearer = ctx
+            .data_opt::<RequestContext>()
+            .and_then(|r| r.bearer.as_deref());
         let revoked = auth(ctx).logout(bearer, all_sessions).await?;
         Ok(LogoutPayload {
             revoked_sessions: clamp_i32(revoked),

@@ -14,7 +14,9 @@ impl Query {
     /// out, not expired).
     async fn me(&self, ctx: &Context<'_>) -> Result<Option<User>> {
         let auth = ctx.data_unchecked::<Arc<AuthService>>();
-        let bearer = ctx.data_opt::<RequestContext>().and_then(|r| r.bearer.as_deref());
+        let bearer = ctx
+            .data_opt::<RequestContext>()
+            .and_then(|r| r.bearer.as_deref());
         Ok(auth.current_user(bearer).await?.map(|(u, _)| u.into()))
     }
 }

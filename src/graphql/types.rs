@@ -27,7 +27,7 @@ impl From<users::User> for User {
     }
 }
 
-/// A code was sent (or, for a number that cannot receive one, the same answer is given).
+/// A code was sent. The answer is the same whether or not the phone has an account.
 #[derive(SimpleObject)]
 pub struct GenerateCodePayload {
     /// The phone the code was sent to, in E.164 form.

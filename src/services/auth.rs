@@ -44,7 +44,10 @@ pub enum Verified {
     /// The phone has an account: signed in by code.
     SignedIn(SignedIn),
     /// A new phone: this token lets its holder register it.
-    NewPhone { registration_token: String, expires_in_seconds: u64 },
+    NewPhone {
+        registration_token: String,
+        expires_in_seconds: u64,
+    },
 }
 
 impl AuthService {
@@ -126,7 +129,10 @@ impl AuthService {
         self.lockout.reserve(phone).await?;
         let outcome = async {
             let found = self.users.find_credentials(phone).await?;
-            let ok = self.hasher.verify(password, found.as_ref().map(|(_, h)| h.as_str())).await?;
+            let ok = self
+                .hasher
+                .verify(password, found.as_ref().map(|(_, h)| h.as_str()))
+                .await?;
             AppResult::Ok(found.filter(|_| ok).map(|(user, _)| user))
         }
         .await;
@@ -167,7 +173,9 @@ impl AuthService {
     /// The user behind a bearer token whose session is live; None otherwise.
     pub async fn current_user(&self, bearer: Option<&str>) -> AppResult<Option<(User, Uuid)>> {
         let Some(token) = bearer else { return Ok(None) };
-        let Ok(verified) = self.tokens.verify(token) else { return Ok(None) };
+        let Ok(verified) = self.tokens.verify(token) else {
+            return Ok(None);
+        };
         Ok(self
             .sessions
             .live_user(verified.session_id, verified.user_id)
@@ -177,7 +185,12 @@ impl AuthService {
 
     #[tracing::instrument(skip_all)]
     pub async fn logout(&self, bearer: Option<&str>, all_sessions: bool) -> AppResult<u64> {
-        let (user, session_id) = self.current_user(bearer).await?.ok_or(AppError::Unauthenticated)?;
-        self.sessions.revoke(session_id, user.id, all_sessions).await
+        let (user, session_id) = self
+            .current_user(bearer)
+            .await?
+            .ok_or(AppError::Unauthenticated)?;
+        self.sessions
+            .revoke(session_id, user.id, all_sessions)
+            .await
     }
 }

@@ -25,7 +25,8 @@ pub const T_COST: u32 = 2;
 pub const P_COST: u32 = 1;
 
 fn argon2() -> Argon2<'static> {
-    let params = Params::new(M_COST_KIB, T_COST, P_COST, None).expect("constant argon2 parameters are valid");
+    let params = Params::new(M_COST_KIB, T_COST, P_COST, None)
+        .expect("constant argon2 parameters are valid");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
@@ -55,7 +56,10 @@ impl PasswordHasher {
         self.computed.load(Ordering::Relaxed)
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> AppResult<T> {
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> AppResult<T> {
         let permit = tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| AppError::Unavailable(anyhow::anyhow!("password hashing queue is full")))?
@@ -73,9 +77,13 @@ impl PasswordHasher {
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh random salt.
     pub async fn hash(&self, password: &Password) -> AppResult<String> {
         let pw = SecretString::from(password.expose().to_owned());
-        self.run(move || argon2().hash_password(pw.expose_secret().as_bytes()).map(|h| h.to_string()))
-            .await?
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("argon2 hash: {e}")))
+        self.run(move || {
+            argon2()
+                .hash_password(pw.expose_secret().as_bytes())
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("argon2 hash: {e}")))
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is no account (and
@@ -88,7 +96,11 @@ impl PasswordHasher {
             None => self.dummy_hash.clone(),
         };
         let ok = self
-            .run(move || argon2().verify_password(pw.expose_secret().as_bytes(), &*phc).is_ok())
+            .run(move || {
+                argon2()
+                    .verify_password(pw.expose_secret().as_bytes(), &*phc)
+                    .is_ok()
+            })
             .await?;
         Ok(ok && exists)
     }

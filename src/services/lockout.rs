@@ -130,8 +130,8 @@ impl LockoutService {
         let _: i64 = self
             .release
             .key(self.keys.phone(phone, "pw_attempts"))
-        .invoke_async(&mut self.redis.clone())
-        .await?;
+            .invoke_async(&mut self.redis.clone())
+            .await?;
         Ok(())
     }
 }

@@ -22,7 +22,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Keys { prefix: prefix.into() }
+        Keys {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn phone(&self, phone: &PhoneNumber, what: &str) -> String {
@@ -36,5 +38,9 @@ impl Keys {
 
 /// Converts a Redis PTTL in milliseconds into whole seconds to wait, never less than one.
 pub(crate) fn retry_after_secs(pttl_ms: i64) -> u64 {
-    if pttl_ms <= 0 { 1 } else { (pttl_ms as u64).div_ceil(1000) }
+    if pttl_ms <= 0 {
+        1
+    } else {
+        (pttl_ms as u64).div_ceil(1000)
+    }
 }

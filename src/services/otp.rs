@@ -50,7 +50,9 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'h', ARGV[1], 'tries', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+end
 if redis.call('INCR', KEYS[3]) == 1 then
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
@@ -93,7 +95,12 @@ pub struct OtpService {
 }
 
 impl OtpService {
-    pub fn new(redis: ConnectionManager, keys: Keys, secret: SecretSlice<u8>, settings: OtpSettings) -> Self {
+    pub fn new(
+        redis: ConnectionManager,
+        keys: Keys,
+        secret: SecretSlice<u8>,
+        settings: OtpSettings,
+    ) -> Self {
         OtpService {
             redis,
             keys,
@@ -143,7 +150,9 @@ impl OtpService {
             1 | 2 => Err(AppError::RateLimited {
                 retry_after_seconds: retry_after_secs(pttl),
             }),
-            other => Err(AppError::Internal(anyhow::anyhow!("otp issue script returned {other}"))),
+            other => Err(AppError::Internal(anyhow::anyhow!(
+                "otp issue script returned {other}"
+            ))),
         }
     }
 
@@ -168,15 +177,19 @@ impl OtpService {
             3 => Err(AppError::RateLimited {
                 retry_after_seconds: retry_after_secs(pttl),
             }),
-            other => Err(AppError::Internal(anyhow::anyhow!("otp check script returned {other}"))),
+            other => Err(AppError::Internal(anyhow::anyhow!(
+                "otp check script returned {other}"
+            ))),
         }
     }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -39,7 +39,10 @@ impl RegistrationTokens {
         if token.is_empty() || token.len() > 64 {
             return None;
         }
-        Some(self.keys.other(&format!("reg:{}", hex(&Sha256::digest(token.as_bytes())))))
+        Some(
+            self.keys
+                .other(&format!("reg:{}", hex(&Sha256::digest(token.as_bytes())))),
+        )
     }
 
     pub async fn create(&self, phone: &PhoneNumber) -> AppResult<String> {
@@ -48,7 +51,9 @@ impl RegistrationTokens {
             .try_fill_bytes(&mut bytes)
             .map_err(|e| AppError::Internal(anyhow::anyhow!("os rng: {e}")))?;
         let token = URL_SAFE_NO_PAD.encode(bytes);
-        let key = self.key(&token).ok_or_else(|| AppError::Internal(anyhow::anyhow!("token length")))?;
+        let key = self
+            .key(&token)
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("token length")))?;
         let _: () = redis::cmd("SET")
             .arg(key)
             .arg(phone.e164())
@@ -62,14 +67,24 @@ impl RegistrationTokens {
     /// The phone a live token is bound to, without using it up.
     pub async fn peek(&self, token: &str) -> AppResult<PhoneNumber> {
         let key = self.key(token).ok_or(AppError::InvalidToken)?;
-        let phone: Option<String> = redis::cmd("GET").arg(key).query_async(&mut self.redis.clone()).await?;
-        phone.map(PhoneNumber::from_trusted_e164).ok_or(AppError::InvalidToken)
+        let phone: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        phone
+            .map(PhoneNumber::from_trusted_e164)
+            .ok_or(AppError::InvalidToken)
     }
 
     /// Uses the token up (GETDEL: of racing uses, exactly one gets the phone).
     pub async fn consume(&self, token: &str) -> AppResult<PhoneNumber> {
         let key = self.key(token).ok_or(AppError::InvalidToken)?;
-        let phone: Option<String> = redis::cmd("GETDEL").arg(key).query_async(&mut self.redis.clone()).await?;
-        phone.map(PhoneNumber::from_trusted_e164).ok_or(AppError::InvalidToken)
+        let phone: Option<String> = redis::cmd("GETDEL")
+            .arg(key)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        phone
+            .map(PhoneNumber::from_trusted_e164)
+            .ok_or(AppError::InvalidToken)
     }
 }

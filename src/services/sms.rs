@@ -50,13 +50,17 @@ impl TestSender {
     /// The code of the newest message sent to `e164`.
     pub fn last_code(&self, e164: &str) -> Option<String> {
         let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        sent.get(e164).and_then(|v| v.last()).map(|(code, _)| code.clone())
+        sent.get(e164)
+            .and_then(|v| v.last())
+            .map(|(code, _)| code.clone())
     }
 
     /// Every body sent to `e164`, oldest first.
     pub fn bodies(&self, e164: &str) -> Vec<String> {
         let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        sent.get(e164).map(|v| v.iter().map(|(_, b)| b.clone()).collect()).unwrap_or_default()
+        sent.get(e164)
+            .map(|v| v.iter().map(|(_, b)| b.clone()).collect())
+            .unwrap_or_default()
     }
 
     pub fn count(&self, e164: &str) -> usize {

@@ -62,10 +62,15 @@ impl SigningKey {
     /// Parses `kid:seed,kid:seed` (seed: 32 bytes, base64url or base64).
     pub fn parse_list(spec: &SecretString) -> anyhow::Result<Vec<SigningKey>> {
         let mut keys = Vec::new();
-        for item in spec.expose_secret().split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (kid, seed) = item
-                .split_once(':')
-                .ok_or_else(|| anyhow::anyhow!("JWT_SIGNING_KEYS: each key is kid:base64url-seed"))?;
+        for item in spec
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let (kid, seed) = item.split_once(':').ok_or_else(|| {
+                anyhow::anyhow!("JWT_SIGNING_KEYS: each key is kid:base64url-seed")
+            })?;
             let bytes = URL_SAFE_NO_PAD
                 .decode(seed.trim_end_matches('='))
                 .or_else(|_| URL_SAFE.decode(seed))
@@ -118,11 +123,19 @@ impl SigningKey {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl TokenService {
-    pub fn new(keys: &[SigningKey], issuer: String, audience: String, ttl_seconds: u64) -> anyhow::Result<Self> {
+    pub fn new(
+        keys: &[SigningKey],
+        issuer: String,
+        audience: String,
+        ttl_seconds: u64,
+    ) -> anyhow::Result<Self> {
         let mut verifying = HashMap::new();
         let mut jwks = JwkSet { keys: Vec::new() };
         for key in keys {
@@ -132,11 +145,14 @@ impl TokenService {
             jwk.common.public_key_use = Some(PublicKeyUse::Signature);
             verifying.insert(
                 key.kid.clone(),
-                DecodingKey::from_jwk(&jwk).map_err(|e| anyhow::anyhow!("signing key {:?}: {e}", key.kid))?,
+                DecodingKey::from_jwk(&jwk)
+                    .map_err(|e| anyhow::anyhow!("signing key {:?}: {e}", key.kid))?,
             );
             jwks.keys.push(jwk);
         }
-        let first = keys.first().ok_or_else(|| anyhow::anyhow!("no signing key"))?;
+        let first = keys
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no signing key"))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&issuer]);
         validation.set_audience(&[&audience]);
@@ -192,9 +208,13 @@ impl TokenService {
             .as_deref()
             .and_then(|kid| self.verifying.get(kid))
             .ok_or(AppError::InvalidToken)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|_| AppError::InvalidToken)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(|_| AppError::InvalidToken)?;
         let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| AppError::InvalidToken)?;
         let session_id = Uuid::parse_str(&data.claims.sid).map_err(|_| AppError::InvalidToken)?;
-        Ok(VerifiedToken { user_id, session_id })
+        Ok(VerifiedToken {
+            user_id,
+            session_id,
+        })
     }
 }

@@ -1,0 +1,272 @@
+//! Spawns the real service on 127.0.0.1:0 against the real PostgreSQL and Redis of this machine, with
+//! a fresh database and a fresh Redis key prefix per test, so tests run in parallel without sharing
+//! state. The database is dropped and the keys deleted when the `TestApp` is dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use phone_auth::app::{App, build};
+use phone_auth::config::{AppEnv, Config};
+use phone_auth::services::auth::AuthService;
+use phone_auth::services::sms::TestSender;
+use redis::aio::ConnectionManager;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+pub const PHONE: &str = "+16502530000";
+pub const PASSWORD: &str = "violet-anchor-1987";
+
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub sms: Arc<TestSender>,
+    pub auth: Arc<AuthService>,
+    pub redis: ConnectionManager,
+    pub pg: sqlx::PgPool,
+    pub prefix: String,
+    db_name: String,
+}
+
+/// Test defaults: the documented policy, but a fast hashing queue timeout would make a loaded CI
+/// machine flaky, so it is long here (the queue-full test sets its own).
+pub fn test_config() -> Config {
+    let mut c = Config::defaults();
+    c.app_env = AppEnv::Test;
+    c.hash_queue_timeout_ms = 60_000;
+    c.default_region = None;
+    c.otp_hmac_secret = Some(SecretString::from("test-secret-test-secret-test-secret!"));
+    c.jwt_signing_keys = None;
+    c.redis_url = SecretString::from(redis_url());
+    c
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("phone_auth_test_{id}");
+        let mut config = test_config();
+        config.database_url = SecretString::from(format!("{}/{db_name}", server_url()));
+        config.redis_key_prefix = format!("test:{id}:");
+        config.database_max_connections = 20;
+        configure(&mut config);
+        let sms = Arc::new(TestSender::default());
+        let App {
+            router,
+            auth,
+            pg,
+            redis,
+            ..
+        } = build(&config, Some(sms.clone())).await.expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .expect("serve");
+        });
+        TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            sms,
+            auth,
+            redis,
+            pg,
+            prefix: config.redis_key_prefix.clone(),
+            db_name,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POSTs a GraphQL request, optionally with a bearer token; returns the JSON body.
+    pub async fn gql_with(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut req = self
+            .client
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("request");
+        assert_eq!(
+            res.status(),
+            200,
+            "GraphQL over application/json answers 200"
+        );
+        res.json().await.expect("json body")
+    }
+
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.gql_with(None, query, variables).await
+    }
+
+    pub async fn generate_code(&self, phone: &str) -> Value {
+        self.gql(
+            "mutation($p: String!) { generateCode(phone: $p) { phone expiresInSeconds resendInSeconds } }",
+            json!({ "p": phone }),
+        )
+        .await
+    }
+
+    pub fn last_code(&self, e164: &str) -> String {
+        self.sms.last_code(e164).expect("a code was sent")
+    }
+
+    pub async fn verify(&self, phone: &str, code: &str) -> Value {
+        self.gql(
+            "mutation($p: String!, $c: String!) { verifyUser(phone: $p, code: $c) {
+                phone registered registrationToken registrationTokenExpiresInSeconds
+                auth { accessToken refreshToken tokenType expiresInSeconds user { id phone } } } }",
+            json!({ "p": phone, "c": code }),
+        )
+        .await
+    }
+
+    pub async fn register(&self, token: &str, password: &str) -> Value {
+        self.gql(
+            "mutation($i: RegisterInput!) { register(input: $i) {
+                accessToken refreshToken tokenType expiresInSeconds user { id phone firstName lastName createdAt } } }",
+            json!({ "i": { "registrationToken": token, "password": password, "firstName": "Ada", "lastName": "Lovelace" } }),
+        )
+        .await
+    }
+
+    pub async fn login(&self, phone: &str, password: &str) -> Value {
+        self.gql(
+            "mutation($p: String!, $w: String!) { login(phone: $p, password: $w) {
+                accessToken refreshToken user { id phone } } }",
+            json!({ "p": phone, "w": password }),
+        )
+        .await
+    }
+
+    pub async fn me(&self, token: Option<&str>) -> Value {
+        self.gql_with(
+            token,
+            "{ me { id phone firstName lastName createdAt } }",
+            json!({}),
+        )
+        .await
+    }
+
+    /// A registration token for `phone` (generateCode + verifyUser).
+    pub async fn registration_token(&self, phone: &str) -> String {
+        let sent = self.generate_code(phone).await;
+        assert!(sent["errors"].is_null(), "{sent}");
+        let v = self.verify(phone, &self.last_code(phone)).await;
+        v["data"]["verifyUser"]["registrationToken"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no registration token: {v}"))
+            .to_owned()
+    }
+
+    /// Registers `phone` with `password`; returns the register payload.
+    pub async fn sign_up(&self, phone: &str, password: &str) -> Value {
+        let token = self.registration_token(phone).await;
+        let r = self.register(&token, password).await;
+        assert!(r["errors"].is_null(), "{r}");
+        r["data"]["register"].clone()
+    }
+
+    /// Every Redis key of this test, with its TTL in seconds.
+    pub async fn keys_with_ttl(&self) -> Vec<(String, i64)> {
+        let mut conn = self.redis.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        let mut out = Vec::new();
+        for k in keys {
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(&k)
+                .query_async(&mut conn)
+                .await
+                .expect("TTL");
+            out.push((k, ttl));
+        }
+        out
+    }
+
+    pub async fn redis_get_hash(
+        &self,
+        key_suffix: &str,
+    ) -> std::collections::HashMap<String, String> {
+        redis::cmd("HGETALL")
+            .arg(format!("{}{}", self.prefix, key_suffix))
+            .query_async(&mut self.redis.clone())
+            .await
+            .expect("HGETALL")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let db = self.db_name.clone();
+        let prefix = self.prefix.clone();
+        // Drop runs inside the test's runtime; clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::ConnectOptions;
+                if let Ok(opts) =
+                    format!("{}/postgres", server_url()).parse::<sqlx::postgres::PgConnectOptions>()
+                    && let Ok(mut conn) = opts.connect().await
+                {
+                    let sql = format!("drop database if exists \"{db}\" with (force)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
+                }
+                if let Ok(client) = redis::Client::open(redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{prefix}*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `errors[0].extensions.code` of a response, if any.
+pub fn code(v: &Value) -> Option<&str> {
+    v["errors"][0]["extensions"]["code"].as_str()
+}
+
+pub fn assert_code(v: &Value, expected: &str) {
+    assert_eq!(code(v), Some(expected), "expected {expected}: {v}");
+}

@@ -1,0 +1,12 @@
+//! Integration tests: one binary (one link), many modules. Each test spawns the service over HTTP on
+//! the real PostgreSQL and Redis with its own database and key prefix, so they run in parallel.
+
+mod helpers;
+
+mod flow;
+mod lockout;
+mod otp;
+mod register;
+mod schema;
+mod sessions;
+mod transport;

@@ -1,0 +1,134 @@
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Registration needs a token from verifyUser: a code merely existing is not enough.
+#[tokio::test]
+async fn register_requires_a_verified_phone() {
+    let app = TestApp::spawn().await;
+    app.generate_code(PHONE).await;
+    for token in ["", "garbage", &"x".repeat(10_000)] {
+        assert_code(&app.register(token, PASSWORD).await, "INVALID_TOKEN");
+    }
+    let n: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+/// A registration token is single use.
+#[tokio::test]
+async fn registration_token_is_single_use() {
+    let app = TestApp::spawn().await;
+    let token = app.registration_token(PHONE).await;
+    assert!(app.register(&token, PASSWORD).await["errors"].is_null());
+    assert_code(&app.register(&token, PASSWORD).await, "INVALID_TOKEN");
+}
+
+/// Password policy: 8..=128 code points, common ones refused; a refusal keeps the token usable.
+#[tokio::test]
+async fn password_policy() {
+    let app = TestApp::spawn().await;
+    let token = app.registration_token(PHONE).await;
+    for (pw, reason) in [
+        ("short7!", "TOO_SHORT"),
+        (&"密".repeat(129) as &str, "TOO_LONG"),
+        ("password123", "TOO_COMMON"),
+        ("qwertyuiop", "TOO_COMMON"),
+    ] {
+        let r = app.register(&token, pw).await;
+        assert_code(&r, "BAD_USER_INPUT");
+        assert_eq!(r["errors"][0]["extensions"]["field"], "password");
+        assert_eq!(r["errors"][0]["extensions"]["reason"], reason, "{pw}");
+    }
+    assert_eq!(
+        app.auth.hasher.hashes_computed(),
+        0,
+        "policy refusals compute no hash"
+    );
+    // 128 code points of a 3-byte character: long enough, not too long, not truncated.
+    let long = "密".repeat(120) + "horse!!!";
+    let r = app.register(&token, &long).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let login = app.login(PHONE, &long).await;
+    assert!(login["errors"].is_null(), "{login}");
+    let truncated: String = long.chars().take(72).collect();
+    assert_code(&app.login(PHONE, &truncated).await, "INVALID_CREDENTIALS");
+}
+
+#[tokio::test]
+async fn names_are_validated() {
+    let app = TestApp::spawn().await;
+    let token = app.registration_token(PHONE).await;
+    let r = app
+        .gql(
+            "mutation($i: RegisterInput!) { register(input: $i) { user { firstName } } }",
+            json!({ "i": { "registrationToken": token, "password": PASSWORD, "firstName": "x".repeat(101) } }),
+        )
+        .await;
+    assert_code(&r, "BAD_USER_INPUT");
+    assert_eq!(r["errors"][0]["extensions"]["field"], "firstName");
+}
+
+/// 50 registrations racing with one token: exactly one account, the rest INVALID_TOKEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_racing_registrations_with_one_token() {
+    let app = Arc::new(TestApp::spawn().await);
+    let token = app.registration_token(PHONE).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (app, token) = (app.clone(), token.clone());
+        set.spawn(async move { app.register(&token, PASSWORD).await });
+    }
+    let results = set.join_all().await;
+    assert_eq!(results.iter().filter(|r| r["errors"].is_null()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .filter(|r| !r["errors"].is_null())
+            .all(|r| code(r) == Some("INVALID_TOKEN"))
+    );
+    let n: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// 50 registrations racing with 50 valid tokens for one phone: the unique constraint keeps one account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_racing_registrations_of_one_phone() {
+    let app = Arc::new(
+        TestApp::spawn_with(|c| {
+            c.otp_resend_cooldown_seconds = 0;
+            c.otp_max_sends_per_window = 100;
+        })
+        .await,
+    );
+    let mut tokens = Vec::new();
+    for _ in 0..50 {
+        tokens.push(app.registration_token(PHONE).await);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for token in tokens {
+        let app = app.clone();
+        set.spawn(async move { app.register(&token, PASSWORD).await });
+    }
+    let results = set.join_all().await;
+    assert_eq!(results.iter().filter(|r| r["errors"].is_null()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .filter(|r| !r["errors"].is_null())
+            .all(|r| code(r) == Some("PHONE_ALREADY_REGISTERED"))
+    );
+    let n: i64 = sqlx::query_scalar("select count(*) from users where phone = $1")
+        .bind(PHONE)
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}

@@ -1,0 +1,91 @@
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn post(app: &TestApp, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn request_shape_errors_have_codes_and_no_5xx() {
+    let app = TestApp::spawn().await;
+    let (s, v) = post(&app, "text/plain", r#"{"query":"{ me { id } }"}"#).await;
+    assert_eq!((s, code(&v)), (415, Some("UNSUPPORTED_MEDIA_TYPE")));
+    let (s, v) = post(
+        &app,
+        "application/x-www-form-urlencoded",
+        "query=%7Bme%7Bid%7D%7D",
+    )
+    .await;
+    assert_eq!((s, code(&v)), (415, Some("UNSUPPORTED_MEDIA_TYPE")));
+    let (s, v) = post(&app, "application/json", r#"[{"query":"{ me { id } }"}]"#).await;
+    assert_eq!((s, code(&v)), (400, Some("BATCH_NOT_SUPPORTED")));
+    let (s, v) = post(&app, "application/json", "{not json").await;
+    assert_eq!((s, code(&v)), (400, Some("BAD_REQUEST")));
+    let (s, _) = post(&app, "application/json", vec![b'{'; 64 * 1024]).await;
+    assert_eq!(s, 413);
+
+    // A document that does not validate, or arguments of the wrong type, get a code too.
+    for (q, vars) in [
+        ("{ nope }", json!({})),
+        ("mutation { generateCode { phone } }", json!({})),
+        (
+            "mutation($p: String!) { generateCode(phone: $p) { phone } }",
+            json!({ "p": 5 }),
+        ),
+        ("{ me { ", json!({})),
+    ] {
+        let v = app.gql(q, vars).await;
+        assert!(code(&v).is_some(), "{q}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn get_serves_queries_and_graphiql_but_not_mutations() {
+    let app = TestApp::spawn().await;
+    let page = app.client.get(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("GraphiQL"));
+
+    let q = app
+        .client
+        .get(app.url("/graphql?query=%7B%20me%20%7B%20id%20%7D%20%7D"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(q.status(), 200);
+    assert_eq!(
+        q.json::<Value>().await.unwrap(),
+        json!({ "data": { "me": null } })
+    );
+
+    let m = app
+        .client
+        .get(app.url("/graphql?query=mutation%20%7B%20generateCode(phone%3A%20%22%2B16502530000%22)%20%7B%20phone%20%7D%20%7D"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 405);
+    assert_eq!(m.headers()["allow"], "POST");
+    assert_eq!(app.sms.count(PHONE), 0, "the GET mutation ran nothing");
+}
+
+/// Internal causes never reach the client.
+#[tokio::test]
+async fn errors_do_not_leak_internals() {
+    let app = TestApp::spawn().await;
+    let v = app.generate_code("+1 800 FLOWERS").await;
+    let text = v.to_string().to_lowercase();
+    for leak in ["sql", "redis", "panicked", "backtrace", "127.0.0.1"] {
+        assert!(!text.contains(leak), "{leak} in {v}");
+    }
+}
