@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 //! Integration tests: one binary (one link), many modules. Each test spawns the service over HTTP on
 //! the real PostgreSQL and Redis with its own database and key prefix, so they run in parallel.
 

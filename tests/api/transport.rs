@@ -10,7 +10,7 @@ async fn post(app: &TestApp, content_type: &str, body: impl Into<reqwest::Body>)
         .body(body)
         .send()
         .await
-        .unwrap();
+        .expect("request");
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
 }
