@@ -19,6 +19,7 @@ pub mod codes {
     pub const INVALID_TOKEN: &str = "INVALID_TOKEN";
     pub const PHONE_ALREADY_REGISTERED: &str = "PHONE_ALREADY_REGISTERED";
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const FORBIDDEN: &str = "FORBIDDEN";
     pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
 }
@@ -47,6 +48,8 @@ pub enum AppError {
     InvalidToken,
     PhoneAlreadyRegistered,
     Unauthenticated,
+    /// The caller may not see this (another user's phone).
+    Forbidden,
     /// A dependency is down or a bounded queue is full; the client may retry.
     Unavailable(anyhow::Error),
     Internal(anyhow::Error),
@@ -77,6 +80,7 @@ impl AppError {
             AppError::InvalidToken => INVALID_TOKEN,
             AppError::PhoneAlreadyRegistered => PHONE_ALREADY_REGISTERED,
             AppError::Unauthenticated => UNAUTHENTICATED,
+            AppError::Forbidden => FORBIDDEN,
             AppError::Unavailable(_) => SERVICE_UNAVAILABLE,
             AppError::Internal(_) => INTERNAL_SERVER_ERROR,
         }
@@ -104,6 +108,7 @@ impl AppError {
             AppError::InvalidToken => "The token is invalid, expired or already used.".into(),
             AppError::PhoneAlreadyRegistered => "This phone number is already registered.".into(),
             AppError::Unauthenticated => "Sign in first: a valid access token is required.".into(),
+            AppError::Forbidden => "Only the user may see this.".into(),
             AppError::Unavailable(_) => "The service is temporarily unavailable. Try again.".into(),
             AppError::Internal(_) => "Internal server error.".into(),
         }

@@ -152,6 +152,7 @@ async fn execute(
 ) -> Response {
     let context = RequestContext {
         bearer: bearer_token(headers),
+        ..RequestContext::default()
     };
     let mut response = state.schema.execute(request.data(context)).await;
     for error in &mut response.errors {

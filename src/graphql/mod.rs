@@ -8,12 +8,15 @@ mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{EmptySubscription, Schema, SchemaBuilder};
+use async_graphql::{Context, EmptySubscription, Schema, SchemaBuilder};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
 
 pub use mutation::Mutation;
 pub use query::Query;
 
 use crate::services::auth::AuthService;
+use crate::services::users::User;
 
 pub type AuthSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -22,17 +25,37 @@ pub type AuthSchema = Schema<Query, Mutation, EmptySubscription>;
 pub struct RequestContext {
     /// The token from `Authorization: Bearer`, the only place a token is read from.
     pub bearer: Option<String>,
+    /// The caller (user, session id) once checked: at most one session lookup per request.
+    pub viewer: Arc<OnceCell<Option<(User, Uuid)>>>,
+}
+
+/// The signed-in caller of this request: a valid bearer token whose session is live.
+pub async fn viewer<'a>(
+    ctx: &Context<'a>,
+) -> Result<Option<&'a (User, Uuid)>, crate::error::AppError> {
+    let Some(request) = ctx.data_opt::<RequestContext>() else {
+        return Ok(None);
+    };
+    let auth = ctx.data_unchecked::<Arc<AuthService>>();
+    request
+        .viewer
+        .get_or_try_init(|| async { auth.current_user(request.bearer.as_deref()).await })
+        .await
+        .map(Option::as_ref)
 }
 
 pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query, Mutation, EmptySubscription)
+    Schema::build(Query, Mutation, EmptySubscription).enable_federation()
 }
 
 pub fn build_schema(auth: Arc<AuthService>) -> AuthSchema {
     schema_builder().data(auth).finish()
 }
 
-/// The SDL committed as `schema.graphql` (a test fails when it drifts).
+/// The SDL committed as `schema.graphql` (a test fails when it drifts): the federation form, as
+/// `{ _service { sdl } }` returns it.
 pub fn sdl() -> String {
-    schema_builder().finish().sdl()
+    schema_builder()
+        .finish()
+        .sdl_with_options(async_graphql::SDLExportOptions::new().federation())
 }

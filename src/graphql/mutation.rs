@@ -18,9 +18,9 @@ fn auth<'a>(ctx: &Context<'a>) -> &'a AuthService {
 /// Sign-up and sign-in by phone.
 ///
 /// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
-/// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED (with
-/// `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED, SERVICE_UNAVAILABLE,
-/// INTERNAL_SERVER_ERROR.
+/// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED
+/// (with `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED, FORBIDDEN,
+/// SERVICE_UNAVAILABLE, INTERNAL_SERVER_ERROR.
 #[Object]
 impl Mutation {
     /// Sends a 6-digit code by SMS to `phone` (E.164, or national form when the server has a default

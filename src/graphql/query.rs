@@ -1,9 +1,10 @@
 use std::sync::Arc;
 
-use async_graphql::{Context, Object, Result};
+use async_graphql::{Context, ID, Object, Result};
+use uuid::Uuid;
 
-use crate::graphql::RequestContext;
 use crate::graphql::types::User;
+use crate::graphql::viewer;
 use crate::services::auth::AuthService;
 
 pub struct Query;
@@ -13,10 +14,18 @@ impl Query {
     /// The signed-in user: null without a valid access token whose session is still live (not logged
     /// out, not expired).
     async fn me(&self, ctx: &Context<'_>) -> Result<Option<User>> {
+        Ok(viewer(ctx)
+            .await?
+            .map(|(user, _)| User::of_viewer(user.clone())))
+    }
+
+    /// Federation: resolves a `User` reference by id (`_entities`). Unknown or malformed ids give null.
+    #[graphql(entity)]
+    async fn find_user_by_id(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
         let auth = ctx.data_unchecked::<Arc<AuthService>>();
-        let bearer = ctx
-            .data_opt::<RequestContext>()
-            .and_then(|r| r.bearer.as_deref());
-        Ok(auth.current_user(bearer).await?.map(|(u, _)| u.into()))
+        let Ok(id) = Uuid::parse_str(&id) else {
+            return Ok(None);
+        };
+        Ok(auth.users.find_by_id(id).await?.map(User::of_other))
     }
 }

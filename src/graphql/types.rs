@@ -1,29 +1,67 @@
-use async_graphql::{ID, InputObject, SimpleObject};
+use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use time::OffsetDateTime;
 
+use crate::error::AppError;
+use crate::graphql::viewer;
 use crate::services::auth::SignedIn;
 use crate::services::users;
 
-/// A registered user.
-#[derive(SimpleObject)]
+/// A registered user. A federation entity (`@key(fields: "id")`): other subgraphs may extend it and
+/// the gateway may resolve it by id for anyone; its `phone` is shown to that user only.
 pub struct User {
-    pub id: ID,
-    /// The phone number in E.164 form (`+16502530000`).
-    pub phone: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub created_at: OffsetDateTime,
+    inner: users::User,
+    /// The caller has just proven to be this user (sign-in, registration, `me`).
+    is_viewer: bool,
 }
 
-impl From<users::User> for User {
-    fn from(u: users::User) -> Self {
+impl User {
+    /// A user the caller has proven to be.
+    pub fn of_viewer(inner: users::User) -> Self {
         User {
-            id: ID(u.id.to_string()),
-            phone: u.phone,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            created_at: u.created_at,
+            inner,
+            is_viewer: true,
         }
+    }
+
+    /// A user looked up for someone else (federation `_entities`).
+    pub fn of_other(inner: users::User) -> Self {
+        User {
+            inner,
+            is_viewer: false,
+        }
+    }
+}
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        ID(self.inner.id.to_string())
+    }
+
+    /// The phone number in E.164 form (`+16502530000`). Visible to this user only: anyone else gets a
+    /// FORBIDDEN error on this field.
+    async fn phone(&self, ctx: &Context<'_>) -> Result<&str> {
+        if self.is_viewer
+            || viewer(ctx)
+                .await?
+                .is_some_and(|(user, _)| user.id == self.inner.id)
+        {
+            Ok(&self.inner.phone)
+        } else {
+            Err(AppError::Forbidden.into())
+        }
+    }
+
+    async fn first_name(&self) -> Option<&str> {
+        self.inner.first_name.as_deref()
+    }
+
+    async fn last_name(&self) -> Option<&str> {
+        self.inner.last_name.as_deref()
+    }
+
+    async fn created_at(&self) -> OffsetDateTime {
+        self.inner.created_at
     }
 }
 
@@ -68,7 +106,7 @@ pub struct AuthPayload {
 impl From<SignedIn> for AuthPayload {
     fn from(s: SignedIn) -> Self {
         AuthPayload {
-            user: s.user.into(),
+            user: User::of_viewer(s.user),
             access_token: s.access_token,
             token_type: "Bearer".into(),
             expires_in_seconds: clamp_i32(s.expires_in_seconds),

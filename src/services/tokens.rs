@@ -218,3 +218,76 @@ impl TokenService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(keys: &[&SigningKey]) -> TokenService {
+        let keys: Vec<SigningKey> = keys
+            .iter()
+            .map(|k| SigningKey {
+                kid: k.kid.clone(),
+                seed: k.seed,
+            })
+            .collect();
+        TokenService::new(&keys, "iss".into(), "aud".into(), 900).unwrap()
+    }
+
+    /// Rotation: a token signed with the previous key stays valid once a new key is put in front.
+    #[test]
+    fn token_of_the_previous_key_stays_valid_after_rotation() {
+        let old = SigningKey::generate().unwrap();
+        let new = SigningKey::generate().unwrap();
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let before = service(&[&old]).issue(user, session).unwrap();
+        let rotated = service(&[&new, &old]);
+        let v = rotated.verify(&before).unwrap();
+        assert_eq!((v.user_id, v.session_id), (user, session));
+        let after = rotated.issue(user, session).unwrap();
+        assert!(service(&[&new]).verify(&after).is_ok());
+        // Once the old key is dropped its tokens are refused.
+        assert!(service(&[&new]).verify(&before).is_err());
+    }
+
+    #[test]
+    fn wrong_issuer_audience_or_algorithm_is_refused() {
+        let key = SigningKey::generate().unwrap();
+        let ours = service(&[&key]);
+        let keys = [SigningKey {
+            kid: key.kid.clone(),
+            seed: key.seed,
+        }];
+        let other_aud = TokenService::new(&keys, "iss".into(), "other".into(), 900).unwrap();
+        let other_iss = TokenService::new(&keys, "other".into(), "aud".into(), 900).unwrap();
+        let (u, s) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(ours.verify(&other_aud.issue(u, s).unwrap()).is_err());
+        assert!(ours.verify(&other_iss.issue(u, s).unwrap()).is_err());
+        // alg=none with our kid.
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","kid":"{}"}}"#, key.kid)),
+            URL_SAFE_NO_PAD.encode(format!(
+                r#"{{"iss":"iss","aud":"aud","sub":"{u}","sid":"{s}","iat":1,"exp":99999999999}}"#
+            ))
+        );
+        assert!(ours.verify(&none).is_err());
+    }
+
+    #[test]
+    fn key_list_parsing() {
+        let k = SigningKey::generate().unwrap().to_config();
+        assert_eq!(
+            SigningKey::parse_list(&SecretString::from(k.clone()))
+                .unwrap()
+                .len(),
+            1
+        );
+        for bad in ["", "nokid", "a:short", &format!("{k},{k}")] {
+            assert!(
+                SigningKey::parse_list(&SecretString::from(bad.to_owned())).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod federation;
 mod flow;
 mod lockout;
 mod otp;

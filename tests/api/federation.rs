@@ -1,0 +1,121 @@
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const ENTITIES: &str = r#"query($r: [_Any!]!) { _entities(representations: $r) { ... on User { id firstName phone } } }"#;
+const ENTITIES_NO_PHONE: &str =
+    r#"query($r: [_Any!]!) { _entities(representations: $r) { ... on User { id firstName } } }"#;
+
+fn reps(id: &Value) -> Value {
+    json!({ "r": [{ "__typename": "User", "id": id }] })
+}
+
+/// `_service { sdl }` is the federation SDL, the same as the committed schema.graphql.
+#[tokio::test]
+async fn service_sdl_is_the_committed_schema() {
+    let app = TestApp::spawn().await;
+    let v = app.gql("{ _service { sdl } }", json!({})).await;
+    let sdl = v["data"]["_service"]["sdl"].as_str().expect("sdl");
+    assert!(sdl.contains(r#"type User @key(fields: "id")"#), "{sdl}");
+    assert!(sdl.contains("@link"), "federation v2 link");
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).unwrap();
+    assert_eq!(sdl.trim_end(), committed.trim_end());
+}
+
+/// Entities resolve by id for anyone, but the phone only for the user themself.
+#[tokio::test]
+async fn entities_never_show_another_users_phone() {
+    let app = TestApp::spawn().await;
+    let ada = app.sign_up(PHONE, PASSWORD).await;
+    let bob = app.sign_up("+16502530001", PASSWORD).await;
+    let ada_id = &ada["user"]["id"];
+    let ada_token = ada["accessToken"].as_str().unwrap();
+    let bob_token = bob["accessToken"].as_str().unwrap();
+
+    // Anyone may resolve the entity without the phone.
+    let v = app.gql(ENTITIES_NO_PHONE, reps(ada_id)).await;
+    assert_eq!(v["data"]["_entities"][0]["firstName"], "Ada", "{v}");
+
+    // Asking for the phone: anonymous and other users get FORBIDDEN and no phone anywhere.
+    for token in [None, Some(bob_token), Some("garbage")] {
+        let v = app.gql_with(token, ENTITIES, reps(ada_id)).await;
+        assert_code(&v, "FORBIDDEN");
+        assert!(!v.to_string().contains(PHONE), "{v}");
+    }
+    // The user themself sees it.
+    let v = app.gql_with(Some(ada_token), ENTITIES, reps(ada_id)).await;
+    assert_eq!(v["data"]["_entities"][0]["phone"], PHONE, "{v}");
+
+    // After logout the token no longer shows it.
+    app.gql_with(
+        Some(ada_token),
+        "mutation { logout { revokedSessions } }",
+        json!({}),
+    )
+    .await;
+    assert_code(
+        &app.gql_with(Some(ada_token), ENTITIES, reps(ada_id)).await,
+        "FORBIDDEN",
+    );
+
+    // Unknown and malformed ids are null, not errors.
+    for id in [
+        json!("00000000-0000-0000-0000-000000000000"),
+        json!("not-a-uuid"),
+    ] {
+        let v = app.gql(ENTITIES_NO_PHONE, reps(&id)).await;
+        assert!(v["data"]["_entities"][0].is_null(), "{v}");
+    }
+}
+
+/// Several configured keys: all are published with their kid, the first signs.
+#[tokio::test]
+async fn jwks_publishes_every_configured_key() {
+    let new = phone_auth::services::tokens::SigningKey::generate()
+        .unwrap()
+        .to_config();
+    let old = phone_auth::services::tokens::SigningKey::generate()
+        .unwrap()
+        .to_config();
+    let spec = format!("{new},{old}");
+    let app = TestApp::spawn_with(|c| c.jwt_signing_keys = Some(spec.into())).await;
+    let jwks: Value = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    let new_kid = new.split(':').next().unwrap();
+    let old_kid = old.split(':').next().unwrap();
+    assert_eq!(kids, [new_kid, old_kid]);
+    for k in jwks["keys"].as_array().unwrap() {
+        assert_eq!(k["kty"], "OKP");
+        assert_eq!(k["crv"], "Ed25519");
+        assert_eq!(k["alg"], "EdDSA");
+        assert_eq!(k["use"], "sig");
+        assert!(k.get("d").is_none(), "no private part published");
+    }
+    let token = app.sign_up(PHONE, PASSWORD).await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], new_kid, "the newest key signs");
+}
