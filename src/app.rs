@@ -10,9 +10,11 @@ use secrecy::{ExposeSecret, SecretSlice};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
+use crate::client_ip::TrustedProxies;
 use crate::config::{AppEnv, Config, SmsProvider};
 use crate::domain::{PhoneNumber, PhonePolicy};
 use crate::graphql::build_schema;
+use crate::graphql::guard::DocumentLimits;
 use crate::http::{HttpState, router};
 use crate::services::Keys;
 use crate::services::auth::AuthService;
@@ -132,7 +134,11 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         config.access_token_ttl_seconds,
     )?;
 
-    let phone_policy = PhonePolicy::from_config(config.default_region.as_deref(), None)?;
+    let phone_policy = PhonePolicy::from_config(
+        config.default_region.as_deref(),
+        Some(config.sms_allowed_regions.as_str()),
+    )?;
+    let trusted_proxies = TrustedProxies::parse(&config.trusted_proxies)?;
     // libphonenumber's metadata loads lazily (about 60 ms): pay it now, not on the first request.
     let _ = PhoneNumber::parse("+16502530000", &phone_policy);
 
@@ -180,6 +186,10 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
                 max_sends_per_window: config.otp_max_sends_per_window,
                 window_seconds: config.otp_window_seconds,
                 max_failures_per_window: config.otp_max_failures_per_window,
+                ip_window_seconds: config.ip_window_seconds,
+                ip_max_code_requests: config.ip_max_code_requests,
+                ip_max_code_checks: config.ip_max_code_checks,
+                sms_max_per_hour: config.sms_max_per_hour,
             },
         ),
         lockout: LockoutService::new(
@@ -188,6 +198,8 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             LockoutSettings {
                 max_failures: config.lockout_max_failures,
                 lock_seconds: config.lockout_seconds,
+                ip_window_seconds: config.ip_window_seconds,
+                ip_max_attempts: config.ip_max_password_attempts,
             },
         ),
         users: UserStore::new(pg.clone()),
@@ -202,7 +214,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         sms,
     });
 
-    let schema = build_schema(auth.clone());
+    let schema = build_schema(auth.clone(), production);
     let router = router(
         HttpState {
             schema,
@@ -210,8 +222,16 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             pg: pg.clone(),
             redis: redis.clone(),
             issuer: config.jwt_issuer.clone(),
+            limits: Arc::new(DocumentLimits {
+                max_depth: config.max_query_depth,
+                max_aliases: config.max_query_aliases,
+                max_directives: config.max_query_directives,
+                max_complexity: config.max_query_complexity,
+            }),
+            trusted_proxies: Arc::new(trusted_proxies),
         },
         Duration::from_secs(config.request_timeout_seconds),
+        config.max_body_bytes,
     );
     Ok(App {
         router,

@@ -139,9 +139,62 @@ pub struct Config {
     #[arg(long, env = "SMS_PROVIDER", value_enum, default_value = "log")]
     pub sms_provider: SmsProvider,
 
-    /// Seconds a request may take before it is answered with 408 and its work dropped.
+    /// Seconds a request may take before it is answered with 408 and its work dropped (slow bodies).
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 15)]
     pub request_timeout_seconds: u64,
+
+    /// Seconds a client has to send its request headers before the connection is closed (slowloris).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_read_timeout_seconds: u64,
+
+    /// Largest request body, bytes; larger gets 413 without being read.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Deepest field nesting of a document (graphql-armor's default; introspection exempt).
+    #[arg(long, env = "MAX_QUERY_DEPTH", default_value_t = 6)]
+    pub max_query_depth: usize,
+
+    /// Aliases per document (graphql-armor's default).
+    #[arg(long, env = "MAX_QUERY_ALIASES", default_value_t = 15)]
+    pub max_query_aliases: usize,
+
+    /// Directives per document (graphql-armor's default).
+    #[arg(long, env = "MAX_QUERY_DIRECTIVES", default_value_t = 50)]
+    pub max_query_directives: usize,
+
+    /// Fields per document, counting each fragment expansion (our largest operation selects ~25).
+    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 100)]
+    pub max_query_complexity: usize,
+
+    /// Proxies whose X-Forwarded-For is believed, comma-separated CIDRs (e.g. 10.0.0.0/8). Empty: the
+    /// client address is the socket's, and X-Forwarded-For is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+
+    /// Window of the per-IP budgets below, seconds (Supabase's default window: 5 minutes).
+    #[arg(long, env = "IP_WINDOW_SECONDS", default_value_t = 300)]
+    pub ip_window_seconds: u64,
+
+    /// generateCode requests per IP (IPv6: per /64) per window.
+    #[arg(long, env = "IP_MAX_CODE_REQUESTS", default_value_t = 20)]
+    pub ip_max_code_requests: u32,
+
+    /// verifyUser checks per IP per window (Supabase: 30 verifications per 5 minutes per IP).
+    #[arg(long, env = "IP_MAX_CODE_CHECKS", default_value_t = 30)]
+    pub ip_max_code_checks: u32,
+
+    /// login attempts per IP per window (Supabase: 30 sign-ins per 5 minutes per IP).
+    #[arg(long, env = "IP_MAX_PASSWORD_ATTEMPTS", default_value_t = 30)]
+    pub ip_max_password_attempts: u32,
+
+    /// SMS sent per hour by the whole service: a ceiling on what SMS pumping can cost.
+    #[arg(long, env = "SMS_MAX_PER_HOUR", default_value_t = 1000)]
+    pub sms_max_per_hour: u32,
+
+    /// Regions SMS may be sent to, comma-separated ISO 3166 codes (e.g. US,CA,GB). Empty: any.
+    #[arg(long, env = "SMS_ALLOWED_REGIONS", default_value = "")]
+    pub sms_allowed_regions: String,
 }
 
 impl Config {

@@ -4,6 +4,7 @@
 //! text/plain and form bodies (a cross-site request path with no CORS preflight) and reads up to 5 MiB.
 //! Here a request is one JSON object, sent as `application/json`, of at most `MAX_BODY_BYTES`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use async_graphql::{ServerError, Value};
 use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -21,13 +23,13 @@ use serde_json::json;
 use sqlx::PgPool;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::client_ip::{TrustedProxies, budget_key};
 use crate::error::codes;
+use crate::graphql::guard::{DocumentLimits, check_document};
 use crate::graphql::{AuthSchema, RequestContext};
 use crate::services::auth::AuthService;
 
-/// Our largest legitimate request (register with a 128-character password and names) is under 2 KiB;
-/// 32 KiB leaves room for comments and formatting in hand-written queries.
-pub const MAX_BODY_BYTES: usize = 32 * 1024;
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -36,9 +38,13 @@ pub struct HttpState {
     pub pg: PgPool,
     pub redis: ConnectionManager,
     pub issuer: String,
+    pub limits: Arc<DocumentLimits>,
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
-pub fn router(state: HttpState, request_timeout: Duration) -> Router {
+/// `max_body_bytes`: our largest legitimate request (register with a 128-character password and
+/// names) is under 2 KiB; the default 32 KiB leaves room for hand-written queries.
+pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(|| async { "ok" }))
@@ -48,7 +54,7 @@ pub fn router(state: HttpState, request_timeout: Duration) -> Router {
             "/.well-known/openid-configuration",
             get(openid_configuration),
         )
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -85,7 +91,55 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-async fn graphql_post(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+/// Which JSON media type the client wants back. `application/graphql-response+json` (GraphQL over
+/// HTTP) when it asks for it; `application/json` otherwise. None: it accepts neither.
+fn response_media_type(headers: &HeaderMap) -> Option<&'static str> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Some("application/json");
+    };
+    let types: Vec<&str> = accept
+        .split(',')
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .collect();
+    if types
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON))
+    {
+        Some(GRAPHQL_RESPONSE_JSON)
+    } else if types.iter().any(|t| {
+        t.eq_ignore_ascii_case("application/json")
+            || *t == "*/*"
+            || t.eq_ignore_ascii_case("application/*")
+    }) {
+        Some("application/json")
+    } else {
+        None
+    }
+}
+
+async fn graphql_post(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return request_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "The request body is too large.",
+            );
+        }
+        Err(e) => {
+            return request_error(
+                e.status(),
+                "BAD_REQUEST",
+                "The request body could not be read.",
+            );
+        }
+    };
     if !is_json(&headers) {
         return request_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -107,18 +161,19 @@ async fn graphql_post(State(state): State<HttpState>, headers: HeaderMap, body: 
             return request_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &message);
         }
     };
-    execute(&state, request, &headers).await
+    execute(&state, request, &headers, peer).await
 }
 
 async fn graphql_get(
     State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return Html(graphiql_html()).into_response();
     };
-    let request = match async_graphql::http::parse_query_string(&query) {
+    let mut request = match async_graphql::http::parse_query_string(&query) {
         Ok(r) => r,
         Err(e) => {
             let message = format!("The query string is not a valid GraphQL request: {e}");
@@ -126,7 +181,7 @@ async fn graphql_get(
         }
     };
     // GET must be safe: a mutation by GET could be triggered by a link or an <img> (GraphQL over HTTP).
-    if let Ok(doc) = async_graphql::parser::parse_query(&request.query)
+    if let Ok(doc) = request.parsed_query()
         && doc
             .operations
             .iter()
@@ -142,23 +197,67 @@ async fn graphql_get(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&state, request, &headers).await
+    execute(&state, request, &headers, peer).await
 }
 
 async fn execute(
     state: &HttpState,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
     headers: &HeaderMap,
+    peer: SocketAddr,
 ) -> Response {
+    let Some(media_type) = response_media_type(headers) else {
+        return request_error(
+            StatusCode::NOT_ACCEPTABLE,
+            "NOT_ACCEPTABLE",
+            "This endpoint answers application/graphql-response+json or application/json.",
+        );
+    };
+    // The shape limits run on the parsed document before anything executes. A document that does not
+    // parse is left to async-graphql, which reports it (and runs nothing).
+    if let Ok(doc) = request.parsed_query()
+        && let Err(refusal) = check_document(doc, &state.limits)
+    {
+        let status = if media_type == GRAPHQL_RESPONSE_JSON {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        let body = json!({ "errors": [{ "message": refusal.message, "extensions": {
+            "code": "QUERY_LIMIT_EXCEEDED", "limit": refusal.limit, "max": refusal.max } }] });
+        return (
+            status,
+            [(header::CONTENT_TYPE, media_type)],
+            axum::Json(body),
+        )
+            .into_response();
+    }
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client_ip = state.trusted_proxies.client_ip(peer.ip(), forwarded);
     let context = RequestContext {
         bearer: bearer_token(headers),
+        client: budget_key(client_ip),
         ..RequestContext::default()
     };
     let mut response = state.schema.execute(request.data(context)).await;
     for error in &mut response.errors {
         tag_uncoded(error);
     }
-    GraphQLResponse::from(response).into_response()
+    // GraphQL over HTTP: with the new media type, a request that never executed (parse or validation
+    // failure: no data, only errors without a path) is a 400; application/json keeps 200.
+    let request_failed = response.data == Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    let status = if media_type == GRAPHQL_RESPONSE_JSON && request_failed {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let mut http = GraphQLResponse::from(response).into_response();
+    *http.status_mut() = status;
+    http.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+    http
 }
 
 /// Errors from our resolvers always carry a code. Those that do not come from async-graphql itself:

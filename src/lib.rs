@@ -5,9 +5,11 @@
 //! (wiring), `config`.
 
 pub mod app;
+pub mod client_ip;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod server;
 pub mod services;

@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -62,13 +62,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
-    axum::serve(
-        listener,
-        app.router
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    let header_timeout = Duration::from_secs(config.header_read_timeout_seconds);
+    phone_auth::server::serve(listener, app.router, header_timeout, shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! function, and map the result to output types. Errors go out through `From<AppError>`, which sets
 //! `extensions.code`.
 
+pub mod guard;
 mod mutation;
 mod query;
 mod types;
@@ -25,6 +26,8 @@ pub type AuthSchema = Schema<Query, Mutation, EmptySubscription>;
 pub struct RequestContext {
     /// The token from `Authorization: Bearer`, the only place a token is read from.
     pub bearer: Option<String>,
+    /// The caller's per-IP budget key (`client_ip::budget_key`).
+    pub client: String,
     /// The caller (user, session id) once checked: at most one session lookup per request.
     pub viewer: Arc<OnceCell<Option<(User, Uuid)>>>,
 }
@@ -48,8 +51,18 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(Query, Mutation, EmptySubscription).enable_federation()
 }
 
-pub fn build_schema(auth: Arc<AuthService>) -> AuthSchema {
-    schema_builder().data(auth).finish()
+/// In production, introspection and "did you mean" suggestions are off: they map the API for an
+/// attacker (OWASP GraphQL Cheat Sheet). The schema is public in `schema.graphql` for those who need it.
+pub fn build_schema(auth: Arc<AuthService>, production: bool) -> AuthSchema {
+    let builder = schema_builder().data(auth);
+    if production {
+        builder
+            .disable_introspection()
+            .disable_suggestions()
+            .finish()
+    } else {
+        builder.finish()
+    }
 }
 
 /// The SDL committed as `schema.graphql` (a test fails when it drifts): the federation form, as

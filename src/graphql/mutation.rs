@@ -15,6 +15,12 @@ fn auth<'a>(ctx: &Context<'a>) -> &'a AuthService {
     ctx.data_unchecked::<Arc<AuthService>>()
 }
 
+/// The caller's budget key for per-IP limits.
+fn client<'a>(ctx: &Context<'a>) -> &'a str {
+    ctx.data_opt::<RequestContext>()
+        .map_or("unknown", |r| r.client.as_str())
+}
+
 /// Sign-up and sign-in by phone.
 ///
 /// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
@@ -29,7 +35,7 @@ impl Mutation {
     async fn generate_code(&self, ctx: &Context<'_>, phone: String) -> Result<GenerateCodePayload> {
         let auth = auth(ctx);
         let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
-        let sent = auth.generate_code(&phone).await?;
+        let sent = auth.generate_code(&phone, client(ctx)).await?;
         Ok(GenerateCodePayload {
             phone: phone.e164().to_owned(),
             expires_in_seconds: clamp_i32(sent.expires_in_seconds),
@@ -51,7 +57,7 @@ impl Mutation {
         let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
         let code = OtpCode::parse(&code)?;
         let e164 = phone.e164().to_owned();
-        Ok(match auth.verify_user(&phone, &code).await? {
+        Ok(match auth.verify_user(&phone, &code, client(ctx)).await? {
             Verified::SignedIn(signed_in) => VerifyUserPayload {
                 phone: e164,
                 registered: true,
@@ -102,7 +108,7 @@ impl Mutation {
         let auth = auth(ctx);
         let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
         let password = Password::for_login(&password)?;
-        Ok(auth.login(&phone, &password).await?.into())
+        Ok(auth.login(&phone, &password, client(ctx)).await?.into())
     }
 
     /// Exchanges a refresh token for a new access token and refresh token (the old one is used up;

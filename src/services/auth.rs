@@ -63,9 +63,10 @@ impl AuthService {
     }
 
     /// Sends a code. Answers the same whether or not the phone has an account.
+    /// `client` is the caller's budget key (see `client_ip::budget_key`).
     #[tracing::instrument(skip(self))]
-    pub async fn generate_code(&self, phone: &PhoneNumber) -> AppResult<CodeSent> {
-        let issued = self.otp.issue(phone).await?;
+    pub async fn generate_code(&self, phone: &PhoneNumber, client: &str) -> AppResult<CodeSent> {
+        let issued = self.otp.issue(phone, client).await?;
         let body = message_body(&self.app_name, &issued.code, issued.expires_in_seconds);
         self.sms
             .send(SmsMessage {
@@ -81,8 +82,13 @@ impl AuthService {
     }
 
     #[tracing::instrument(skip(self, code))]
-    pub async fn verify_user(&self, phone: &PhoneNumber, code: &OtpCode) -> AppResult<Verified> {
-        self.otp.consume(phone, code).await?;
+    pub async fn verify_user(
+        &self,
+        phone: &PhoneNumber,
+        code: &OtpCode,
+        client: &str,
+    ) -> AppResult<Verified> {
+        self.otp.consume(phone, code, client).await?;
         match self.users.find_by_phone(phone).await? {
             Some(user) => {
                 // Proving the phone is a stronger proof than the password: it lifts a password lock.
@@ -125,8 +131,13 @@ impl AuthService {
     /// Password sign-in. Unknown phone and wrong password are the same answer, the same work (a hash
     /// against a dummy) and the same count towards the lock.
     #[tracing::instrument(skip(self, password))]
-    pub async fn login(&self, phone: &PhoneNumber, password: &Password) -> AppResult<SignedIn> {
-        self.lockout.reserve(phone).await?;
+    pub async fn login(
+        &self,
+        phone: &PhoneNumber,
+        password: &Password,
+        client: &str,
+    ) -> AppResult<SignedIn> {
+        self.lockout.reserve(phone, client).await?;
         let outcome = async {
             let found = self.users.find_credentials(phone).await?;
             let ok = self

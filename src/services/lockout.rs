@@ -5,6 +5,7 @@
 //! - `{phone}:pw_attempts` failures so far plus attempts in flight; TTL = lock_seconds, renewed on each
 //!   reservation
 //! - `{phone}:pw_lock`     present while locked; TTL = lock_seconds
+//! - `ip:<addr>:password_attempts` per-IP budget across phones; TTL = IP window (300 s)
 //!
 //! An attempt is *reserved* atomically before any hash is computed: the reservation script refuses
 //! once failures plus in-flight attempts reach the limit, so a burst of 30 parallel wrong passwords
@@ -22,14 +23,24 @@ use crate::services::{Keys, retry_after_secs};
 pub struct LockoutSettings {
     pub max_failures: u32,
     pub lock_seconds: u64,
+    pub ip_window_seconds: u64,
+    pub ip_max_attempts: u32,
 }
 
 // Returns {status, pttl_ms}: 0 reserved, 1 locked (pttl of the lock), 2 the limit is taken by
-// attempts still in flight (answered as locked too: one of them is a failure that will lock).
+// attempts still in flight (answered as locked too: one of them is a failure that will lock), 3 the
+// caller's IP is over its budget of attempts across all phones.
 const RESERVE_LUA: &str = r"
 local pttl = redis.call('PTTL', KEYS[2])
 if pttl > 0 then
   return {1, pttl}
+end
+local ip = redis.call('INCR', KEYS[3])
+if ip == 1 then
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+if ip > tonumber(ARGV[3]) then
+  return {3, redis.call('PTTL', KEYS[3])}
 end
 local n = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -84,17 +95,23 @@ impl LockoutService {
     }
 
     /// Reserves one password attempt for `phone`, or answers ACCOUNT_LOCKED.
-    pub async fn reserve(&self, phone: &PhoneNumber) -> AppResult<()> {
+    pub async fn reserve(&self, phone: &PhoneNumber, client: &str) -> AppResult<()> {
         let (status, pttl): (i64, i64) = self
             .reserve
             .key(self.keys.phone(phone, "pw_attempts"))
             .key(self.keys.phone(phone, "pw_lock"))
+            .key(self.keys.other(&format!("ip:{client}:password_attempts")))
             .arg(self.settings.max_failures)
             .arg(self.settings.lock_seconds)
+            .arg(self.settings.ip_max_attempts)
+            .arg(self.settings.ip_window_seconds)
             .invoke_async(&mut self.redis.clone())
             .await?;
         match status {
             0 => Ok(()),
+            3 => Err(AppError::RateLimited {
+                retry_after_seconds: retry_after_secs(pttl),
+            }),
             _ => Err(AppError::AccountLocked {
                 retry_after_seconds: retry_after_secs(pttl),
             }),

@@ -5,6 +5,12 @@
 //! - `{phone}:otp_cool`  present while a new code is refused; TTL = resend cooldown (60 s)
 //! - `{phone}:otp_sends` codes sent in the current window; TTL = window (3600 s)
 //! - `{phone}:otp_fails` failed checks in the current window, over any number of codes; TTL = window
+//! - `ip:<addr>:code_requests`, `ip:<addr>:code_checks` per-IP budgets; TTL = IP window (300 s)
+//! - `sms:hour`          SMS sent by the whole service this hour; TTL = 3600 s
+//!
+//! Each decision (issue, check) is one script over all its keys. The phone's keys share a hash tag; the
+//! per-IP and global counters cannot, so under Redis Cluster those two would move to a script of their
+//! own, pipelined in front (we run a single primary, where one script is one atomic step).
 //!
 //! The code itself is never stored: only its HMAC under a server secret, so a Redis dump does not
 //! reveal live codes. Issuing and checking are each one Lua script, that is one atomic step and one
@@ -28,6 +34,10 @@ pub struct OtpSettings {
     pub max_sends_per_window: u32,
     pub window_seconds: u64,
     pub max_failures_per_window: u32,
+    pub ip_window_seconds: u64,
+    pub ip_max_code_requests: u32,
+    pub ip_max_code_checks: u32,
+    pub sms_max_per_hour: u32,
 }
 
 pub struct Issued {
@@ -36,16 +46,28 @@ pub struct Issued {
     pub resend_in_seconds: u64,
 }
 
-// Returns {status, pttl_ms}: 0 stored, 1 cooling down, 2 window budget spent.
+// Returns {status, pttl_ms}: 0 stored, 1 cooling down, 2 phone's window budget spent, 3 IP budget
+// spent, 4 service-wide SMS budget spent. Every request counts against its IP; only a sent code counts
+// against the phone and the service.
 // A new code replaces the pending one (its tries start at 0) but never touches otp_fails: a fresh code
 // must not reset the phone's failure count (NIST SP 800-63B 5.2.2).
 const ISSUE_LUA: &str = r"
+local ip = redis.call('INCR', KEYS[4])
+if ip == 1 then
+  redis.call('EXPIRE', KEYS[4], ARGV[7])
+end
+if ip > tonumber(ARGV[6]) then
+  return {3, redis.call('PTTL', KEYS[4])}
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {1, redis.call('PTTL', KEYS[2])}
 end
 local sends = tonumber(redis.call('GET', KEYS[3]) or '0')
 if sends >= tonumber(ARGV[4]) then
   return {2, redis.call('PTTL', KEYS[3])}
+end
+if tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[8]) then
+  return {4, redis.call('PTTL', KEYS[5])}
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'h', ARGV[1], 'tries', 0)
@@ -56,12 +78,22 @@ end
 if redis.call('INCR', KEYS[3]) == 1 then
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
+if redis.call('INCR', KEYS[5]) == 1 then
+  redis.call('EXPIRE', KEYS[5], 3600)
+end
 return {0, 0}
 ";
 
 // Returns {status, pttl_ms}: 0 correct (code consumed), 1 invalid (wrong, expired, used, none),
-// 2 burnt by this wrong try, 3 phone over its failure budget for the window.
+// 2 burnt by this wrong try, 3 phone over its failure budget for the window, 4 IP over its budget.
 const CHECK_LUA: &str = r"
+local ip = redis.call('INCR', KEYS[3])
+if ip == 1 then
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+if ip > tonumber(ARGV[5]) then
+  return {4, redis.call('PTTL', KEYS[3])}
+end
 local fails = tonumber(redis.call('GET', KEYS[2]) or '0')
 if fails >= tonumber(ARGV[3]) then
   return {3, redis.call('PTTL', KEYS[2])}
@@ -72,7 +104,6 @@ if not h then
 end
 if h == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('DEL', KEYS[2])
   return {0, 0}
 end
 if redis.call('INCR', KEYS[2]) == 1 then
@@ -126,7 +157,7 @@ impl OtpService {
 
     /// Draws and stores a new code for `phone`, unless the phone is cooling down or out of budget.
     #[tracing::instrument(skip(self))]
-    pub async fn issue(&self, phone: &PhoneNumber) -> AppResult<Issued> {
+    pub async fn issue(&self, phone: &PhoneNumber, client: &str) -> AppResult<Issued> {
         let code = OtpCode::generate()?;
         let s = &self.settings;
         let (status, pttl): (i64, i64) = self
@@ -134,11 +165,16 @@ impl OtpService {
             .key(self.keys.phone(phone, "otp"))
             .key(self.keys.phone(phone, "otp_cool"))
             .key(self.keys.phone(phone, "otp_sends"))
+            .key(self.keys.other(&format!("ip:{client}:code_requests")))
+            .key(self.keys.other("sms:hour"))
             .arg(self.mac(phone, &code))
             .arg(s.ttl_seconds)
             .arg(s.resend_cooldown_seconds)
             .arg(s.max_sends_per_window)
             .arg(s.window_seconds)
+            .arg(s.ip_max_code_requests)
+            .arg(s.ip_window_seconds)
+            .arg(s.sms_max_per_hour)
             .invoke_async(&mut self.redis.clone())
             .await?;
         match status {
@@ -147,7 +183,7 @@ impl OtpService {
                 expires_in_seconds: s.ttl_seconds,
                 resend_in_seconds: s.resend_cooldown_seconds,
             }),
-            1 | 2 => Err(AppError::RateLimited {
+            1..=4 => Err(AppError::RateLimited {
                 retry_after_seconds: retry_after_secs(pttl),
             }),
             other => Err(AppError::Internal(anyhow::anyhow!(
@@ -158,23 +194,31 @@ impl OtpService {
 
     /// Checks `code` against the pending code of `phone` and consumes it if it matches.
     #[tracing::instrument(skip(self, code))]
-    pub async fn consume(&self, phone: &PhoneNumber, code: &OtpCode) -> AppResult<()> {
+    pub async fn consume(
+        &self,
+        phone: &PhoneNumber,
+        code: &OtpCode,
+        client: &str,
+    ) -> AppResult<()> {
         let s = &self.settings;
         let (status, pttl): (i64, i64) = self
             .check
             .key(self.keys.phone(phone, "otp"))
             .key(self.keys.phone(phone, "otp_fails"))
+            .key(self.keys.other(&format!("ip:{client}:code_checks")))
             .arg(self.mac(phone, code))
             .arg(s.max_attempts)
             .arg(s.max_failures_per_window)
             .arg(s.window_seconds)
+            .arg(s.ip_max_code_checks)
+            .arg(s.ip_window_seconds)
             .invoke_async(&mut self.redis.clone())
             .await?;
         match status {
             0 => Ok(()),
             1 => Err(AppError::InvalidCode),
             2 => Err(AppError::TooManyAttempts),
-            3 => Err(AppError::RateLimited {
+            3 | 4 => Err(AppError::RateLimited {
                 retry_after_seconds: retry_after_secs(pttl),
             }),
             other => Err(AppError::Internal(anyhow::anyhow!(

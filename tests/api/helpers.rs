@@ -36,7 +36,7 @@ pub struct TestApp {
     db_name: String,
 }
 
-/// Test defaults: the documented policy, but a fast hashing queue timeout would make a loaded CI
+/// Test defaults: the documented policy, but a short hashing queue timeout would make a loaded CI
 /// machine flaky, so it is long here (the queue-full test sets its own).
 pub fn test_config() -> Config {
     let mut c = Config::defaults();
@@ -46,6 +46,12 @@ pub fn test_config() -> Config {
     c.otp_hmac_secret = Some(SecretString::from("test-secret-test-secret-test-secret!"));
     c.jwt_signing_keys = None;
     c.redis_url = SecretString::from(redis_url());
+    // All tests come from 127.0.0.1: per-IP and service-wide budgets are raised here and tested on
+    // their own (hostile.rs).
+    c.ip_max_code_requests = 100_000;
+    c.ip_max_code_checks = 100_000;
+    c.ip_max_password_attempts = 100_000;
+    c.sms_max_per_hour = 100_000;
     c
 }
 
