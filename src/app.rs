@@ -229,6 +229,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
                 max_complexity: config.max_query_complexity,
             }),
             trusted_proxies: Arc::new(trusted_proxies),
+            graphiql: !production,
         },
         Duration::from_secs(config.request_timeout_seconds),
         config.max_body_bytes,

@@ -21,6 +21,7 @@ use axum::routing::get;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::client_ip::{TrustedProxies, budget_key};
@@ -40,6 +41,8 @@ pub struct HttpState {
     pub issuer: String,
     pub limits: Arc<DocumentLimits>,
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// GraphiQL at GET /graphql (development and test only).
+    pub graphiql: bool,
 }
 
 /// `max_body_bytes`: our largest legitimate request (register with a 128-character password and
@@ -59,6 +62,15 @@ pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // A panic is a bug, but it must still be an answer with a code, not a dropped connection.
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            request_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                codes::INTERNAL_SERVER_ERROR,
+                "Internal server error.",
+            )
+        }))
         .with_state(state)
 }
 
@@ -171,6 +183,13 @@ async fn graphql_get(
     headers: HeaderMap,
 ) -> Response {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
+        if !state.graphiql {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "Pass the GraphQL query as ?query=...",
+            );
+        }
         return Html(graphiql_html()).into_response();
     };
     let mut request = match async_graphql::http::parse_query_string(&query) {
@@ -232,8 +251,17 @@ async fn execute(
         )
             .into_response();
     }
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let client_ip = state.trusted_proxies.client_ip(peer.ip(), forwarded);
+    // Every X-Forwarded-For line, in order: a proxy may append its own line rather than extend the
+    // client's, and reading only the first would believe the client's forgery.
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+    let client_ip = state
+        .trusted_proxies
+        .client_ip(peer.ip(), forwarded.as_deref());
     let context = RequestContext {
         bearer: bearer_token(headers),
         client: budget_key(client_ip),
@@ -255,8 +283,10 @@ async fn execute(
     };
     let mut http = GraphQLResponse::from(response).into_response();
     *http.status_mut() = status;
-    http.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+    let h = http.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+    // Responses carry tokens: never cached by a browser or a proxy.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     http
 }
 

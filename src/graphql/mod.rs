@@ -22,7 +22,7 @@ use crate::services::users::User;
 pub type AuthSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// What the HTTP layer learned about the caller, attached to each request with `Request::data`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RequestContext {
     /// The token from `Authorization: Bearer`, the only place a token is read from.
     pub bearer: Option<String>,
@@ -30,6 +30,15 @@ pub struct RequestContext {
     pub client: String,
     /// The caller (user, session id) once checked: at most one session lookup per request.
     pub viewer: Arc<OnceCell<Option<(User, Uuid)>>>,
+}
+
+impl std::fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestContext")
+            .field("bearer", &self.bearer.as_ref().map(|_| "[redacted]"))
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The signed-in caller of this request: a valid bearer token whose session is live.

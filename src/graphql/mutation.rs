@@ -1,8 +1,10 @@
+use std::future::Future;
 use std::sync::Arc;
 
 use async_graphql::{Context, Object, Result};
 
 use crate::domain::{OtpCode, Password, PersonName, PhoneNumber};
+use crate::error::AppError;
 use crate::graphql::RequestContext;
 use crate::graphql::types::{
     AuthPayload, GenerateCodePayload, LogoutPayload, RegisterInput, VerifyUserPayload, clamp_i32,
@@ -11,14 +13,28 @@ use crate::services::auth::{AuthService, Verified};
 
 pub struct Mutation;
 
-fn auth<'a>(ctx: &Context<'a>) -> &'a AuthService {
+fn auth<'a>(ctx: &Context<'a>) -> &'a Arc<AuthService> {
     ctx.data_unchecked::<Arc<AuthService>>()
 }
 
 /// The caller's budget key for per-IP limits.
-fn client<'a>(ctx: &Context<'a>) -> &'a str {
+fn client(ctx: &Context<'_>) -> String {
     ctx.data_opt::<RequestContext>()
-        .map_or("unknown", |r| r.client.as_str())
+        .map_or_else(|| "unknown".to_owned(), |r| r.client.clone())
+}
+
+/// Runs a flow to its end even if the client disconnects or the request times out. A dropped future
+/// could otherwise stop between two steps: a reserved password attempt never released or counted, a
+/// code or registration token used up with nothing to show for it, a code stored but never sent.
+async fn detached<T, F>(ctx: &Context<'_>, flow: impl FnOnce(Arc<AuthService>) -> F) -> Result<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, AppError>> + Send + 'static,
+{
+    tokio::spawn(flow(auth(ctx).clone()))
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
+        .map_err(Into::into)
 }
 
 /// Sign-up and sign-in by phone.
@@ -33,9 +49,14 @@ impl Mutation {
     /// region). The answer is the same whether or not the phone has an account. Errors: BAD_USER_INPUT,
     /// RATE_LIMITED (one code per 60 s, 5 per hour per phone).
     async fn generate_code(&self, ctx: &Context<'_>, phone: String) -> Result<GenerateCodePayload> {
-        let auth = auth(ctx);
-        let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
-        let sent = auth.generate_code(&phone, client(ctx)).await?;
+        let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
+        let client = client(ctx);
+        let to = phone.clone();
+        let sent = detached(
+            ctx,
+            |auth| async move { auth.generate_code(&to, &client).await },
+        )
+        .await?;
         Ok(GenerateCodePayload {
             phone: phone.e164().to_owned(),
             expires_in_seconds: clamp_i32(sent.expires_in_seconds),
@@ -53,11 +74,15 @@ impl Mutation {
         phone: String,
         code: String,
     ) -> Result<VerifyUserPayload> {
-        let auth = auth(ctx);
-        let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
+        let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
         let code = OtpCode::parse(&code)?;
         let e164 = phone.e164().to_owned();
-        Ok(match auth.verify_user(&phone, &code, client(ctx)).await? {
+        let client = client(ctx);
+        let verified = detached(ctx, |auth| async move {
+            auth.verify_user(&phone, &code, &client).await
+        })
+        .await?;
+        Ok(match verified {
             Verified::SignedIn(signed_in) => VerifyUserPayload {
                 phone: e164,
                 registered: true,
@@ -85,14 +110,12 @@ impl Mutation {
         let password = Password::parse(&input.password)?;
         let first_name = PersonName::parse_optional("firstName", input.first_name.as_deref())?;
         let last_name = PersonName::parse_optional("lastName", input.last_name.as_deref())?;
-        let signed_in = auth(ctx)
-            .register(
-                &input.registration_token,
-                &password,
-                first_name.as_ref(),
-                last_name.as_ref(),
-            )
-            .await?;
+        let token = input.registration_token;
+        let signed_in = detached(ctx, |auth| async move {
+            auth.register(&token, &password, first_name.as_ref(), last_name.as_ref())
+                .await
+        })
+        .await?;
         Ok(signed_in.into())
     }
 
@@ -105,16 +128,25 @@ impl Mutation {
         phone: String,
         password: String,
     ) -> Result<AuthPayload> {
-        let auth = auth(ctx);
-        let phone = PhoneNumber::parse(&phone, &auth.phone_policy)?;
+        let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
         let password = Password::for_login(&password)?;
-        Ok(auth.login(&phone, &password, client(ctx)).await?.into())
+        let client = client(ctx);
+        let signed_in = detached(ctx, |auth| async move {
+            auth.login(&phone, &password, &client).await
+        })
+        .await?;
+        Ok(signed_in.into())
     }
 
     /// Exchanges a refresh token for a new access token and refresh token (the old one is used up;
     /// using it again revokes the session). Errors: INVALID_TOKEN.
     async fn refresh_token(&self, ctx: &Context<'_>, refresh_token: String) -> Result<AuthPayload> {
-        Ok(auth(ctx).refresh(&refresh_token).await?.into())
+        let signed_in = detached(
+            ctx,
+            |auth| async move { auth.refresh(&refresh_token).await },
+        )
+        .await?;
+        Ok(signed_in.into())
     }
 
     /// Revokes the current session, or every session of the user with `allSessions: true`. Takes effect
@@ -126,8 +158,11 @@ impl Mutation {
     ) -> Result<LogoutPayload> {
         let bearer = ctx
             .data_opt::<RequestContext>()
-            .and_then(|r| r.bearer.as_deref());
-        let revoked = auth(ctx).logout(bearer, all_sessions).await?;
+            .and_then(|r| r.bearer.clone());
+        let revoked = detached(ctx, |auth| async move {
+            auth.logout(bearer.as_deref(), all_sessions).await
+        })
+        .await?;
         Ok(LogoutPayload {
             revoked_sessions: clamp_i32(revoked),
         })

@@ -112,7 +112,7 @@ impl AuthService {
     ) -> AppResult<SignedIn> {
         // Check the token before the expensive hash, but use it up only after the hash succeeded, so
         // that a full hashing queue does not cost the user their token.
-        self.registration.peek(registration_token).await?;
+        self.registration.present(registration_token).await?;
         let hash = self.hasher.hash(password).await?;
         let phone = self.registration.consume(registration_token).await?;
         let user = self
@@ -137,7 +137,7 @@ impl AuthService {
         password: &Password,
         client: &str,
     ) -> AppResult<SignedIn> {
-        self.lockout.reserve(phone, client).await?;
+        let reservation = self.lockout.reserve(phone, client).await?;
         let outcome = async {
             let found = self.users.find_credentials(phone).await?;
             let ok = self
@@ -153,7 +153,7 @@ impl AuthService {
                 self.sign_in(user).await
             }
             Ok(None) => {
-                if self.lockout.record_failure(phone).await? {
+                if self.lockout.record_failure(phone, reservation).await? {
                     Err(AppError::AccountLocked {
                         retry_after_seconds: self.lockout.lock_seconds(),
                     })
@@ -163,7 +163,7 @@ impl AuthService {
             }
             Err(e) => {
                 // The attempt never got an answer (queue full, store down): it must not count.
-                let _ = self.lockout.release(phone).await;
+                let _ = self.lockout.release(phone, reservation).await;
                 Err(e)
             }
         }

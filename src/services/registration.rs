@@ -1,12 +1,15 @@
 //! Registration tokens in Redis: proof, handed out by verifyUser, that the holder received the code
 //! sent to a phone that has no account yet. Single use, bound to that phone.
 //!
-//! Keys: `reg:<sha256 of token>` -> E.164 phone; TTL = 600 s. The token itself (256 random bits,
-//! base64url) is never stored.
+//! Keys: `reg:<sha256 of token>` -> hash {p: E.164 phone, n: times presented}; TTL = 600 s. The token
+//! itself (256 random bits, base64url) is never stored. A token may be presented at most
+//! `MAX_PRESENTATIONS` times (each costs a password hash before it is used up), so one verified phone
+//! cannot drive the hash pool without bound.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRng;
+use redis::Script;
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
@@ -15,10 +18,45 @@ use crate::error::{AppError, AppResult};
 use crate::services::Keys;
 use crate::services::otp::hex;
 
+/// A register call that fails after the hash (a race lost, the store down) may be retried; a few
+/// presentations cover that, and bound the argon2 work one token can cause.
+pub const MAX_PRESENTATIONS: u32 = 3;
+
+const CREATE_LUA: &str = r"
+redis.call('HSET', KEYS[1], 'p', ARGV[1], 'n', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+// Returns the phone, or nil when the token is unknown or was presented too often. An over-presented
+// token is refused but not deleted: presentations already under way may still complete with it.
+const PRESENT_LUA: &str = r"
+local p = redis.call('HGET', KEYS[1], 'p')
+if not p then
+  return false
+end
+if redis.call('HINCRBY', KEYS[1], 'n', 1) > tonumber(ARGV[1]) then
+  return false
+end
+return p
+";
+
+// Uses the token up: of racing uses, exactly one gets the phone.
+const CONSUME_LUA: &str = r"
+local p = redis.call('HGET', KEYS[1], 'p')
+if p then
+  redis.call('DEL', KEYS[1])
+end
+return p
+";
+
 pub struct RegistrationTokens {
     redis: ConnectionManager,
     keys: Keys,
     ttl_seconds: u64,
+    create: Script,
+    present: Script,
+    consume: Script,
 }
 
 impl RegistrationTokens {
@@ -27,6 +65,9 @@ impl RegistrationTokens {
             redis,
             keys,
             ttl_seconds,
+            create: Script::new(CREATE_LUA),
+            present: Script::new(PRESENT_LUA),
+            consume: Script::new(CONSUME_LUA),
         }
     }
 
@@ -54,34 +95,32 @@ impl RegistrationTokens {
         let key = self
             .key(&token)
             .ok_or_else(|| AppError::Internal(anyhow::anyhow!("token length")))?;
-        let _: () = redis::cmd("SET")
-            .arg(key)
+        let _: i64 = self
+            .create
+            .key(key)
             .arg(phone.e164())
-            .arg("EX")
             .arg(self.ttl_seconds)
-            .query_async(&mut self.redis.clone())
+            .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(token)
     }
 
-    /// The phone a live token is bound to, without using it up.
-    pub async fn peek(&self, token: &str) -> AppResult<PhoneNumber> {
-        let key = self.key(token).ok_or(AppError::InvalidToken)?;
-        let phone: Option<String> = redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut self.redis.clone())
-            .await?;
-        phone
-            .map(PhoneNumber::from_trusted_e164)
-            .ok_or(AppError::InvalidToken)
+    /// The phone a live token is bound to, without using it up; counts a presentation.
+    pub async fn present(&self, token: &str) -> AppResult<PhoneNumber> {
+        self.run(&self.present, token).await
     }
 
-    /// Uses the token up (GETDEL: of racing uses, exactly one gets the phone).
+    /// Uses the token up: of racing uses, exactly one gets the phone.
     pub async fn consume(&self, token: &str) -> AppResult<PhoneNumber> {
+        self.run(&self.consume, token).await
+    }
+
+    async fn run(&self, script: &Script, token: &str) -> AppResult<PhoneNumber> {
         let key = self.key(token).ok_or(AppError::InvalidToken)?;
-        let phone: Option<String> = redis::cmd("GETDEL")
-            .arg(key)
-            .query_async(&mut self.redis.clone())
+        let phone: Option<String> = script
+            .key(key)
+            .arg(MAX_PRESENTATIONS)
+            .invoke_async(&mut self.redis.clone())
             .await?;
         phone
             .map(PhoneNumber::from_trusted_e164)

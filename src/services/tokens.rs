@@ -24,6 +24,7 @@ use crate::error::{AppError, AppResult};
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
+const ACCESS_TOKEN_TYP: &str = "at+jwt";
 /// Our tokens are about 350 bytes; a header of several kilobytes is not one and is not parsed.
 const MAX_TOKEN_BYTES: usize = 2048;
 
@@ -192,6 +193,8 @@ impl TokenService {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.signing_kid.clone());
+        // RFC 9068: marks it an access token, so no other JWT signed with these keys can pass as one.
+        header.typ = Some(ACCESS_TOKEN_TYP.into());
         jsonwebtoken::encode(&header, &claims, &self.signing_key)
             .map_err(|e| AppError::Internal(anyhow::anyhow!("jwt encode: {e}")))
     }
@@ -203,6 +206,9 @@ impl TokenService {
             return Err(AppError::InvalidToken);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AppError::InvalidToken)?;
+        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(AppError::InvalidToken);
+        }
         let key = header
             .kid
             .as_deref()

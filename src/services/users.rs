@@ -7,13 +7,22 @@ use uuid::Uuid;
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct User {
     pub id: Uuid,
     pub phone: String,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for User {
+    /// The phone is personal data: not in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(sqlx::FromRow)]
