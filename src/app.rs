@@ -15,6 +15,7 @@ use crate::config::{AppEnv, Config, SmsProvider};
 use crate::domain::{PhoneNumber, PhonePolicy};
 use crate::graphql::build_schema;
 use crate::graphql::guard::DocumentLimits;
+use crate::graphql::metrics::ResolverCounter;
 use crate::http::{HttpState, router};
 use crate::services::Keys;
 use crate::services::auth::AuthService;
@@ -31,6 +32,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct App {
     pub router: axum::Router,
+    /// Field resolutions since start.
+    pub resolvers: ResolverCounter,
     pub auth: Arc<AuthService>,
     pub pg: PgPool,
     pub redis: ConnectionManager,
@@ -39,9 +42,7 @@ pub struct App {
 /// Creates the database named in `url` if it does not exist (connecting to the server's `postgres`
 /// database to do so). Safe against a concurrent creation.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let options: PgConnectOptions = url
-        .parse()
-        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a PostgreSQL URL")?;
     let name = options.get_database().unwrap_or("postgres").to_owned();
     if options.connect().await.is_ok() {
         return Ok(());
@@ -54,10 +55,7 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         .context("cannot connect to PostgreSQL")?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     let create = format!("create database {quoted}");
-    match sqlx::query(sqlx::AssertSqlSafe(create))
-        .execute(&mut admin)
-        .await
-    {
+    match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
         Ok(_) => {
             tracing::info!(database = %name, "created database");
             Ok(())
@@ -100,10 +98,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             SecretSlice::from(s.expose_secret().as_bytes().to_vec())
         }
         None => {
-            anyhow::ensure!(
-                !production,
-                "OTP_HMAC_SECRET is required when APP_ENV=production"
-            );
+            anyhow::ensure!(!production, "OTP_HMAC_SECRET is required when APP_ENV=production");
             tracing::warn!(
                 "OTP_HMAC_SECRET is not set: using a random secret; pending codes will not survive a restart"
             );
@@ -155,8 +150,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     // One multiplexed connection that reconnects by itself: it pipelines concurrent commands over one
     // socket, about 5x the throughput of a bb8 pool measured on this machine (DEPENDENCY-NOTES.md), and
     // unlike bb8-redis (whose `has_broken` always says false) it recovers after a Redis restart.
-    let redis_client =
-        redis::Client::open(config.redis_url.expose_secret()).context("REDIS_URL")?;
+    let redis_client = redis::Client::open(config.redis_url.expose_secret()).context("REDIS_URL")?;
     let redis_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
@@ -214,7 +208,8 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         sms,
     });
 
-    let schema = build_schema(auth.clone(), production);
+    let resolvers = ResolverCounter::default();
+    let schema = build_schema(auth.clone(), production, resolvers.clone());
     let router = router(
         HttpState {
             schema,
@@ -236,6 +231,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     );
     Ok(App {
         router,
+        resolvers,
         auth,
         pg,
         redis,

@@ -18,9 +18,7 @@ impl TrustedProxies {
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        anyhow::anyhow!("TRUSTED_PROXIES: {s:?} is not an address or CIDR")
-                    })
+                    .map_err(|_| anyhow::anyhow!("TRUSTED_PROXIES: {s:?} is not an address or CIDR"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(TrustedProxies(nets))
@@ -100,10 +98,7 @@ mod tests {
             lb.client_ip(ip("10.1.2.3"), Some("1.1.1.1, 198.51.100.7, 10.9.9.9")),
             ip("198.51.100.7")
         );
-        assert_eq!(
-            lb.client_ip(ip("10.1.2.3"), Some("garbage")),
-            ip("10.1.2.3")
-        );
+        assert_eq!(lb.client_ip(ip("10.1.2.3"), Some("garbage")), ip("10.1.2.3"));
         assert_eq!(
             lb.client_ip(ip("203.0.113.9"), Some("198.51.100.7")),
             ip("203.0.113.9")

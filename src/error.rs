@@ -56,11 +56,7 @@ pub enum AppError {
 }
 
 impl AppError {
-    pub fn bad_input(
-        field: &'static str,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn bad_input(field: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
         AppError::BadInput {
             field,
             reason,
@@ -93,15 +89,11 @@ impl AppError {
             AppError::TooManyAttempts => {
                 "Too many wrong codes: this code can no longer be used. Request a new one.".into()
             }
-            AppError::RateLimited {
-                retry_after_seconds,
-            } => {
+            AppError::RateLimited { retry_after_seconds } => {
                 format!("Too many requests. Try again in {retry_after_seconds} seconds.")
             }
             AppError::InvalidCredentials => "The phone number or password is wrong.".into(),
-            AppError::AccountLocked {
-                retry_after_seconds,
-            } => format!(
+            AppError::AccountLocked { retry_after_seconds } => format!(
                 "Password sign-in is locked after too many wrong passwords. Try again in \
                  {retry_after_seconds} seconds, or sign in with a code."
             ),
@@ -150,12 +142,8 @@ impl From<AppError> for async_graphql::Error {
                     ext.set("field", *field);
                     ext.set("reason", *reason);
                 }
-                AppError::RateLimited {
-                    retry_after_seconds,
-                }
-                | AppError::AccountLocked {
-                    retry_after_seconds,
-                } => {
+                AppError::RateLimited { retry_after_seconds }
+                | AppError::AccountLocked { retry_after_seconds } => {
                     ext.set("retryAfterSeconds", *retry_after_seconds);
                 }
                 _ => {}

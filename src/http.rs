@@ -53,10 +53,7 @@ pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
-        .route(
-            "/.well-known/openid-configuration",
-            get(openid_configuration),
-        )
+        .route("/.well-known/openid-configuration", get(openid_configuration))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -119,9 +116,7 @@ fn response_media_type(headers: &HeaderMap) -> Option<&'static str> {
     {
         Some(GRAPHQL_RESPONSE_JSON)
     } else if types.iter().any(|t| {
-        t.eq_ignore_ascii_case("application/json")
-            || *t == "*/*"
-            || t.eq_ignore_ascii_case("application/*")
+        t.eq_ignore_ascii_case("application/json") || *t == "*/*" || t.eq_ignore_ascii_case("application/*")
     }) {
         Some("application/json")
     } else {
@@ -145,11 +140,7 @@ async fn graphql_post(
             );
         }
         Err(e) => {
-            return request_error(
-                e.status(),
-                "BAD_REQUEST",
-                "The request body could not be read.",
-            );
+            return request_error(e.status(), "BAD_REQUEST", "The request body could not be read.");
         }
     };
     if !is_json(&headers) {
@@ -244,12 +235,7 @@ async fn execute(
         };
         let body = json!({ "errors": [{ "message": refusal.message, "extensions": {
             "code": "QUERY_LIMIT_EXCEEDED", "limit": refusal.limit, "max": refusal.max } }] });
-        return (
-            status,
-            [(header::CONTENT_TYPE, media_type)],
-            axum::Json(body),
-        )
-            .into_response();
+        return (status, [(header::CONTENT_TYPE, media_type)], axum::Json(body)).into_response();
     }
     // Every X-Forwarded-For line, in order: a proxy may append its own line rather than extend the
     // client's, and reading only the first would believe the client's forgery.
@@ -259,9 +245,7 @@ async fn execute(
         .filter_map(|v| v.to_str().ok())
         .collect();
     let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
-    let client_ip = state
-        .trusted_proxies
-        .client_ip(peer.ip(), forwarded.as_deref());
+    let client_ip = state.trusted_proxies.client_ip(peer.ip(), forwarded.as_deref());
     let context = RequestContext {
         bearer: bearer_token(headers),
         client: budget_key(client_ip),
@@ -293,10 +277,7 @@ async fn execute(
 /// Errors from our resolvers always carry a code. Those that do not come from async-graphql itself:
 /// a document that does not parse or validate (no path), or an argument it could not coerce.
 fn tag_uncoded(error: &mut ServerError) {
-    let has_code = error
-        .extensions
-        .as_ref()
-        .is_some_and(|e| e.get("code").is_some());
+    let has_code = error.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
     if has_code {
         return;
     }

@@ -113,3 +113,36 @@ mod tests {
         assert!(OtpCode::parse(&"1".repeat(10_000)).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics_and_accepts_only_six_digits(s in "\\PC{0,40}") {
+            if let Ok(c) = OtpCode::parse(&s) {
+                prop_assert_eq!(c.expose().len(), 6);
+                prop_assert!(c.expose().bytes().all(|b| b.is_ascii_digit()));
+                prop_assert_eq!(s.chars().count(), 6);
+            }
+        }
+
+        #[test]
+        fn every_script_is_one_code(n in 0u32..1_000_000, scripts in proptest::collection::vec(0u32..4, 6)) {
+            let ascii = format!("{n:06}");
+            let written: String = ascii
+                .chars()
+                .zip(&scripts)
+                .map(|(c, s)| {
+                    let base = [0x30, 0xFF10, 0x0660, 0x06F0][*s as usize];
+                    char::from_u32(base + (c as u32 - 0x30)).unwrap_or(c)
+                })
+                .collect();
+            let code = OtpCode::parse(&written).unwrap();
+            prop_assert_eq!(code.expose(), ascii.as_str());
+        }
+    }
+}

@@ -9,10 +9,7 @@ pub struct PersonName(String);
 
 impl PersonName {
     /// None for absent or blank input.
-    pub fn parse_optional(
-        field: &'static str,
-        input: Option<&str>,
-    ) -> Result<Option<Self>, AppError> {
+    pub fn parse_optional(field: &'static str, input: Option<&str>) -> Result<Option<Self>, AppError> {
         let Some(raw) = input else { return Ok(None) };
         if raw.len() > MAX_CHARS * 4 {
             return Err(AppError::bad_input(
@@ -52,11 +49,7 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(
-            PersonName::parse_optional("firstName", None)
-                .unwrap()
-                .is_none()
-        );
+        assert!(PersonName::parse_optional("firstName", None).unwrap().is_none());
         assert!(
             PersonName::parse_optional("firstName", Some("   "))
                 .unwrap()

@@ -43,17 +43,18 @@ impl Password {
         Ok(Password(SecretString::from(input.to_owned())))
     }
 
-    /// A password as typed at sign-in: only the length bounds apply (a password set before a policy
-    /// change must still work), and an over-long one is refused before any hash is computed.
+    /// A password as typed at sign-in: only the length bounds apply (the common-password list may
+    /// grow after a password was set). No account can have a password outside them, so one is refused
+    /// before any hash is computed, and the answer says nothing about the account.
     pub fn for_login(input: &str) -> Result<Self, AppError> {
         if input.len() > MAX_CHARS * 4 || input.chars().count() > MAX_CHARS {
             return Err(too_long());
         }
-        if input.is_empty() {
+        if input.chars().count() < MIN_CHARS {
             return Err(AppError::bad_input(
                 "password",
                 "TOO_SHORT",
-                "The password is empty.",
+                format!("The password has at least {MIN_CHARS} characters."),
             ));
         }
         Ok(Password(SecretString::from(input.to_owned())))

@@ -32,14 +32,12 @@ pub struct PhonePolicy {
 }
 
 impl PhonePolicy {
-    pub fn from_config(
-        default_region: Option<&str>,
-        allowed: Option<&str>,
-    ) -> anyhow::Result<Self> {
+    pub fn from_config(default_region: Option<&str>, allowed: Option<&str>) -> anyhow::Result<Self> {
         let parse_id = |s: &str| -> anyhow::Result<Id> {
-            s.trim().to_ascii_uppercase().parse::<Id>().map_err(|_| {
-                anyhow::anyhow!("unknown region code {s:?} (expected e.g. US, GB, IR)")
-            })
+            s.trim()
+                .to_ascii_uppercase()
+                .parse::<Id>()
+                .map_err(|_| anyhow::anyhow!("unknown region code {s:?} (expected e.g. US, GB, IR)"))
         };
         let default_region = default_region
             .filter(|s| !s.trim().is_empty())
@@ -108,8 +106,8 @@ impl PhoneNumber {
         } else {
             policy.default_region
         };
-        let parsed = phonenumber::parse(region, &cleaned)
-            .map_err(|_| bad("This is not a valid phone number."))?;
+        let parsed =
+            phonenumber::parse(region, &cleaned).map_err(|_| bad("This is not a valid phone number."))?;
         if !parsed.is_valid() {
             return Err(bad("This is not a valid phone number."));
         }
@@ -251,5 +249,81 @@ mod tests {
     fn debug_hides_the_number() {
         let p = PhoneNumber::parse("+16502530000", &us()).unwrap();
         assert_eq!(format!("{p:?}"), "PhoneNumber(..00)");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Valid numbers of several regions and types.
+    const BASES: [&str; 6] = [
+        "+16502530000",
+        "+989121234567",
+        "+447400123456",
+        "+4915123456789",
+        "+33612345678",
+        "+819012345678",
+    ];
+
+    fn policy() -> PhonePolicy {
+        PhonePolicy::default()
+    }
+
+    /// Writes `digit` in one of the scripts users type.
+    fn script(digit: char, which: u8) -> char {
+        let d = digit as u32 - '0' as u32;
+        let base = match which % 4 {
+            0 => '0',
+            1 => '\u{FF10}',
+            2 => '\u{0660}',
+            _ => '\u{06F0}',
+        };
+        char::from_u32(base as u32 + d).unwrap_or(digit)
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(s in "\\PC{0,80}") {
+            let _ = PhoneNumber::parse(&s, &policy());
+        }
+
+        #[test]
+        fn parsing_phone_like_strings_never_panics(s in "[+＋0-9٠-٩۰-۹ ().\\-a-z]{0,40}") {
+            let _ = PhoneNumber::parse(&s, &policy());
+        }
+
+        #[test]
+        fn accepted_input_is_canonical_e164(s in "[+]?[0-9 ().\\-]{1,25}") {
+            if let Ok(p) = PhoneNumber::parse(&s, &policy()) {
+                let e = p.e164();
+                prop_assert!(e.starts_with('+'));
+                prop_assert!(e.len() <= 16 && e[1..].bytes().all(|b| b.is_ascii_digit()));
+                // Canonical form is a fixed point.
+                let again = PhoneNumber::parse(e, &policy()).unwrap();
+                prop_assert_eq!(again.e164(), e);
+            }
+        }
+
+        #[test]
+        fn every_written_form_is_one_value(
+            base in 0..BASES.len(),
+            scripts in proptest::collection::vec(0u8..4, 16),
+            seps in proptest::collection::vec(proptest::sample::select(vec!["", "", " ", "-", ".", "(", ")"]), 16),
+            fullwidth_plus in any::<bool>(),
+        ) {
+            let e164 = BASES[base];
+            let mut written = String::from(if fullwidth_plus { "＋" } else { "+" });
+            for (i, d) in e164[1..].chars().enumerate() {
+                written.push_str(seps[i]);
+                written.push(script(d, scripts[i]));
+            }
+            let parsed = PhoneNumber::parse(&written, &policy());
+            prop_assert!(parsed.is_ok(), "{} refused", written);
+            let parsed = parsed.unwrap();
+            prop_assert_eq!(parsed.e164(), e164);
+        }
     }
 }

@@ -12,13 +12,7 @@ use async_graphql::parser::types::{
 use async_graphql::{Name, Positioned};
 
 /// Mutations that check or spend a secret, or cost money (SMS): one per document.
-pub const AUTH_MUTATIONS: [&str; 5] = [
-    "generateCode",
-    "verifyUser",
-    "register",
-    "login",
-    "refreshToken",
-];
+pub const AUTH_MUTATIONS: [&str; 5] = ["generateCode", "verifyUser", "register", "login", "refreshToken"];
 
 /// The standard introspection query (GraphiQL's) nests 13 fields deep through `ofType`; introspection
 /// is exempt from `max_depth` (as in graphql-armor) but capped here so that it cannot be nested into an
@@ -62,11 +56,7 @@ struct Walker<'a> {
 }
 
 fn refusal(limit: &'static str, max: usize, message: String) -> Refusal {
-    Refusal {
-        limit,
-        max,
-        message,
-    }
+    Refusal { limit, max, message }
 }
 
 impl Walker<'_> {
@@ -192,13 +182,7 @@ impl Walker<'_> {
                 Selection::InlineFragment(inline) => {
                     self.stats.directives += inline.node.directives.len();
                     self.check()?;
-                    self.walk(
-                        &inline.node.selection_set,
-                        depth,
-                        intro,
-                        root_mutation,
-                        fragments,
-                    )?;
+                    self.walk(&inline.node.selection_set, depth, intro, root_mutation, fragments)?;
                 }
             }
         }
@@ -258,11 +242,9 @@ mod tests {
 
     #[test]
     fn ordinary_operations_pass() {
-        check("mutation { verifyUser(phone: \"+1\", code: \"1\") { auth { user { id phone } } } }")
-            .unwrap();
+        check("mutation { verifyUser(phone: \"+1\", code: \"1\") { auth { user { id phone } } } }").unwrap();
         check("{ me { id phone firstName lastName createdAt } }").unwrap();
-        check("query($r: [_Any!]!) { _entities(representations: $r) { ... on User { id } } }")
-            .unwrap();
+        check("query($r: [_Any!]!) { _entities(representations: $r) { ... on User { id } } }").unwrap();
     }
 
     #[test]
@@ -280,9 +262,7 @@ mod tests {
             "authMutations"
         );
         assert_eq!(
-            limit(
-                "mutation { ...F ...F } fragment F on Mutation { generateCode(phone: \"\") { phone } }"
-            ),
+            limit("mutation { ...F ...F } fragment F on Mutation { generateCode(phone: \"\") { phone } }"),
             "authMutations"
         );
         assert_eq!(
@@ -292,7 +272,8 @@ mod tests {
             "authMutations"
         );
         // logout is not an authentication attempt; one auth mutation with it is fine.
-        check("mutation { logout { revokedSessions } login(phone: \"\", password: \"\") { accessToken } }").unwrap();
+        check("mutation { logout { revokedSessions } login(phone: \"\", password: \"\") { accessToken } }")
+            .unwrap();
     }
 
     #[test]
@@ -302,10 +283,7 @@ mod tests {
         let aliases: String = (0..16).map(|i| format!("a{i}: me {{ id }} ")).collect();
         assert_eq!(limit(&format!("{{ {aliases} }}")), "aliases");
         let directives: String = (0..51).map(|_| "@skip(if: false) ").collect();
-        assert_eq!(
-            limit(&format!("{{ me {directives} {{ id }} }}")),
-            "directives"
-        );
+        assert_eq!(limit(&format!("{{ me {directives} {{ id }} }}")), "directives");
         let fields: String = (0..101).map(|i| format!("f{i} ")).collect();
         assert_eq!(limit(&format!("{{ {fields} }}")), "complexity");
     }
@@ -329,7 +307,10 @@ mod tests {
 
     #[test]
     fn introspection_is_exempt_from_depth_but_capped() {
-        check("{ __schema { types { fields { type { ofType { ofType { ofType { ofType { name } } } } } } } } }").unwrap();
+        check(
+            "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { name } } } } } } } } }",
+        )
+        .unwrap();
         let deep = format!(
             "{{ __schema {{ types {{ {} name {} }} }} }}",
             "fields { type { ".repeat(10),

@@ -3,6 +3,7 @@
 //! `extensions.code`.
 
 pub mod guard;
+pub mod metrics;
 mod mutation;
 mod query;
 mod types;
@@ -42,9 +43,7 @@ impl std::fmt::Debug for RequestContext {
 }
 
 /// The signed-in caller of this request: a valid bearer token whose session is live.
-pub async fn viewer<'a>(
-    ctx: &Context<'a>,
-) -> Result<Option<&'a (User, Uuid)>, crate::error::AppError> {
+pub async fn viewer<'a>(ctx: &Context<'a>) -> Result<Option<&'a (User, Uuid)>, crate::error::AppError> {
     let Some(request) = ctx.data_opt::<RequestContext>() else {
         return Ok(None);
     };
@@ -62,13 +61,14 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
 
 /// In production, introspection and "did you mean" suggestions are off: they map the API for an
 /// attacker (OWASP GraphQL Cheat Sheet). The schema is public in `schema.graphql` for those who need it.
-pub fn build_schema(auth: Arc<AuthService>, production: bool) -> AuthSchema {
-    let builder = schema_builder().data(auth);
+pub fn build_schema(
+    auth: Arc<AuthService>,
+    production: bool,
+    resolvers: metrics::ResolverCounter,
+) -> AuthSchema {
+    let builder = schema_builder().data(auth).extension(resolvers);
     if production {
-        builder
-            .disable_introspection()
-            .disable_suggestions()
-            .finish()
+        builder.disable_introspection().disable_suggestions().finish()
     } else {
         builder.finish()
     }

@@ -52,11 +52,7 @@ impl Mutation {
         let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
         let client = client(ctx);
         let to = phone.clone();
-        let sent = detached(
-            ctx,
-            |auth| async move { auth.generate_code(&to, &client).await },
-        )
-        .await?;
+        let sent = detached(ctx, |auth| async move { auth.generate_code(&to, &client).await }).await?;
         Ok(GenerateCodePayload {
             phone: phone.e164().to_owned(),
             expires_in_seconds: clamp_i32(sent.expires_in_seconds),
@@ -68,12 +64,7 @@ impl Mutation {
     /// a registration token. Errors: BAD_USER_INPUT, INVALID_CODE (wrong, expired, used or none
     /// pending), TOO_MANY_ATTEMPTS (the 5th wrong try burns the code), RATE_LIMITED (10 failed checks per
     /// hour per phone).
-    async fn verify_user(
-        &self,
-        ctx: &Context<'_>,
-        phone: String,
-        code: String,
-    ) -> Result<VerifyUserPayload> {
+    async fn verify_user(&self, ctx: &Context<'_>, phone: String, code: String) -> Result<VerifyUserPayload> {
         let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
         let code = OtpCode::parse(&code)?;
         let e164 = phone.e164().to_owned();
@@ -122,18 +113,14 @@ impl Mutation {
     /// Signs in with phone and password. Errors: BAD_USER_INPUT, INVALID_CREDENTIALS (unknown phone or
     /// wrong password: one answer), ACCOUNT_LOCKED (3 wrong passwords lock password sign-in for an hour;
     /// a sign-in by code lifts it), SERVICE_UNAVAILABLE.
-    async fn login(
-        &self,
-        ctx: &Context<'_>,
-        phone: String,
-        password: String,
-    ) -> Result<AuthPayload> {
+    async fn login(&self, ctx: &Context<'_>, phone: String, password: String) -> Result<AuthPayload> {
         let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
         let password = Password::for_login(&password)?;
         let client = client(ctx);
-        let signed_in = detached(ctx, |auth| async move {
-            auth.login(&phone, &password, &client).await
-        })
+        let signed_in = detached(
+            ctx,
+            |auth| async move { auth.login(&phone, &password, &client).await },
+        )
         .await?;
         Ok(signed_in.into())
     }
@@ -141,11 +128,7 @@ impl Mutation {
     /// Exchanges a refresh token for a new access token and refresh token (the old one is used up;
     /// using it again revokes the session). Errors: INVALID_TOKEN.
     async fn refresh_token(&self, ctx: &Context<'_>, refresh_token: String) -> Result<AuthPayload> {
-        let signed_in = detached(
-            ctx,
-            |auth| async move { auth.refresh(&refresh_token).await },
-        )
-        .await?;
+        let signed_in = detached(ctx, |auth| async move { auth.refresh(&refresh_token).await }).await?;
         Ok(signed_in.into())
     }
 
@@ -156,9 +139,7 @@ impl Mutation {
         ctx: &Context<'_>,
         #[graphql(default = false)] all_sessions: bool,
     ) -> Result<LogoutPayload> {
-        let bearer = ctx
-            .data_opt::<RequestContext>()
-            .and_then(|r| r.bearer.clone());
+        let bearer = ctx.data_opt::<RequestContext>().and_then(|r| r.bearer.clone());
         let revoked = detached(ctx, |auth| async move {
             auth.logout(bearer.as_deref(), all_sessions).await
         })

@@ -14,9 +14,7 @@ impl Query {
     /// The signed-in user: null without a valid access token whose session is still live (not logged
     /// out, not expired).
     async fn me(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        Ok(viewer(ctx)
-            .await?
-            .map(|(user, _)| User::of_viewer(user.clone())))
+        Ok(viewer(ctx).await?.map(|(user, _)| User::of_viewer(user.clone())))
     }
 
     /// Federation: resolves a `User` reference by id (`_entities`). Unknown or malformed ids give null.

@@ -131,12 +131,7 @@ impl AuthService {
     /// Password sign-in. Unknown phone and wrong password are the same answer, the same work (a hash
     /// against a dummy) and the same count towards the lock.
     #[tracing::instrument(skip(self, password))]
-    pub async fn login(
-        &self,
-        phone: &PhoneNumber,
-        password: &Password,
-        client: &str,
-    ) -> AppResult<SignedIn> {
+    pub async fn login(&self, phone: &PhoneNumber, password: &Password, client: &str) -> AppResult<SignedIn> {
         let reservation = self.lockout.reserve(phone, client).await?;
         let outcome = async {
             let found = self.users.find_credentials(phone).await?;
@@ -200,8 +195,6 @@ impl AuthService {
             .current_user(bearer)
             .await?
             .ok_or(AppError::Unauthenticated)?;
-        self.sessions
-            .revoke(session_id, user.id, all_sessions)
-            .await
+        self.sessions.revoke(session_id, user.id, all_sessions).await
     }
 }

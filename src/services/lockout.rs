@@ -164,11 +164,7 @@ impl LockoutService {
     }
 
     /// The reserved attempt was a wrong password. Returns whether the phone is now locked.
-    pub async fn record_failure(
-        &self,
-        phone: &PhoneNumber,
-        reservation: Reservation,
-    ) -> AppResult<bool> {
+    pub async fn record_failure(&self, phone: &PhoneNumber, reservation: Reservation) -> AppResult<bool> {
         let locked: i64 = self
             .fail
             .key(self.keys.phone(phone, "pw_attempts"))

@@ -126,12 +126,7 @@ pub struct OtpService {
 }
 
 impl OtpService {
-    pub fn new(
-        redis: ConnectionManager,
-        keys: Keys,
-        secret: SecretSlice<u8>,
-        settings: OtpSettings,
-    ) -> Self {
+    pub fn new(redis: ConnectionManager, keys: Keys, secret: SecretSlice<u8>, settings: OtpSettings) -> Self {
         OtpService {
             redis,
             keys,
@@ -194,12 +189,7 @@ impl OtpService {
 
     /// Checks `code` against the pending code of `phone` and consumes it if it matches.
     #[tracing::instrument(skip(self, code))]
-    pub async fn consume(
-        &self,
-        phone: &PhoneNumber,
-        code: &OtpCode,
-        client: &str,
-    ) -> AppResult<()> {
+    pub async fn consume(&self, phone: &PhoneNumber, code: &OtpCode, client: &str) -> AppResult<()> {
         let s = &self.settings;
         let (status, pttl): (i64, i64) = self
             .check

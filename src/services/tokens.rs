@@ -69,9 +69,9 @@ impl SigningKey {
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            let (kid, seed) = item.split_once(':').ok_or_else(|| {
-                anyhow::anyhow!("JWT_SIGNING_KEYS: each key is kid:base64url-seed")
-            })?;
+            let (kid, seed) = item
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("JWT_SIGNING_KEYS: each key is kid:base64url-seed"))?;
             let bytes = URL_SAFE_NO_PAD
                 .decode(seed.trim_end_matches('='))
                 .or_else(|_| URL_SAFE.decode(seed))
@@ -146,14 +146,11 @@ impl TokenService {
             jwk.common.public_key_use = Some(PublicKeyUse::Signature);
             verifying.insert(
                 key.kid.clone(),
-                DecodingKey::from_jwk(&jwk)
-                    .map_err(|e| anyhow::anyhow!("signing key {:?}: {e}", key.kid))?,
+                DecodingKey::from_jwk(&jwk).map_err(|e| anyhow::anyhow!("signing key {:?}: {e}", key.kid))?,
             );
             jwks.keys.push(jwk);
         }
-        let first = keys
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("no signing key"))?;
+        let first = keys.first().ok_or_else(|| anyhow::anyhow!("no signing key"))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&issuer]);
         validation.set_audience(&[&audience]);
@@ -218,10 +215,7 @@ impl TokenService {
             .map_err(|_| AppError::InvalidToken)?;
         let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| AppError::InvalidToken)?;
         let session_id = Uuid::parse_str(&data.claims.sid).map_err(|_| AppError::InvalidToken)?;
-        Ok(VerifiedToken {
-            user_id,
-            session_id,
-        })
+        Ok(VerifiedToken { user_id, session_id })
     }
 }
 

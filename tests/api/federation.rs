@@ -2,7 +2,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const ENTITIES: &str = r#"query($r: [_Any!]!) { _entities(representations: $r) { ... on User { id firstName phone } } }"#;
+const ENTITIES: &str =
+    r#"query($r: [_Any!]!) { _entities(representations: $r) { ... on User { id firstName phone } } }"#;
 const ENTITIES_NO_PHONE: &str =
     r#"query($r: [_Any!]!) { _entities(representations: $r) { ... on User { id firstName } } }"#;
 
@@ -18,8 +19,7 @@ async fn service_sdl_is_the_committed_schema() {
     let sdl = v["data"]["_service"]["sdl"].as_str().expect("sdl");
     assert!(sdl.contains(r#"type User @key(fields: "id")"#), "{sdl}");
     assert!(sdl.contains("@link"), "federation v2 link");
-    let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).unwrap();
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).unwrap();
     assert_eq!(sdl.trim_end(), committed.trim_end());
 }
 
@@ -60,10 +60,7 @@ async fn entities_never_show_another_users_phone() {
     );
 
     // Unknown and malformed ids are null, not errors.
-    for id in [
-        json!("00000000-0000-0000-0000-000000000000"),
-        json!("not-a-uuid"),
-    ] {
+    for id in [json!("00000000-0000-0000-0000-000000000000"), json!("not-a-uuid")] {
         let v = app.gql(ENTITIES_NO_PHONE, reps(&id)).await;
         assert!(v["data"]["_entities"][0].is_null(), "{v}");
     }

@@ -42,11 +42,7 @@ async fn sign_up_sign_out_sign_in_through_http() {
     assert_eq!(me["data"]["me"]["lastName"], "Lovelace");
 
     let out = app
-        .gql_with(
-            Some(access),
-            "mutation { logout { revokedSessions } }",
-            json!({}),
-        )
+        .gql_with(Some(access), "mutation { logout { revokedSessions } }", json!({}))
         .await;
     assert_eq!(out["data"]["logout"]["revokedSessions"], 1, "{out}");
     assert!(
@@ -66,10 +62,7 @@ async fn sign_up_sign_out_sign_in_through_http() {
         .await
         .expect("one user");
     assert_eq!(phone, PHONE);
-    assert!(
-        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-        "{hash}"
-    );
+    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
     assert!(!hash.contains(PASSWORD));
 }
 
@@ -116,11 +109,7 @@ async fn phone_forms_and_default_region() {
     let r = app.generate_code("(650) 253-0000").await;
     assert_eq!(r["data"]["generateCode"]["phone"], PHONE);
     // Another form of the same number hits the same cooldown.
-    for form in [
-        "+1 650 253 0000",
-        "＋１ ６５０ ２５３ ００００",
-        "1-650-253-0000",
-    ] {
+    for form in ["+1 650 253 0000", "＋１ ６５０ ２５３ ００００", "1-650-253-0000"] {
         assert_code(&app.generate_code(form).await, "RATE_LIMITED");
     }
     assert_eq!(app.sms.count(PHONE), 1);
@@ -129,19 +118,9 @@ async fn phone_forms_and_default_region() {
 #[tokio::test]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;
-    let h = app
-        .client
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .expect("healthz");
+    let h = app.client.get(app.url("/healthz")).send().await.expect("healthz");
     assert_eq!(h.status(), 200);
-    let r = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
+    let r = app.client.get(app.url("/readyz")).send().await.expect("readyz");
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body, json!({ "postgres": "ok", "redis": "ok" }));

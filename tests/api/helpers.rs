@@ -17,8 +17,7 @@ pub const PHONE: &str = "+16502530000";
 pub const PASSWORD: &str = "violet-anchor-1987";
 
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_SERVER")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn redis_url() -> String {
@@ -30,6 +29,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub sms: Arc<TestSender>,
     pub auth: Arc<AuthService>,
+    pub resolvers: phone_auth::graphql::metrics::ResolverCounter,
     pub redis: ConnectionManager,
     pub pg: sqlx::PgPool,
     pub prefix: String,
@@ -74,25 +74,22 @@ impl TestApp {
             auth,
             pg,
             redis,
-            ..
+            resolvers,
         } = build(&config, Some(sms.clone())).await.expect("app builds");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let header_timeout = std::time::Duration::from_secs(config.header_read_timeout_seconds);
         tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .expect("serve");
+            phone_auth::server::serve(listener, router, header_timeout, std::future::pending())
+                .await
+                .expect("serve");
         });
         TestApp {
             addr,
             client: reqwest::Client::new(),
             sms,
             auth,
+            resolvers,
             redis,
             pg,
             prefix: config.redis_key_prefix.clone(),
@@ -114,11 +111,7 @@ impl TestApp {
             req = req.bearer_auth(t);
         }
         let res = req.send().await.expect("request");
-        assert_eq!(
-            res.status(),
-            200,
-            "GraphQL over application/json answers 200"
-        );
+        assert_eq!(res.status(), 200, "GraphQL over application/json answers 200");
         res.json().await.expect("json body")
     }
 
@@ -214,10 +207,7 @@ impl TestApp {
         out
     }
 
-    pub async fn redis_get_hash(
-        &self,
-        key_suffix: &str,
-    ) -> std::collections::HashMap<String, String> {
+    pub async fn redis_get_hash(&self, key_suffix: &str) -> std::collections::HashMap<String, String> {
         redis::cmd("HGETALL")
             .arg(format!("{}{}", self.prefix, key_suffix))
             .query_async(&mut self.redis.clone())
@@ -232,10 +222,7 @@ impl Drop for TestApp {
         let prefix = self.prefix.clone();
         // Drop runs inside the test's runtime; clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async move {
@@ -245,9 +232,7 @@ impl Drop for TestApp {
                     && let Ok(mut conn) = opts.connect().await
                 {
                     let sql = format!("drop database if exists \"{db}\" with (force)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
                 }
                 if let Ok(client) = redis::Client::open(redis_url())
                     && let Ok(mut conn) = client.get_multiplexed_async_connection().await
@@ -258,8 +243,7 @@ impl Drop for TestApp {
                         .await
                         .unwrap_or_default();
                     if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                     }
                 }
             });

@@ -15,25 +15,15 @@ fn retry_after(v: &serde_json::Value) -> u64 {
 async fn three_wrong_passwords_lock_for_an_hour() {
     let app = TestApp::spawn().await;
     app.sign_up(PHONE, PASSWORD).await;
-    assert_code(
-        &app.login(PHONE, "wrong-password-1").await,
-        "INVALID_CREDENTIALS",
-    );
-    assert_code(
-        &app.login(PHONE, "wrong-password-2").await,
-        "INVALID_CREDENTIALS",
-    );
+    assert_code(&app.login(PHONE, "wrong-password-1").await, "INVALID_CREDENTIALS");
+    assert_code(&app.login(PHONE, "wrong-password-2").await, "INVALID_CREDENTIALS");
     let third = app.login(PHONE, "wrong-password-3").await;
     assert_code(&third, "ACCOUNT_LOCKED");
     let hashes = app.auth.hasher.hashes_computed();
     let locked = app.login(PHONE, PASSWORD).await;
     assert_code(&locked, "ACCOUNT_LOCKED");
     assert!((3590..=3600).contains(&retry_after(&locked)), "{locked}");
-    assert_eq!(
-        app.auth.hasher.hashes_computed(),
-        hashes,
-        "no hash while locked"
-    );
+    assert_eq!(app.auth.hasher.hashes_computed(), hashes, "no hash while locked");
     for (key, ttl) in app.keys_with_ttl().await {
         assert!(ttl > 0, "{key} without TTL");
     }
@@ -45,17 +35,11 @@ async fn success_resets_the_count() {
     let app = TestApp::spawn().await;
     app.sign_up(PHONE, PASSWORD).await;
     for _ in 0..2 {
-        assert_code(
-            &app.login(PHONE, "wrong-password").await,
-            "INVALID_CREDENTIALS",
-        );
+        assert_code(&app.login(PHONE, "wrong-password").await, "INVALID_CREDENTIALS");
     }
     assert!(app.login(PHONE, PASSWORD).await["errors"].is_null());
     for _ in 0..2 {
-        assert_code(
-            &app.login(PHONE, "wrong-password").await,
-            "INVALID_CREDENTIALS",
-        );
+        assert_code(&app.login(PHONE, "wrong-password").await, "INVALID_CREDENTIALS");
     }
     assert!(app.login(PHONE, PASSWORD).await["errors"].is_null());
 }

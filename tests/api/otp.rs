@@ -24,11 +24,7 @@ async fn code_is_stored_hashed_with_ttls() {
             "{key}: every key of a phone is in its hash tag"
         );
     }
-    let otp_ttl = keys
-        .iter()
-        .find(|(k, _)| k.ends_with(":otp"))
-        .expect("otp key")
-        .1;
+    let otp_ttl = keys.iter().find(|(k, _)| k.ends_with(":otp")).expect("otp key").1;
     assert!((295..=300).contains(&otp_ttl), "code lifetime {otp_ttl}");
     // Nothing anywhere in Redis holds the code in clear.
     for (key, _) in &keys {
@@ -129,8 +125,7 @@ async fn failures_count_across_codes() {
                 break;
             }
             assert_code(
-                &app.verify(PHONE, &format!("{:06}", (code + i) % 1_000_000))
-                    .await,
+                &app.verify(PHONE, &format!("{:06}", (code + i) % 1_000_000)).await,
                 "INVALID_CODE",
             );
             failures += 1;
@@ -189,10 +184,7 @@ async fn codes_are_fresh_six_digits() {
         assert!(c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()));
         seen.insert(c);
     }
-    assert!(
-        seen.len() >= 18,
-        "20 draws from 10^6 repeat rarely: {seen:?}"
-    );
+    assert!(seen.len() >= 18, "20 draws from 10^6 repeat rarely: {seen:?}");
     let body = &app.sms.bodies(PHONE)[0];
     assert!(body.contains("code is"), "{body}");
 }

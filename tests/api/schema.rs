@@ -13,8 +13,7 @@ fn committed_schema_matches_the_code() {
 /// Every error code the service can return is documented in the schema and the README.
 #[test]
 fn every_error_code_is_documented() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     let sdl = phone_auth::graphql::sdl();
     for code in [
         "BAD_USER_INPUT",
@@ -30,9 +29,6 @@ fn every_error_code_is_documented() {
         "INTERNAL_SERVER_ERROR",
     ] {
         assert!(sdl.contains(code), "{code} not in the schema");
-        assert!(
-            readme.contains(&format!("`{code}`")),
-            "{code} not in the README"
-        );
+        assert!(readme.contains(&format!("`{code}`")), "{code} not in the README");
     }
 }

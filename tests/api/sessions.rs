@@ -4,7 +4,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const REFRESH: &str = "mutation($t: String!) { refreshToken(refreshToken: $t) { accessToken refreshToken user { phone } } }";
+const REFRESH: &str =
+    "mutation($t: String!) { refreshToken(refreshToken: $t) { accessToken refreshToken user { phone } } }";
 
 fn part(token: &str, i: usize) -> Value {
     let seg = token.split('.').nth(i).expect("three parts");
@@ -43,9 +44,7 @@ async fn access_token_claims_and_jwks() {
         .json()
         .await
         .unwrap();
-    let jwk = jwks
-        .find(header["kid"].as_str().unwrap())
-        .expect("kid published");
+    let jwk = jwks.find(header["kid"].as_str().unwrap()).expect("kid published");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     validation.set_audience(&[claims["aud"].as_str().unwrap()]);
@@ -86,12 +85,8 @@ async fn bad_tokens() {
     for t in [tampered.as_str(), foreign.as_str(), "garbage", "a.b.c"] {
         assert!(app.me(Some(t)).await["data"]["me"].is_null());
         assert_code(
-            &app.gql_with(
-                Some(t),
-                "mutation { logout { revokedSessions } }",
-                json!({}),
-            )
-            .await,
+            &app.gql_with(Some(t), "mutation { logout { revokedSessions } }", json!({}))
+                .await,
             "UNAUTHENTICATED",
         );
     }
@@ -123,10 +118,7 @@ async fn refresh_rotation_and_reuse_detection() {
     let app = TestApp::spawn().await;
     let r = app.sign_up(PHONE, PASSWORD).await;
     let first = r["refreshToken"].as_str().unwrap().to_owned();
-    assert!(
-        URL_SAFE_NO_PAD.decode(&first).unwrap().len() >= 32,
-        "256 bits"
-    );
+    assert!(URL_SAFE_NO_PAD.decode(&first).unwrap().len() >= 32, "256 bits");
 
     let next = app.gql(REFRESH, json!({ "t": first })).await;
     let n = &next["data"]["refreshToken"];
@@ -149,14 +141,8 @@ async fn refresh_rotation_and_reuse_detection() {
     );
 
     // Reusing the first: refused, and the whole session dies (the second token and the access token).
-    assert_code(
-        &app.gql(REFRESH, json!({ "t": first })).await,
-        "INVALID_TOKEN",
-    );
-    assert_code(
-        &app.gql(REFRESH, json!({ "t": second })).await,
-        "INVALID_TOKEN",
-    );
+    assert_code(&app.gql(REFRESH, json!({ "t": first })).await, "INVALID_TOKEN");
+    assert_code(&app.gql(REFRESH, json!({ "t": second })).await, "INVALID_TOKEN");
     assert!(app.me(Some(&access)).await["data"]["me"].is_null());
     for t in ["", "garbage", &"x".repeat(5000)] {
         assert_code(&app.gql(REFRESH, json!({ "t": t })).await, "INVALID_TOKEN");
@@ -226,10 +212,7 @@ async fn logout_all_sessions() {
         assert!(app.me(Some(t)).await["data"]["me"].is_null());
     }
     let refresh = r["refreshToken"].as_str().unwrap();
-    assert_code(
-        &app.gql(REFRESH, json!({ "t": refresh })).await,
-        "INVALID_TOKEN",
-    );
+    assert_code(&app.gql(REFRESH, json!({ "t": refresh })).await, "INVALID_TOKEN");
 }
 
 /// A plain logout ends only its own session.
@@ -245,22 +228,14 @@ async fn logout_one_session() {
         .unwrap()
         .to_owned();
     let out = app
-        .gql_with(
-            Some(&a),
-            "mutation { logout { revokedSessions } }",
-            json!({}),
-        )
+        .gql_with(Some(&a), "mutation { logout { revokedSessions } }", json!({}))
         .await;
     assert_eq!(out["data"]["logout"]["revokedSessions"], 1);
     assert!(app.me(Some(&a)).await["data"]["me"].is_null());
     assert_eq!(app.me(Some(&b)).await["data"]["me"]["phone"], PHONE);
     assert_code(
-        &app.gql_with(
-            Some(&a),
-            "mutation { logout { revokedSessions } }",
-            json!({}),
-        )
-        .await,
+        &app.gql_with(Some(&a), "mutation { logout { revokedSessions } }", json!({}))
+            .await,
         "UNAUTHENTICATED",
     );
 }
