@@ -21,7 +21,7 @@ use crate::services::Keys;
 use crate::services::auth::AuthService;
 use crate::services::hasher::PasswordHasher;
 use crate::services::lockout::{LockoutService, LockoutSettings};
-use crate::services::otp::{OtpService, OtpSettings};
+use crate::services::otp::{OtpService, OtpSettings, TestNumbers};
 use crate::services::registration::RegistrationTokens;
 use crate::services::sessions::SessionStore;
 use crate::services::sms::{LogSender, SmsSender};
@@ -137,6 +137,14 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     // libphonenumber's metadata loads lazily (about 60 ms): pay it now, not on the first request.
     let _ = PhoneNumber::parse("+16502530000", &phone_policy);
 
+    let test_numbers = TestNumbers::parse(&config.sms_test_numbers)?;
+    if !test_numbers.is_empty() {
+        anyhow::ensure!(
+            !production || config.sms_test_numbers_in_production,
+            "SMS_TEST_NUMBERS is refused when APP_ENV=production unless SMS_TEST_NUMBERS_IN_PRODUCTION=true"
+        );
+        tracing::warn!("SMS_TEST_NUMBERS is set: those numbers get a fixed code and no SMS");
+    }
     let db_url = config.database_url.expose_secret();
     ensure_database(db_url).await?;
     let pg = PgPoolOptions::new()
@@ -185,6 +193,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
                 ip_max_code_checks: config.ip_max_code_checks,
                 sms_max_per_hour: config.sms_max_per_hour,
             },
+            test_numbers,
         ),
         lockout: LockoutService::new(
             redis.clone(),

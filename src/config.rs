@@ -192,6 +192,16 @@ pub struct Config {
     #[arg(long, env = "SMS_MAX_PER_HOUR", default_value_t = 1000)]
     pub sms_max_per_hour: u32,
 
+    /// Test numbers: comma-separated `+E164:code`, or `+prefix*:code` for a range. They get that fixed
+    /// code and no SMS (app-store review, end-to-end tests, load tests). Refused in production unless
+    /// SMS_TEST_NUMBERS_IN_PRODUCTION=true.
+    #[arg(long, env = "SMS_TEST_NUMBERS", default_value = "", hide_env_values = true)]
+    pub sms_test_numbers: String,
+
+    /// Allow SMS_TEST_NUMBERS when APP_ENV=production (an app-store reviewer's number, say).
+    #[arg(long, env = "SMS_TEST_NUMBERS_IN_PRODUCTION", default_value_t = false)]
+    pub sms_test_numbers_in_production: bool,
+
     /// Regions SMS may be sent to, comma-separated ISO 3166 codes (e.g. US,CA,GB). Empty: any.
     #[arg(long, env = "SMS_ALLOWED_REGIONS", default_value = "")]
     pub sms_allowed_regions: String,

@@ -44,6 +44,60 @@ pub struct Issued {
     pub code: OtpCode,
     pub expires_in_seconds: u64,
     pub resend_in_seconds: u64,
+    /// A configured test number: no SMS is sent.
+    pub test_number: bool,
+}
+
+/// Configured test numbers and their fixed codes (`SMS_TEST_NUMBERS`).
+#[derive(Default)]
+pub struct TestNumbers {
+    exact: std::collections::HashMap<String, String>,
+    prefixes: Vec<(String, String)>,
+}
+
+impl TestNumbers {
+    /// Parses `+E164:code,+prefix*:code`. Numbers must be E.164 (digits after `+`), codes 6 digits.
+    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+        let mut out = TestNumbers::default();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (number, code) = item
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("SMS_TEST_NUMBERS: {item:?} is not number:code"))?;
+            OtpCode::parse(code)
+                .map_err(|_| anyhow::anyhow!("SMS_TEST_NUMBERS: the code of {number} is not 6 digits"))?;
+            let (digits, prefix) = match number.strip_suffix('*') {
+                Some(p) => (p, true),
+                None => (number, false),
+            };
+            anyhow::ensure!(
+                digits.starts_with('+')
+                    && digits.len() > 2
+                    && digits[1..].bytes().all(|b| b.is_ascii_digit()),
+                "SMS_TEST_NUMBERS: {number:?} must be E.164 (+ and digits, optionally ending with *)"
+            );
+            if prefix {
+                out.prefixes.push((digits.to_owned(), code.to_owned()));
+            } else {
+                out.exact.insert(digits.to_owned(), code.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    fn code_for(&self, phone: &PhoneNumber) -> Option<OtpCode> {
+        let e164 = phone.e164();
+        let code = self.exact.get(e164).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(prefix, _)| e164.starts_with(prefix.as_str()))
+                .map(|(_, code)| code)
+        })?;
+        OtpCode::parse(code).ok()
+    }
 }
 
 // Returns {status, pttl_ms}: 0 stored, 1 cooling down, 2 phone's window budget spent, 3 IP budget
@@ -78,7 +132,7 @@ end
 if redis.call('INCR', KEYS[3]) == 1 then
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
-if redis.call('INCR', KEYS[5]) == 1 then
+if ARGV[9] == '1' and redis.call('INCR', KEYS[5]) == 1 then
   redis.call('EXPIRE', KEYS[5], 3600)
 end
 return {0, 0}
@@ -121,17 +175,25 @@ pub struct OtpService {
     keys: Keys,
     secret: SecretSlice<u8>,
     settings: OtpSettings,
+    test_numbers: TestNumbers,
     issue: Script,
     check: Script,
 }
 
 impl OtpService {
-    pub fn new(redis: ConnectionManager, keys: Keys, secret: SecretSlice<u8>, settings: OtpSettings) -> Self {
+    pub fn new(
+        redis: ConnectionManager,
+        keys: Keys,
+        secret: SecretSlice<u8>,
+        settings: OtpSettings,
+        test_numbers: TestNumbers,
+    ) -> Self {
         OtpService {
             redis,
             keys,
             secret,
             settings,
+            test_numbers,
             issue: Script::new(ISSUE_LUA),
             check: Script::new(CHECK_LUA),
         }
@@ -153,7 +215,10 @@ impl OtpService {
     /// Draws and stores a new code for `phone`, unless the phone is cooling down or out of budget.
     #[tracing::instrument(skip(self))]
     pub async fn issue(&self, phone: &PhoneNumber, client: &str) -> AppResult<Issued> {
-        let code = OtpCode::generate()?;
+        let (code, test_number) = match self.test_numbers.code_for(phone) {
+            Some(fixed) => (fixed, true),
+            None => (OtpCode::generate()?, false),
+        };
         let s = &self.settings;
         let (status, pttl): (i64, i64) = self
             .issue
@@ -170,6 +235,8 @@ impl OtpService {
             .arg(s.ip_max_code_requests)
             .arg(s.ip_window_seconds)
             .arg(s.sms_max_per_hour)
+            // Only a real SMS spends the service-wide budget.
+            .arg(if test_number { "0" } else { "1" })
             .invoke_async(&mut self.redis.clone())
             .await?;
         match status {
@@ -177,6 +244,7 @@ impl OtpService {
                 code,
                 expires_in_seconds: s.ttl_seconds,
                 resend_in_seconds: s.resend_cooldown_seconds,
+                test_number,
             }),
             1..=4 => Err(AppError::RateLimited {
                 retry_after_seconds: retry_after_secs(pttl),

@@ -188,3 +188,41 @@ async fn codes_are_fresh_six_digits() {
     let body = &app.sms.bodies(PHONE)[0];
     assert!(body.contains("code is"), "{body}");
 }
+
+/// Configured test numbers get their fixed code and no SMS; production refuses them unless allowed.
+#[tokio::test]
+async fn test_numbers_have_a_fixed_code_and_send_nothing() {
+    let app = TestApp::spawn_with(|c| {
+        c.sms_test_numbers = "+16502530999:424242, +1650254*:135790".into();
+        c.sms_max_per_hour = 1;
+    })
+    .await;
+    for (phone, code) in [
+        ("+16502530999", "424242"),
+        ("+16502541234", "135790"),
+        ("+16502549876", "135790"),
+    ] {
+        assert!(app.generate_code(phone).await["errors"].is_null());
+        assert_eq!(app.sms.count(phone), 0, "a test number is sent nothing");
+        let v = app.verify(phone, code).await;
+        assert_eq!(v["data"]["verifyUser"]["registered"], false, "{v}");
+    }
+    // They spent none of the service-wide SMS budget (1 here): a real number still gets its SMS.
+    assert!(app.generate_code(PHONE).await["errors"].is_null());
+    assert_eq!(app.sms.count(PHONE), 1);
+
+    let mut config = crate::helpers::test_config();
+    config.app_env = phone_auth::config::AppEnv::Production;
+    config.jwt_signing_keys = Some(
+        phone_auth::services::tokens::SigningKey::generate()
+            .unwrap()
+            .to_config()
+            .into(),
+    );
+    config.sms_test_numbers = "+16502530999:424242".into();
+    let sender = std::sync::Arc::new(phone_auth::services::sms::TestSender::default());
+    let Err(refused) = phone_auth::app::build(&config, Some(sender)).await else {
+        panic!("production started with test numbers");
+    };
+    assert!(refused.to_string().contains("SMS_TEST_NUMBERS"), "{refused}");
+}
