@@ -24,7 +24,8 @@ use crate::services::lockout::{LockoutService, LockoutSettings};
 use crate::services::otp::{OtpService, OtpSettings, TestNumbers};
 use crate::services::registration::RegistrationTokens;
 use crate::services::sessions::SessionStore;
-use crate::services::sms::{LogSender, SmsSender};
+use crate::services::outbox::{Outbox, OutboxSettings, spawn_workers};
+use crate::services::sms::{LogSender, SmsSender, TwilioSender, WebhookSender, http_client};
 use crate::services::tokens::{SigningKey, TokenService};
 use crate::services::users::UserStore;
 
@@ -32,6 +33,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct App {
     pub router: axum::Router,
+    pub outbox: Arc<Outbox>,
     /// Field resolutions since start.
     pub resolvers: ResolverCounter,
     pub auth: Arc<AuthService>,
@@ -74,19 +76,79 @@ fn random_secret() -> anyhow::Result<SecretSlice<u8>> {
     Ok(SecretSlice::from(bytes))
 }
 
-/// Builds the service. `sms` overrides the configured sender (tests pass a `TestSender`).
-pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::Result<App> {
-    let production = config.app_env == AppEnv::Production;
-
-    let sms: Arc<dyn SmsSender> = match (sms, config.sms_provider) {
-        (Some(s), _) => s,
-        (None, SmsProvider::Log) => {
+/// The configured SMS provider.
+pub fn sms_provider(config: &Config) -> anyhow::Result<Arc<dyn SmsSender>> {
+    let timeout = Duration::from_millis(config.sms_http_timeout_ms);
+    Ok(match config.sms_provider {
+        SmsProvider::Log => {
             anyhow::ensure!(
-                !production,
+                config.app_env != AppEnv::Production,
                 "SMS_PROVIDER=log writes codes to the log and is refused when APP_ENV=production"
             );
             Arc::new(LogSender)
         }
+        SmsProvider::Webhook => {
+            let url = config
+                .sms_webhook_url
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("SMS_PROVIDER=webhook needs SMS_WEBHOOK_URL"))?;
+            let secret = config
+                .sms_webhook_secret
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("SMS_PROVIDER=webhook needs SMS_WEBHOOK_SECRET"))?;
+            Arc::new(WebhookSender::new(http_client(timeout)?, url, secret)?)
+        }
+        SmsProvider::Twilio => {
+            let need = |v: &Option<String>, name: &str| {
+                v.clone().ok_or_else(|| anyhow::anyhow!("SMS_PROVIDER=twilio needs {name}"))
+            };
+            Arc::new(TwilioSender::new(
+                http_client(timeout)?,
+                config.twilio_base_url.clone(),
+                need(&config.twilio_account_sid, "TWILIO_ACCOUNT_SID")?,
+                config
+                    .twilio_auth_token
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("SMS_PROVIDER=twilio needs TWILIO_AUTH_TOKEN"))?,
+                need(&config.twilio_from, "TWILIO_FROM")?,
+            ))
+        }
+    })
+}
+
+/// The SMS outbox and its delivery settings (used by the server and by `phone-auth worker`).
+pub async fn build_outbox(config: &Config, provider: Arc<dyn SmsSender>) -> anyhow::Result<Outbox> {
+    anyhow::ensure!(
+        config.sms_claim_idle_ms > config.sms_http_timeout_ms + config.sms_backoff_max_ms,
+        "SMS_CLAIM_IDLE_MS must exceed SMS_HTTP_TIMEOUT_MS + SMS_BACKOFF_MAX_MS, or live jobs get claimed twice"
+    );
+    let settings = OutboxSettings {
+        max_len: config.sms_outbox_max_len,
+        dead_max_len: config.sms_dead_letter_max_len,
+        max_attempts: config.sms_max_attempts.max(1),
+        backoff_base: Duration::from_millis(config.sms_backoff_base_ms),
+        backoff_max: Duration::from_millis(config.sms_backoff_max_ms),
+        claim_idle: Duration::from_millis(config.sms_claim_idle_ms),
+        block: Duration::from_secs(2),
+        code_ttl: Duration::from_secs(config.otp_ttl_seconds),
+        app_name: config.sms_app_name.clone(),
+        template: config.sms_template.clone(),
+        webotp_domain: config.sms_webotp_domain.clone(),
+    };
+    let keys = Keys::new(config.redis_key_prefix.clone());
+    let pool_size = u32::try_from(config.sms_workers).unwrap_or(u32::MAX).saturating_add(1);
+    Outbox::new(config.redis_url.expose_secret(), &keys, settings, provider, pool_size)
+        .await
+        .context("cannot set up the SMS outbox")
+}
+
+/// Builds the service. `sms` overrides the configured provider (tests pass a `TestSender`).
+pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::Result<App> {
+    let production = config.app_env == AppEnv::Production;
+
+    let provider = match sms {
+        Some(s) => s,
+        None => sms_provider(config)?,
     };
 
     let otp_secret = match &config.otp_hmac_secret {
@@ -149,7 +211,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     ensure_database(db_url).await?;
     let pg = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
-        .acquire_timeout(Duration::from_secs(3))
+        .acquire_timeout(Duration::from_millis(config.database_acquire_timeout_ms))
         .connect(db_url)
         .await
         .context("cannot connect to PostgreSQL")?;
@@ -160,8 +222,8 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     // unlike bb8-redis (whose `has_broken` always says false) it recovers after a Redis restart.
     let redis_client = redis::Client::open(config.redis_url.expose_secret()).context("REDIS_URL")?;
     let redis_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_connection_timeout(Some(Duration::from_millis(config.redis_timeout_ms)))
+        .set_response_timeout(Some(Duration::from_millis(config.redis_timeout_ms)))
         .set_number_of_retries(2);
     let redis = ConnectionManager::new_with_config(redis_client, redis_config)
         .await
@@ -176,7 +238,6 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     )?;
     let auth = Arc::new(AuthService {
         phone_policy,
-        app_name: "phone-auth".into(),
         otp: OtpService::new(
             redis.clone(),
             key_names.clone(),
@@ -192,6 +253,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
                 ip_max_code_requests: config.ip_max_code_requests,
                 ip_max_code_checks: config.ip_max_code_checks,
                 sms_max_per_hour: config.sms_max_per_hour,
+                outbox_max_len: config.sms_outbox_max_len,
             },
             test_numbers,
         ),
@@ -214,8 +276,13 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             config.registration_token_ttl_seconds,
         ),
         hasher,
-        sms,
     });
+
+    let outbox = Arc::new(build_outbox(config, provider).await?);
+    let workers = spawn_workers(&outbox, config.sms_workers);
+    if config.sms_workers > 0 {
+        tracing::info!(workers = workers.len(), "SMS delivery workers started in this process");
+    }
 
     let resolvers = ResolverCounter::default();
     let schema = build_schema(auth.clone(), production, resolvers.clone());
@@ -240,6 +307,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     );
     Ok(App {
         router,
+        outbox,
         resolvers,
         auth,
         pg,

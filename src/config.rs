@@ -17,6 +17,10 @@ pub enum AppEnv {
 pub enum SmsProvider {
     /// Writes the code to the log. Development only: refused when APP_ENV=production.
     Log,
+    /// POSTs each message as JSON signed per Standard Webhooks to SMS_WEBHOOK_URL.
+    Webhook,
+    /// Twilio Programmable Messaging.
+    Twilio,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -42,6 +46,15 @@ pub struct Config {
     /// Maximum PostgreSQL connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
+
+    /// How long a request waits for a PostgreSQL connection before SERVICE_UNAVAILABLE, milliseconds.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    pub database_acquire_timeout_ms: u64,
+
+    /// Redis connect and response timeout, milliseconds: past it a request fails fast with
+    /// SERVICE_UNAVAILABLE instead of hanging on a stalled Redis.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
 
     /// Redis URL.
     #[arg(
@@ -135,9 +148,82 @@ pub struct Config {
     #[arg(long, env = "HASH_QUEUE_TIMEOUT_MS", default_value_t = 2000)]
     pub hash_queue_timeout_ms: u64,
 
-    /// How SMS codes are delivered.
+    /// How SMS codes are delivered: log (development), webhook, twilio.
     #[arg(long, env = "SMS_PROVIDER", value_enum, default_value = "log")]
     pub sms_provider: SmsProvider,
+
+    /// webhook provider: where messages are POSTed.
+    #[arg(long, env = "SMS_WEBHOOK_URL")]
+    pub sms_webhook_url: Option<String>,
+
+    /// webhook provider: signing secret, `whsec_<base64 of at least 24 random bytes>`.
+    #[arg(long, env = "SMS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub sms_webhook_secret: Option<SecretString>,
+
+    /// twilio provider: Account SID.
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+
+    /// twilio provider: Auth Token.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<SecretString>,
+
+    /// twilio provider: sender number (E.164) or Messaging Service SID (MG...).
+    #[arg(long, env = "TWILIO_FROM")]
+    pub twilio_from: Option<String>,
+
+    /// twilio provider: API base URL.
+    #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com")]
+    pub twilio_base_url: String,
+
+    /// Timeout of one call to the SMS provider, milliseconds.
+    #[arg(long, env = "SMS_HTTP_TIMEOUT_MS", default_value_t = 10_000)]
+    pub sms_http_timeout_ms: u64,
+
+    /// SMS delivery workers run inside this process (0: none; run `phone-auth worker` apart).
+    #[arg(long, env = "SMS_WORKERS", default_value_t = 2)]
+    pub sms_workers: usize,
+
+    /// Delivery attempts of one message before it is dead-lettered.
+    #[arg(long, env = "SMS_MAX_ATTEMPTS", default_value_t = 5)]
+    pub sms_max_attempts: u32,
+
+    /// First retry waits up to this, doubling each time (full jitter), milliseconds.
+    #[arg(long, env = "SMS_BACKOFF_BASE_MS", default_value_t = 500)]
+    pub sms_backoff_base_ms: u64,
+
+    /// Longest wait between two attempts, milliseconds.
+    #[arg(long, env = "SMS_BACKOFF_MAX_MS", default_value_t = 30_000)]
+    pub sms_backoff_max_ms: u64,
+
+    /// A job untouched this long is presumed orphaned by a dead worker and claimed by another,
+    /// milliseconds. Must exceed SMS_HTTP_TIMEOUT_MS + SMS_BACKOFF_MAX_MS.
+    #[arg(long, env = "SMS_CLAIM_IDLE_MS", default_value_t = 60_000)]
+    pub sms_claim_idle_ms: u64,
+
+    /// Jobs the outbox holds at most; a full outbox refuses new codes (SERVICE_UNAVAILABLE).
+    #[arg(long, env = "SMS_OUTBOX_MAX_LEN", default_value_t = 10_000)]
+    pub sms_outbox_max_len: u64,
+
+    /// Dead letters kept (oldest trimmed).
+    #[arg(long, env = "SMS_DEAD_LETTER_MAX_LEN", default_value_t = 10_000)]
+    pub sms_dead_letter_max_len: u64,
+
+    /// Name of the app in messages ({app} in the template).
+    #[arg(long, env = "SMS_APP_NAME", default_value = "phone-auth")]
+    pub sms_app_name: String,
+
+    /// Message text; {app}, {code} and {minutes} are replaced.
+    #[arg(
+        long,
+        env = "SMS_TEMPLATE",
+        default_value = "{app}: your code is {code}. It expires in {minutes} minutes. Do not share it."
+    )]
+    pub sms_template: String,
+
+    /// If set, messages end with the WebOTP / Android SMS Retriever line `@domain #code`.
+    #[arg(long, env = "SMS_WEBOTP_DOMAIN")]
+    pub sms_webotp_domain: Option<String>,
 
     /// Seconds a request may take before it is answered with 408 and its work dropped (slow bodies).
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value_t = 15)]

@@ -26,6 +26,9 @@ enum Command {
     PrintSchema,
     /// Print a fresh Ed25519 signing key in JWT_SIGNING_KEYS form.
     GenerateKey,
+    /// Run SMS delivery workers only (no HTTP), for deployments that scale them apart; run the server
+    /// with SMS_WORKERS=0 then. Uses SMS_WORKERS workers (at least one).
+    Worker,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,15 +46,40 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            tracing_subscriber::fmt()
-                .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-                .init();
+            init_tracing();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(serve(cli.config))
         }
+        Command::Worker => {
+            init_tracing();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(worker(cli.config))
+        }
     }
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    let provider = phone_auth::app::sms_provider(&config)?;
+    let outbox = std::sync::Arc::new(phone_auth::app::build_outbox(&config, provider).await?);
+    let workers = phone_auth::services::outbox::spawn_workers(&outbox, config.sms_workers.max(1));
+    tracing::info!(workers = workers.len(), "SMS delivery workers running");
+    shutdown_signal().await;
+    // A job in flight when a worker stops stays pending and is claimed by another worker later.
+    for w in workers {
+        w.abort();
+    }
+    tracing::info!("workers stopped");
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

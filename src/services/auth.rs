@@ -1,7 +1,5 @@
 //! The sign-up and sign-in flows, composed from the single-concern services. Owns no state of its own.
 
-use std::sync::Arc;
-
 use uuid::Uuid;
 
 use crate::domain::{OtpCode, Password, PersonName, PhoneNumber, PhonePolicy};
@@ -11,13 +9,11 @@ use crate::services::lockout::LockoutService;
 use crate::services::otp::OtpService;
 use crate::services::registration::RegistrationTokens;
 use crate::services::sessions::SessionStore;
-use crate::services::sms::{SmsMessage, SmsSender, message_body};
 use crate::services::tokens::TokenService;
 use crate::services::users::{User, UserStore};
 
 pub struct AuthService {
     pub phone_policy: PhonePolicy,
-    pub app_name: String,
     pub otp: OtpService,
     pub lockout: LockoutService,
     pub users: UserStore,
@@ -25,7 +21,6 @@ pub struct AuthService {
     pub tokens: TokenService,
     pub registration: RegistrationTokens,
     pub hasher: PasswordHasher,
-    pub sms: Arc<dyn SmsSender>,
 }
 
 pub struct CodeSent {
@@ -62,21 +57,12 @@ impl AuthService {
         })
     }
 
-    /// Sends a code. Answers the same whether or not the phone has an account.
+    /// Sends a code (queues its SMS). Answers the same whether or not the phone has an account.
     /// `client` is the caller's budget key (see `client_ip::budget_key`).
     #[tracing::instrument(skip(self))]
     pub async fn generate_code(&self, phone: &PhoneNumber, client: &str) -> AppResult<CodeSent> {
+        // Storing the code also queues its SMS (the outbox); workers deliver it.
         let issued = self.otp.issue(phone, client).await?;
-        if !issued.test_number {
-            let body = message_body(&self.app_name, &issued.code, issued.expires_in_seconds);
-            self.sms
-                .send(SmsMessage {
-                    to: phone,
-                    code: &issued.code,
-                    body,
-                })
-                .await?;
-        }
         Ok(CodeSent {
             expires_in_seconds: issued.expires_in_seconds,
             resend_in_seconds: issued.resend_in_seconds,

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod hasher;
 pub mod lockout;
 pub mod otp;
+pub mod outbox;
 pub mod registration;
 pub mod sessions;
 pub mod sms;

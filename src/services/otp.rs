@@ -38,6 +38,7 @@ pub struct OtpSettings {
     pub ip_max_code_requests: u32,
     pub ip_max_code_checks: u32,
     pub sms_max_per_hour: u32,
+    pub outbox_max_len: u64,
 }
 
 pub struct Issued {
@@ -101,7 +102,8 @@ impl TestNumbers {
 }
 
 // Returns {status, pttl_ms}: 0 stored, 1 cooling down, 2 phone's window budget spent, 3 IP budget
-// spent, 4 service-wide SMS budget spent. Every request counts against its IP; only a sent code counts
+// spent, 4 service-wide SMS budget spent, 5 the SMS outbox is full. Storing the code and appending its
+// delivery job to the outbox stream happen together or not at all. Every request counts against its IP; only a sent code counts
 // against the phone and the service.
 // A new code replaces the pending one (its tries start at 0) but never touches otp_fails: a fresh code
 // must not reset the phone's failure count (NIST SP 800-63B 5.2.2).
@@ -123,6 +125,9 @@ end
 if tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[8]) then
   return {4, redis.call('PTTL', KEYS[5])}
 end
+if ARGV[9] == '1' and redis.call('XLEN', KEYS[6]) >= tonumber(ARGV[12]) then
+  return {5, 0}
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'h', ARGV[1], 'tries', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -132,8 +137,11 @@ end
 if redis.call('INCR', KEYS[3]) == 1 then
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
-if ARGV[9] == '1' and redis.call('INCR', KEYS[5]) == 1 then
-  redis.call('EXPIRE', KEYS[5], 3600)
+if ARGV[9] == '1' then
+  if redis.call('INCR', KEYS[5]) == 1 then
+    redis.call('EXPIRE', KEYS[5], 3600)
+  end
+  redis.call('XADD', KEYS[6], '*', 'id', ARGV[10], 'to', ARGV[13], 'code', ARGV[14], 'created_ms', ARGV[11])
 end
 return {0, 0}
 ";
@@ -176,6 +184,7 @@ pub struct OtpService {
     secret: SecretSlice<u8>,
     settings: OtpSettings,
     test_numbers: TestNumbers,
+    outbox_key: String,
     issue: Script,
     check: Script,
 }
@@ -189,6 +198,7 @@ impl OtpService {
         test_numbers: TestNumbers,
     ) -> Self {
         OtpService {
+            outbox_key: crate::services::outbox::Outbox::stream_key(&keys),
             redis,
             keys,
             secret,
@@ -227,6 +237,7 @@ impl OtpService {
             .key(self.keys.phone(phone, "otp_sends"))
             .key(self.keys.other(&format!("ip:{client}:code_requests")))
             .key(self.keys.other("sms:hour"))
+            .key(&self.outbox_key)
             .arg(self.mac(phone, &code))
             .arg(s.ttl_seconds)
             .arg(s.resend_cooldown_seconds)
@@ -235,8 +246,13 @@ impl OtpService {
             .arg(s.ip_max_code_requests)
             .arg(s.ip_window_seconds)
             .arg(s.sms_max_per_hour)
-            // Only a real SMS spends the service-wide budget.
+            // Only a real SMS spends the service-wide budget and gets a delivery job.
             .arg(if test_number { "0" } else { "1" })
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+            .arg(s.outbox_max_len)
+            .arg(phone.e164())
+            .arg(code.expose())
             .invoke_async(&mut self.redis.clone())
             .await?;
         match status {
@@ -249,6 +265,7 @@ impl OtpService {
             1..=4 => Err(AppError::RateLimited {
                 retry_after_seconds: retry_after_secs(pttl),
             }),
+            5 => Err(AppError::Unavailable(anyhow::anyhow!("the SMS outbox is full"))),
             other => Err(AppError::Internal(anyhow::anyhow!(
                 "otp issue script returned {other}"
             ))),

@@ -30,6 +30,7 @@ pub struct TestApp {
     pub sms: Arc<TestSender>,
     pub auth: Arc<AuthService>,
     pub resolvers: phone_auth::graphql::metrics::ResolverCounter,
+    pub outbox: Arc<phone_auth::services::outbox::Outbox>,
     pub redis: ConnectionManager,
     pub pg: sqlx::PgPool,
     pub prefix: String,
@@ -42,6 +43,10 @@ pub fn test_config() -> Config {
     let mut c = Config::defaults();
     c.app_env = AppEnv::Test;
     c.hash_queue_timeout_ms = 60_000;
+    // Tests run in parallel on two shared cores: the fail-fast timeouts of production would turn a
+    // busy moment into SERVICE_UNAVAILABLE. The tests of those timeouts set their own.
+    c.database_acquire_timeout_ms = 30_000;
+    c.redis_timeout_ms = 30_000;
     c.default_region = None;
     c.otp_hmac_secret = Some(SecretString::from("test-secret-test-secret-test-secret!"));
     c.jwt_signing_keys = None;
@@ -61,6 +66,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_with_provider(configure, true).await
+    }
+
+    /// `test_sender`: deliver to the in-memory `TestSender` (`app.sms`); false: to the provider the
+    /// configuration names (webhook, twilio).
+    pub async fn spawn_with_provider(configure: impl FnOnce(&mut Config), test_sender: bool) -> TestApp {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("phone_auth_test_{id}");
         let mut config = test_config();
@@ -75,7 +86,10 @@ impl TestApp {
             pg,
             redis,
             resolvers,
-        } = build(&config, Some(sms.clone())).await.expect("app builds");
+            outbox,
+        } = build(&config, test_sender.then(|| sms.clone() as Arc<dyn phone_auth::services::sms::SmsSender>))
+            .await
+            .expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let header_timeout = std::time::Duration::from_secs(config.header_read_timeout_seconds);
@@ -90,6 +104,7 @@ impl TestApp {
             sms,
             auth,
             resolvers,
+            outbox,
             redis,
             pg,
             prefix: config.redis_key_prefix.clone(),
@@ -119,12 +134,33 @@ impl TestApp {
         self.gql_with(None, query, variables).await
     }
 
+    /// Requests a code and, when one was queued, waits until the workers delivered it.
     pub async fn generate_code(&self, phone: &str) -> Value {
-        self.gql(
-            "mutation($p: String!) { generateCode(phone: $p) { phone expiresInSeconds resendInSeconds } }",
-            json!({ "p": phone }),
-        )
-        .await
+        let r = self
+            .gql(
+                "mutation($p: String!) { generateCode(phone: $p) { phone expiresInSeconds resendInSeconds } }",
+                json!({ "p": phone }),
+            )
+            .await;
+        self.wait_outbox_empty().await;
+        r
+    }
+
+    /// Waits (at most 30 s) until every queued SMS job was delivered (or dead-lettered).
+    pub async fn wait_outbox_empty(&self) {
+        let stream = format!("{}sms:outbox", self.prefix);
+        for _ in 0..6000 {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(&mut self.redis.clone())
+                .await
+                .expect("XLEN");
+            if len == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the SMS outbox was not drained within 30 s");
     }
 
     pub fn last_code(&self, e164: &str) -> String {
@@ -187,7 +223,8 @@ impl TestApp {
         r["data"]["register"].clone()
     }
 
-    /// Every Redis key of this test, with its TTL in seconds.
+    /// Every Redis key of this test with its TTL in seconds, except the SMS streams, which are bounded
+    /// by length instead (see services/outbox.rs).
     pub async fn keys_with_ttl(&self) -> Vec<(String, i64)> {
         let mut conn = self.redis.clone();
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -196,7 +233,7 @@ impl TestApp {
             .await
             .expect("KEYS");
         let mut out = Vec::new();
-        for k in keys {
+        for k in keys.into_iter().filter(|k| !k.ends_with("sms:outbox") && !k.ends_with("sms:dead")) {
             let ttl: i64 = redis::cmd("TTL")
                 .arg(&k)
                 .query_async(&mut conn)

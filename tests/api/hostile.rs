@@ -615,6 +615,7 @@ async fn hostile_requests_get_their_expected_answers() {
         assert!(ttl > 0, "{key} without TTL");
         assert!(!key.contains("{+16502530000}"), "a refused request touched {key}");
     }
+    app.wait_outbox_empty().await;
     assert_eq!(app.sms.count("+16502530000"), 0);
     for e164 in ["+16502530001", "+16502530002", "+16502530003"] {
         assert_eq!(

@@ -90,7 +90,8 @@ async fn fifty_racing_registrations_with_one_token() {
         results
             .iter()
             .filter(|r| !r["errors"].is_null())
-            .all(|r| code(r) == Some("INVALID_TOKEN"))
+            .all(|r| code(r) == Some("INVALID_TOKEN")),
+        "{results:?}"
     );
     assert!(
         app.auth.hasher.hashes_computed() <= 3,
@@ -129,7 +130,8 @@ async fn fifty_racing_registrations_of_one_phone() {
         results
             .iter()
             .filter(|r| !r["errors"].is_null())
-            .all(|r| code(r) == Some("PHONE_ALREADY_REGISTERED"))
+            .all(|r| code(r) == Some("PHONE_ALREADY_REGISTERED")),
+        "{results:?}"
     );
     let n: i64 = sqlx::query_scalar("select count(*) from users where phone = $1")
         .bind(PHONE)

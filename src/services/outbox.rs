@@ -1,0 +1,388 @@
+//! The SMS outbox: a Redis Stream that `generateCode` appends to in the same Lua script that stores the
+//! code (no code without a job, no job without a code), and workers that deliver from it through a
+//! consumer group.
+//!
+//! Keys (no TTL: streams are bounded by length instead):
+//! - `sms:outbox` jobs {id, to, code, created_ms}; at most `max_len` (a full outbox refuses new codes
+//!   with SERVICE_UNAVAILABLE rather than trimming undelivered jobs); consumer group `sms-workers`
+//! - `sms:dead`   dead letters {id, to, reason, failed_ms} (never the code); trimmed to `dead_max_len`
+//!
+//! Delivery is at least once: a job is acknowledged and deleted (so its code leaves Redis) only after
+//! the provider accepted it or it was dead-lettered. Transient failures are retried in the worker with
+//! exponential backoff and full jitter; before each retry the worker re-claims the job (XCLAIM JUSTID),
+//! which proves it still owns it and resets its idle time. A job whose worker died stays pending and is
+//! claimed by another worker once idle for `claim_idle` (XAUTOCLAIM). The job id (a UUID) is the
+//! idempotency key providers can dedupe on. A job older than the code's lifetime is dropped, not sent.
+//!
+//! Blocking reads (XREADGROUP BLOCK) must not share the service's multiplexed connection, so workers
+//! take theirs from a bb8 pool, checked with PING on checkout so that a Redis restart heals. The pool's
+//! manager is ours, not bb8-redis's: bb8-redis opens connections with redis-rs's default 500 ms
+//! response timeout, shorter than a blocking read, and a read the client gives up on while Redis still
+//! hands it an entry strands that entry as pending until it is reclaimed (found by the tests here).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::RngExt;
+use redis::Script;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+
+use crate::services::Keys;
+use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
+
+pub const GROUP: &str = "sms-workers";
+
+/// bb8 connections for blocking reads: a response timeout longer than any BLOCK we issue.
+pub struct BlockingConnections {
+    client: redis::Client,
+    response_timeout: Duration,
+}
+
+impl bb8::ManageConnection for BlockingConnections {
+    type Connection = redis::aio::MultiplexedConnection;
+    type Error = redis::RedisError;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(self.response_timeout));
+        self.client.get_multiplexed_async_connection_with_config(&config).await
+    }
+
+    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        redis::cmd("PING").query_async::<()>(conn).await
+    }
+
+    fn has_broken(&self, _: &mut Self::Connection) -> bool {
+        false
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct OutboxSettings {
+    pub max_len: u64,
+    pub dead_max_len: u64,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub claim_idle: Duration,
+    pub block: Duration,
+    /// The code's lifetime: older jobs are dropped.
+    pub code_ttl: Duration,
+    pub app_name: String,
+    pub template: String,
+    pub webotp_domain: Option<String>,
+}
+
+/// What happened to jobs, for tests and operators.
+#[derive(Default, Debug)]
+pub struct OutboxStats {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+// KEYS: outbox, dead. ARGV: group, job id, reason ('' = delivered), to, message id, dead max len.
+// Acknowledge and delete in one step (the code leaves Redis), dead-lettering when there is a reason.
+const FINISH_LUA: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
+    'id', ARGV[5], 'to', ARGV[4], 'reason', ARGV[3], 'failed_ms', ARGV[7])
+end
+return 1
+";
+
+pub struct Outbox {
+    pool: bb8::Pool<BlockingConnections>,
+    stream: String,
+    dead: String,
+    settings: OutboxSettings,
+    provider: Arc<dyn SmsSender>,
+    finish: Script,
+    pub stats: OutboxStats,
+}
+
+struct Job {
+    stream_id: String,
+    message_id: String,
+    to: String,
+    code: String,
+    created_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn field(entry: &StreamId, name: &str) -> Option<String> {
+    entry.get::<String>(name)
+}
+
+impl Outbox {
+    pub async fn new(
+        redis_url: &str,
+        keys: &Keys,
+        settings: OutboxSettings,
+        provider: Arc<dyn SmsSender>,
+        pool_size: u32,
+    ) -> anyhow::Result<Self> {
+        let manager = BlockingConnections {
+            client: redis::Client::open(redis_url)?,
+            // Longer than the BLOCK of a read, with room for a loaded server.
+            response_timeout: settings.block + Duration::from_secs(10),
+        };
+        let pool = bb8::Pool::builder()
+            .max_size(pool_size.max(1))
+            .connection_timeout(Duration::from_secs(3))
+            .build(manager)
+            .await?;
+        let outbox = Outbox {
+            pool,
+            stream: Self::stream_key(keys),
+            dead: Self::dead_key(keys),
+            settings,
+            provider,
+            finish: Script::new(FINISH_LUA),
+            stats: OutboxStats::default(),
+        };
+        outbox.ensure_group().await?;
+        Ok(outbox)
+    }
+
+    pub fn stream_key(keys: &Keys) -> String {
+        keys.other("sms:outbox")
+    }
+
+    pub fn dead_key(keys: &Keys) -> String {
+        keys.other("sms:dead")
+    }
+
+    async fn ensure_group(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.get().await?;
+        // From the start of the stream ("0"), so jobs written before the group existed are delivered.
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut *conn)
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs one worker until the task is dropped. `name` must be unique among live workers.
+    pub async fn run_worker(self: Arc<Self>, name: String) {
+        let mut last_claim = std::time::Instant::now() - self.settings.claim_idle;
+        loop {
+            if last_claim.elapsed() >= self.settings.claim_idle / 2 {
+                last_claim = std::time::Instant::now();
+                if let Err(e) = self.claim_stale(&name).await {
+                    tracing::warn!(error = %e, worker = %name, "outbox: reclaiming stale jobs failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            match self.read_new(&name).await {
+                Ok(jobs) => {
+                    for job in jobs {
+                        self.process(&name, job).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, worker = %name, "outbox: reading the stream failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = self.ensure_group().await;
+                }
+            }
+        }
+    }
+
+    async fn read_new(&self, name: &str) -> anyhow::Result<Vec<Job>> {
+        let mut conn = self.pool.get().await?;
+        let options = StreamReadOptions::default()
+            .group(GROUP, name)
+            .count(16)
+            .block(self.settings.block.as_millis() as usize);
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg(&options)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(&mut *conn)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .filter_map(|e| self.parse(e))
+            .collect())
+    }
+
+    async fn claim_stale(&self, name: &str) -> anyhow::Result<()> {
+        let reply: StreamAutoClaimReply = {
+            let mut conn = self.pool.get().await?;
+            redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg(name)
+                .arg(self.settings.claim_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(16)
+                .query_async(&mut *conn)
+                .await?
+        };
+        for entry in reply.claimed {
+            if let Some(job) = self.parse(entry) {
+                tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
+                self.process(name, job).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn parse(&self, entry: StreamId) -> Option<Job> {
+        let job = Job {
+            message_id: field(&entry, "id")?,
+            to: field(&entry, "to")?,
+            code: field(&entry, "code")?,
+            created_ms: field(&entry, "created_ms")?.parse().ok()?,
+            stream_id: entry.id,
+        };
+        Some(job)
+    }
+
+    /// Delivers one job to its end: delivered, dead-lettered or dropped (expired). Returns early if
+    /// another worker took the job over.
+    async fn process(&self, name: &str, job: Job) {
+        let body = render(
+            &self.settings.template,
+            &self.settings.app_name,
+            &job.code,
+            self.settings.code_ttl.as_secs(),
+            self.settings.webotp_domain.as_deref(),
+        );
+        let mut attempt = 1u32;
+        loop {
+            if now_ms().saturating_sub(job.created_ms) > self.settings.code_ttl.as_millis() as u64 {
+                tracing::info!(message_id = %job.message_id, "outbox: job older than the code's lifetime: dropped");
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                self.finish(&job, "expired").await;
+                return;
+            }
+            let sent = self
+                .provider
+                .send(SmsMessage {
+                    to: &job.to,
+                    code: &job.code,
+                    body: &body,
+                    message_id: &job.message_id,
+                })
+                .await;
+            match sent {
+                Ok(()) => {
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.finish(&job, "").await;
+                    return;
+                }
+                Err(DeliveryError::Permanent(reason)) => {
+                    tracing::warn!(message_id = %job.message_id, %reason, "outbox: permanent failure: dead-lettered");
+                    self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    self.finish(&job, &reason).await;
+                    return;
+                }
+                Err(DeliveryError::Transient(reason)) if attempt >= self.settings.max_attempts => {
+                    tracing::warn!(message_id = %job.message_id, %reason, attempt, "outbox: out of retries: dead-lettered");
+                    self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    self.finish(&job, &format!("{reason} (after {attempt} attempts)")).await;
+                    return;
+                }
+                Err(DeliveryError::Transient(reason)) => {
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    let wait = self.backoff(attempt);
+                    tracing::info!(message_id = %job.message_id, %reason, attempt, ?wait, "outbox: transient failure: retrying");
+                    tokio::time::sleep(wait).await;
+                    if !self.still_mine(name, &job, wait).await {
+                        return;
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter"):
+    /// uniform in [0, min(max, base * 2^(attempt-1))].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .settings
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.settings.backoff_max);
+        let ms = cap.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(0..=ms))
+    }
+
+    /// Re-claims the job for this worker, resetting its idle time. The job has been idle at least
+    /// `waited` if nobody touched it; if another worker claimed it meanwhile, its idle time is shorter,
+    /// the claim fails, and this worker lets it go. Also fails once the job is finished.
+    async fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> bool {
+        let Ok(mut conn) = self.pool.get().await else { return true };
+        let claimed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(name)
+            .arg(waited.as_millis() as u64)
+            .arg(&job.stream_id)
+            .arg("JUSTID")
+            .query_async(&mut *conn)
+            .await;
+        !matches!(claimed, Ok(ids) if ids.is_empty())
+    }
+
+    async fn finish(&self, job: &Job, reason: &str) {
+        let result: anyhow::Result<i64> = async {
+            let mut conn = self.pool.get().await?;
+            Ok(self
+                .finish
+                .key(&self.stream)
+                .key(&self.dead)
+                .arg(GROUP)
+                .arg(&job.stream_id)
+                .arg(reason)
+                .arg(&job.to)
+                .arg(&job.message_id)
+                .arg(self.settings.dead_max_len)
+                .arg(now_ms())
+                .invoke_async(&mut *conn)
+                .await?)
+        }
+        .await;
+        if let Err(e) = result {
+            // The job stays pending and will be claimed again: at least once, never lost.
+            tracing::warn!(error = %e, message_id = %job.message_id, "outbox: could not acknowledge a job");
+        }
+    }
+}
+
+/// Starts `n` workers on the current runtime.
+pub fn spawn_workers(outbox: &Arc<Outbox>, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let host = std::process::id();
+    (0..n)
+        .map(|i| {
+            let name = format!("w-{host}-{i}-{}", uuid::Uuid::new_v4().simple());
+            tokio::spawn(outbox.clone().run_worker(name))
+        })
+        .collect()
+}

@@ -1,0 +1,266 @@
+//! SMS delivery through the Redis Streams outbox, against a local HTTP stub standing in for the
+//! webhook receiver and for Twilio's API.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::Engine;
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::stub::{Reply, Stub};
+
+const SECRET_B64: &str = "c2VjcmV0LWtleS1mb3Itc21zLXdlYmhvb2stdGVzdHM=";
+
+fn webhook(stub: &Stub) -> impl FnOnce(&mut phone_auth::config::Config) + '_ {
+    move |c| {
+        c.sms_provider = phone_auth::config::SmsProvider::Webhook;
+        c.sms_webhook_url = Some(stub.url("/sms"));
+        c.sms_webhook_secret = Some(SecretString::from(format!("whsec_{SECRET_B64}")));
+        c.sms_backoff_base_ms = 10;
+        c.sms_backoff_max_ms = 40;
+        c.sms_http_timeout_ms = 2000;
+        c.sms_claim_idle_ms = 3000;
+        c.sms_webotp_domain = Some("app.example.com".into());
+        c.sms_app_name = "Acme".into();
+    }
+}
+
+async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, String>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{}sms:dead", app.prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .map(|e| e.map.keys().map(|k| (k.clone(), e.get::<String>(k).unwrap_or_default())).collect())
+        .collect()
+}
+
+async fn xlen(app: &TestApp, stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(format!("{}{stream}", app.prefix))
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap()
+}
+
+/// A delivered message: right body, Standard Webhooks signature, idempotency key, sent once.
+#[tokio::test]
+async fn webhook_delivers_a_signed_message_once() {
+    let stub = Stub::start([]).await;
+    let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
+    let r = app.generate_code(PHONE).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let got = stub.wait_for(1).await;
+    let req = &got[0];
+    let json: Value = serde_json::from_str(&req.body).unwrap();
+    let code = json["code"].as_str().unwrap();
+    assert_eq!(json["to"], PHONE);
+    assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(
+        json["body"].as_str().unwrap(),
+        format!("Acme: your code is {code}. It expires in 5 minutes. Do not share it.\n\n@app.example.com #{code}")
+    );
+    let id = json["messageId"].as_str().unwrap();
+    assert_eq!(req.headers["webhook-id"], id);
+    let ts: u64 = req.headers["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+    let key = base64::engine::general_purpose::STANDARD.decode(SECRET_B64).unwrap();
+    let expected = phone_auth::services::sms::WebhookSender::signature(&key, id, ts, req.body.as_bytes());
+    assert_eq!(req.headers["webhook-signature"], expected.as_str());
+    // The code works, and nothing was sent twice.
+    let v = app.verify(PHONE, code).await;
+    assert!(v["errors"].is_null(), "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stub.received().len(), 1);
+    assert_eq!(xlen(&app, "sms:outbox").await, 0, "the code left Redis with the message");
+    assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 1);
+}
+
+/// A 500 is retried with backoff and then delivered, with the same idempotency key each time.
+#[tokio::test]
+async fn server_errors_are_retried_then_delivered() {
+    let stub = Stub::start([Reply::Status(500), Reply::Status(503)]).await;
+    let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
+    app.generate_code(PHONE).await;
+    let got = stub.wait_for(3).await;
+    let ids: Vec<&str> = got.iter().map(|r| r.headers["webhook-id"].to_str().unwrap()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    app.wait_outbox_empty().await;
+    assert_eq!(app.outbox.stats.retried.load(Ordering::Relaxed), 2);
+    assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 1);
+    assert!(dead_letters(&app).await.is_empty());
+}
+
+/// A 4xx cannot be fixed by retrying: dead-lettered at once, with its reason and without the code.
+#[tokio::test]
+async fn client_errors_go_to_the_dead_letter_stream() {
+    let stub = Stub::start([Reply::Status(400)]).await;
+    let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
+    app.generate_code(PHONE).await;
+    let code = serde_json::from_str::<Value>(&stub.received()[0].body).unwrap()["code"].as_str().unwrap().to_owned();
+    let dead = dead_letters(&app).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["to"], PHONE);
+    assert!(dead[0]["reason"].contains("400"), "{dead:?}");
+    assert!(!format!("{dead:?}").contains(&code), "a dead letter never holds the code");
+    assert_eq!(stub.received().len(), 1, "not retried");
+    assert_eq!(xlen(&app, "sms:outbox").await, 0);
+}
+
+/// Always failing: after the last attempt, dead-lettered.
+#[tokio::test]
+async fn out_of_retries_is_dead_lettered() {
+    let stub = Stub::start([Reply::Status(503); 10]).await;
+    let app = TestApp::spawn_with_provider(
+        |c| {
+            webhook(&stub)(c);
+            c.sms_max_attempts = 3;
+        },
+        false,
+    )
+    .await;
+    app.generate_code(PHONE).await;
+    let dead = dead_letters(&app).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0]["reason"].contains("after 3 attempts"), "{dead:?}");
+    assert_eq!(stub.received().len(), 3);
+}
+
+/// A worker killed mid-delivery: its job stays pending and another worker claims and delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_is_delivered_by_another() {
+    let stub = Stub::start([Reply::Hang]).await;
+    let app = TestApp::spawn_with_provider(
+        |c| {
+            webhook(&stub)(c);
+            c.sms_workers = 0;
+            c.sms_http_timeout_ms = 5000;
+            c.sms_backoff_max_ms = 10;
+            c.sms_claim_idle_ms = 5100;
+        },
+        false,
+    )
+    .await;
+    let first = tokio::spawn(app.outbox.clone().run_worker("first".into()));
+    let r = app
+        .gql("mutation { generateCode(phone: \"+16502530000\") { phone } }", serde_json::json!({}))
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    stub.wait_for(1).await;
+    first.abort();
+    let _ = first.await;
+    assert_eq!(xlen(&app, "sms:outbox").await, 1, "the job is still there, pending");
+    let _second = tokio::spawn(app.outbox.clone().run_worker("second".into()));
+    let got = stub.wait_for(2).await;
+    app.wait_outbox_empty().await;
+    assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"], "same idempotency key");
+    assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 1);
+}
+
+/// Twilio: the Messages endpoint, basic auth, form fields, idempotency header.
+#[tokio::test]
+async fn twilio_request_shape() {
+    let stub = Stub::start([Reply::Status(201)]).await;
+    let app = TestApp::spawn_with_provider(
+        |c| {
+            c.sms_provider = phone_auth::config::SmsProvider::Twilio;
+            c.twilio_base_url = stub.url("");
+            c.twilio_account_sid = Some("AC123".into());
+            c.twilio_auth_token = Some(SecretString::from("tok"));
+            c.twilio_from = Some("+15005550006".into());
+        },
+        false,
+    )
+    .await;
+    app.generate_code(PHONE).await;
+    let req = &stub.wait_for(1).await[0];
+    assert_eq!(req.path, "/2010-04-01/Accounts/AC123/Messages.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode("AC123:tok");
+    assert_eq!(req.headers["authorization"], format!("Basic {auth}").as_str());
+    assert!(req.headers["I-Twilio-Idempotency-Token"].to_str().unwrap().len() >= 32);
+    let form: std::collections::HashMap<String, String> = url_decode(&req.body);
+    assert_eq!(form["To"], PHONE);
+    assert_eq!(form["From"], "+15005550006");
+    assert!(form["Body"].contains("your code is"), "{form:?}");
+    assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 1);
+}
+
+fn url_decode(body: &str) -> std::collections::HashMap<String, String> {
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let v = v.replace('+', " ");
+            let mut out = Vec::new();
+            let bytes = v.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
+                    out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            (k.to_owned(), String::from_utf8(out).unwrap())
+        })
+        .collect()
+}
+
+/// Under a burst with no worker, the outbox stops at its cap: the rest are refused (no code stored
+/// without a job), nothing is trimmed.
+#[tokio::test]
+async fn the_outbox_stays_bounded_under_a_burst() {
+    let app = TestApp::spawn_with(|c| {
+        c.sms_workers = 0;
+        c.sms_outbox_max_len = 5;
+    })
+    .await;
+    let mut refused = 0;
+    for i in 0..20 {
+        let r = app
+            .gql(
+                "mutation($p: String!) { generateCode(phone: $p) { phone } }",
+                serde_json::json!({ "p": format!("+165025305{i:02}") }),
+            )
+            .await;
+        if code(&r) == Some("SERVICE_UNAVAILABLE") {
+            refused += 1;
+        } else {
+            assert!(r["errors"].is_null(), "{r}");
+        }
+    }
+    assert_eq!(refused, 15);
+    assert_eq!(xlen(&app, "sms:outbox").await, 5);
+    let codes = app.keys_with_ttl().await.into_iter().filter(|(k, _)| k.ends_with(":otp")).count();
+    assert_eq!(codes, 5, "a refused request stored no code");
+}
+
+/// A job older than the code's lifetime is dropped, not sent.
+#[tokio::test]
+async fn a_job_older_than_its_code_is_dropped() {
+    let stub = Stub::start([]).await;
+    let app = TestApp::spawn_with_provider(
+        |c| {
+            webhook(&stub)(c);
+            c.sms_workers = 0;
+            c.otp_ttl_seconds = 1;
+        },
+        false,
+    )
+    .await;
+    app.gql("mutation { generateCode(phone: \"+16502530000\") { phone } }", serde_json::json!({}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _worker = tokio::spawn(app.outbox.clone().run_worker("late".into()));
+    app.wait_outbox_empty().await;
+    assert_eq!(app.outbox.stats.expired.load(Ordering::Relaxed), 1);
+    assert!(stub.received().is_empty(), "an expired code is not sent");
+    assert_eq!(dead_letters(&app).await[0]["reason"], "expired");
+}
