@@ -22,9 +22,9 @@ use crate::services::auth::AuthService;
 use crate::services::hasher::PasswordHasher;
 use crate::services::lockout::{LockoutService, LockoutSettings};
 use crate::services::otp::{OtpService, OtpSettings, TestNumbers};
+use crate::services::outbox::{Outbox, OutboxSettings, spawn_workers};
 use crate::services::registration::RegistrationTokens;
 use crate::services::sessions::SessionStore;
-use crate::services::outbox::{Outbox, OutboxSettings, spawn_workers};
 use crate::services::sms::{LogSender, SmsSender, TwilioSender, WebhookSender, http_client};
 use crate::services::tokens::{SigningKey, TokenService};
 use crate::services::users::UserStore;
@@ -100,7 +100,8 @@ pub fn sms_provider(config: &Config) -> anyhow::Result<Arc<dyn SmsSender>> {
         }
         SmsProvider::Twilio => {
             let need = |v: &Option<String>, name: &str| {
-                v.clone().ok_or_else(|| anyhow::anyhow!("SMS_PROVIDER=twilio needs {name}"))
+                v.clone()
+                    .ok_or_else(|| anyhow::anyhow!("SMS_PROVIDER=twilio needs {name}"))
             };
             Arc::new(TwilioSender::new(
                 http_client(timeout)?,
@@ -136,10 +137,18 @@ pub async fn build_outbox(config: &Config, provider: Arc<dyn SmsSender>) -> anyh
         webotp_domain: config.sms_webotp_domain.clone(),
     };
     let keys = Keys::new(config.redis_key_prefix.clone());
-    let pool_size = u32::try_from(config.sms_workers).unwrap_or(u32::MAX).saturating_add(1);
-    Outbox::new(config.redis_url.expose_secret(), &keys, settings, provider, pool_size)
-        .await
-        .context("cannot set up the SMS outbox")
+    let pool_size = u32::try_from(config.sms_workers)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    Outbox::new(
+        config.redis_url.expose_secret(),
+        &keys,
+        settings,
+        provider,
+        pool_size,
+    )
+    .await
+    .context("cannot set up the SMS outbox")
 }
 
 /// Builds the service. `sms` overrides the configured provider (tests pass a `TestSender`).
@@ -281,7 +290,10 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     let outbox = Arc::new(build_outbox(config, provider).await?);
     let workers = spawn_workers(&outbox, config.sms_workers);
     if config.sms_workers > 0 {
-        tracing::info!(workers = workers.len(), "SMS delivery workers started in this process");
+        tracing::info!(
+            workers = workers.len(),
+            "SMS delivery workers started in this process"
+        );
     }
 
     let resolvers = ResolverCounter::default();

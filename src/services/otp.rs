@@ -249,7 +249,11 @@ impl OtpService {
             // Only a real SMS spends the service-wide budget and gets a delivery job.
             .arg(if test_number { "0" } else { "1" })
             .arg(uuid::Uuid::new_v4().to_string())
-            .arg(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+            .arg(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            )
             .arg(s.outbox_max_len)
             .arg(phone.e164())
             .arg(code.expose())

@@ -47,7 +47,9 @@ impl bb8::ManageConnection for BlockingConnections {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(self.response_timeout));
-        self.client.get_multiplexed_async_connection_with_config(&config).await
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
@@ -305,7 +307,8 @@ impl Outbox {
                 Err(DeliveryError::Transient(reason)) if attempt >= self.settings.max_attempts => {
                     tracing::warn!(message_id = %job.message_id, %reason, attempt, "outbox: out of retries: dead-lettered");
                     self.stats.dead.fetch_add(1, Ordering::Relaxed);
-                    self.finish(&job, &format!("{reason} (after {attempt} attempts)")).await;
+                    self.finish(&job, &format!("{reason} (after {attempt} attempts)"))
+                        .await;
                     return;
                 }
                 Err(DeliveryError::Transient(reason)) => {
@@ -338,7 +341,9 @@ impl Outbox {
     /// `waited` if nobody touched it; if another worker claimed it meanwhile, its idle time is shorter,
     /// the claim fails, and this worker lets it go. Also fails once the job is finished.
     async fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> bool {
-        let Ok(mut conn) = self.pool.get().await else { return true };
+        let Ok(mut conn) = self.pool.get().await else {
+            return true;
+        };
         let claimed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
             .arg(&self.stream)
             .arg(GROUP)

@@ -72,7 +72,9 @@ impl TestSender {
     /// The code of the newest message sent to `e164`.
     pub fn last_code(&self, e164: &str) -> Option<String> {
         let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        sent.get(e164).and_then(|v| v.last()).map(|(code, _)| code.clone())
+        sent.get(e164)
+            .and_then(|v| v.last())
+            .map(|(code, _)| code.clone())
     }
 
     /// Every body sent to `e164`, oldest first.
@@ -153,7 +155,10 @@ impl WebhookSender {
         let key = STANDARD
             .decode(encoded)
             .map_err(|_| anyhow::anyhow!("SMS_WEBHOOK_SECRET: the part after whsec_ is not base64"))?;
-        anyhow::ensure!(key.len() >= 24, "SMS_WEBHOOK_SECRET: use at least 24 random bytes");
+        anyhow::ensure!(
+            key.len() >= 24,
+            "SMS_WEBHOOK_SECRET: use at least 24 random bytes"
+        );
         Ok(WebhookSender {
             client,
             url,
@@ -186,8 +191,12 @@ impl SmsSender for WebhookSender {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let signature =
-                Self::signature(self.key.expose_secret(), message.message_id, timestamp, payload.as_bytes());
+            let signature = Self::signature(
+                self.key.expose_secret(),
+                message.message_id,
+                timestamp,
+                payload.as_bytes(),
+            );
             let response = self
                 .client
                 .post(&self.url)
@@ -236,9 +245,20 @@ impl TwilioSender {
 impl SmsSender for TwilioSender {
     fn send<'a>(&'a self, message: SmsMessage<'a>) -> SendFuture<'a> {
         Box::pin(async move {
-            let url = format!("{}/2010-04-01/Accounts/{}/Messages.json", self.base_url, self.account_sid);
-            let from_field = if self.from.starts_with("MG") { "MessagingServiceSid" } else { "From" };
-            let form = [("To", message.to), (from_field, self.from.as_str()), ("Body", message.body)];
+            let url = format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                self.base_url, self.account_sid
+            );
+            let from_field = if self.from.starts_with("MG") {
+                "MessagingServiceSid"
+            } else {
+                "From"
+            };
+            let form = [
+                ("To", message.to),
+                (from_field, self.from.as_str()),
+                ("Body", message.body),
+            ];
             let response = self
                 .client
                 .post(url)
@@ -256,7 +276,13 @@ impl SmsSender for TwilioSender {
 /// The message text: `template` with `{app}`, `{code}` and `{minutes}`, and, when a domain is set, the
 /// WebOTP / Android SMS Retriever line `@domain #code` on its own last line, so browsers and phones can
 /// fill the code in by themselves.
-pub fn render(template: &str, app: &str, code: &str, ttl_seconds: u64, webotp_domain: Option<&str>) -> String {
+pub fn render(
+    template: &str,
+    app: &str,
+    code: &str,
+    ttl_seconds: u64,
+    webotp_domain: Option<&str>,
+) -> String {
     let minutes = ttl_seconds.div_ceil(60).to_string();
     let mut body = template
         .replace("{app}", app)
@@ -275,7 +301,10 @@ mod tests {
     #[test]
     fn template_and_webotp_line() {
         let t = "{app}: your code is {code}. It expires in {minutes} minutes.";
-        assert_eq!(render(t, "Acme", "123456", 300, None), "Acme: your code is 123456. It expires in 5 minutes.");
+        assert_eq!(
+            render(t, "Acme", "123456", 300, None),
+            "Acme: your code is 123456. It expires in 5 minutes."
+        );
         let b = render(t, "Acme", "123456", 300, Some("app.example.com"));
         assert!(b.ends_with("\n\n@app.example.com #123456"), "{b}");
     }

@@ -87,9 +87,12 @@ impl TestApp {
             redis,
             resolvers,
             outbox,
-        } = build(&config, test_sender.then(|| sms.clone() as Arc<dyn phone_auth::services::sms::SmsSender>))
-            .await
-            .expect("app builds");
+        } = build(
+            &config,
+            test_sender.then(|| sms.clone() as Arc<dyn phone_auth::services::sms::SmsSender>),
+        )
+        .await
+        .expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let header_timeout = std::time::Duration::from_secs(config.header_read_timeout_seconds);
@@ -233,7 +236,10 @@ impl TestApp {
             .await
             .expect("KEYS");
         let mut out = Vec::new();
-        for k in keys.into_iter().filter(|k| !k.ends_with("sms:outbox") && !k.ends_with("sms:dead")) {
+        for k in keys
+            .into_iter()
+            .filter(|k| !k.ends_with("sms:outbox") && !k.ends_with("sms:dead"))
+        {
             let ttl: i64 = redis::cmd("TTL")
                 .arg(&k)
                 .query_async(&mut conn)

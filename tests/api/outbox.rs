@@ -38,7 +38,12 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
     reply
         .ids
         .iter()
-        .map(|e| e.map.keys().map(|k| (k.clone(), e.get::<String>(k).unwrap_or_default())).collect())
+        .map(|e| {
+            e.map
+                .keys()
+                .map(|k| (k.clone(), e.get::<String>(k).unwrap_or_default()))
+                .collect()
+        })
         .collect()
 }
 
@@ -65,12 +70,20 @@ async fn webhook_delivers_a_signed_message_once() {
     assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
     assert_eq!(
         json["body"].as_str().unwrap(),
-        format!("Acme: your code is {code}. It expires in 5 minutes. Do not share it.\n\n@app.example.com #{code}")
+        format!(
+            "Acme: your code is {code}. It expires in 5 minutes. Do not share it.\n\n@app.example.com #{code}"
+        )
     );
     let id = json["messageId"].as_str().unwrap();
     assert_eq!(req.headers["webhook-id"], id);
-    let ts: u64 = req.headers["webhook-timestamp"].to_str().unwrap().parse().unwrap();
-    let key = base64::engine::general_purpose::STANDARD.decode(SECRET_B64).unwrap();
+    let ts: u64 = req.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET_B64)
+        .unwrap();
     let expected = phone_auth::services::sms::WebhookSender::signature(&key, id, ts, req.body.as_bytes());
     assert_eq!(req.headers["webhook-signature"], expected.as_str());
     // The code works, and nothing was sent twice.
@@ -78,7 +91,11 @@ async fn webhook_delivers_a_signed_message_once() {
     assert!(v["errors"].is_null(), "{v}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stub.received().len(), 1);
-    assert_eq!(xlen(&app, "sms:outbox").await, 0, "the code left Redis with the message");
+    assert_eq!(
+        xlen(&app, "sms:outbox").await,
+        0,
+        "the code left Redis with the message"
+    );
     assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 1);
 }
 
@@ -89,7 +106,10 @@ async fn server_errors_are_retried_then_delivered() {
     let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
     app.generate_code(PHONE).await;
     let got = stub.wait_for(3).await;
-    let ids: Vec<&str> = got.iter().map(|r| r.headers["webhook-id"].to_str().unwrap()).collect();
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap())
+        .collect();
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     app.wait_outbox_empty().await;
     assert_eq!(app.outbox.stats.retried.load(Ordering::Relaxed), 2);
@@ -103,12 +123,18 @@ async fn client_errors_go_to_the_dead_letter_stream() {
     let stub = Stub::start([Reply::Status(400)]).await;
     let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
     app.generate_code(PHONE).await;
-    let code = serde_json::from_str::<Value>(&stub.received()[0].body).unwrap()["code"].as_str().unwrap().to_owned();
+    let code = serde_json::from_str::<Value>(&stub.received()[0].body).unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let dead = dead_letters(&app).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["to"], PHONE);
     assert!(dead[0]["reason"].contains("400"), "{dead:?}");
-    assert!(!format!("{dead:?}").contains(&code), "a dead letter never holds the code");
+    assert!(
+        !format!("{dead:?}").contains(&code),
+        "a dead letter never holds the code"
+    );
     assert_eq!(stub.received().len(), 1, "not retried");
     assert_eq!(xlen(&app, "sms:outbox").await, 0);
 }
@@ -149,17 +175,27 @@ async fn a_killed_workers_job_is_delivered_by_another() {
     .await;
     let first = tokio::spawn(app.outbox.clone().run_worker("first".into()));
     let r = app
-        .gql("mutation { generateCode(phone: \"+16502530000\") { phone } }", serde_json::json!({}))
+        .gql(
+            "mutation { generateCode(phone: \"+16502530000\") { phone } }",
+            serde_json::json!({}),
+        )
         .await;
     assert!(r["errors"].is_null(), "{r}");
     stub.wait_for(1).await;
     first.abort();
     let _ = first.await;
-    assert_eq!(xlen(&app, "sms:outbox").await, 1, "the job is still there, pending");
+    assert_eq!(
+        xlen(&app, "sms:outbox").await,
+        1,
+        "the job is still there, pending"
+    );
     let _second = tokio::spawn(app.outbox.clone().run_worker("second".into()));
     let got = stub.wait_for(2).await;
     app.wait_outbox_empty().await;
-    assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"], "same idempotency key");
+    assert_eq!(
+        got[0].headers["webhook-id"], got[1].headers["webhook-id"],
+        "same idempotency key"
+    );
     assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 1);
 }
 
@@ -238,7 +274,12 @@ async fn the_outbox_stays_bounded_under_a_burst() {
     }
     assert_eq!(refused, 15);
     assert_eq!(xlen(&app, "sms:outbox").await, 5);
-    let codes = app.keys_with_ttl().await.into_iter().filter(|(k, _)| k.ends_with(":otp")).count();
+    let codes = app
+        .keys_with_ttl()
+        .await
+        .into_iter()
+        .filter(|(k, _)| k.ends_with(":otp"))
+        .count();
     assert_eq!(codes, 5, "a refused request stored no code");
 }
 
@@ -255,8 +296,11 @@ async fn a_job_older_than_its_code_is_dropped() {
         false,
     )
     .await;
-    app.gql("mutation { generateCode(phone: \"+16502530000\") { phone } }", serde_json::json!({}))
-        .await;
+    app.gql(
+        "mutation { generateCode(phone: \"+16502530000\") { phone } }",
+        serde_json::json!({}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let _worker = tokio::spawn(app.outbox.clone().run_worker("late".into()));
     app.wait_outbox_empty().await;

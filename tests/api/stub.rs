@@ -64,7 +64,9 @@ impl Stub {
         stub.inner.lock().unwrap().script = script.into_iter().collect();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         stub.addr = Some(listener.local_addr().unwrap());
-        let app = Router::new().route("/{*path}", post(handle)).with_state(stub.clone());
+        let app = Router::new()
+            .route("/{*path}", post(handle))
+            .with_state(stub.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         stub
     }
