@@ -3,8 +3,9 @@
 //! Keys (all with a TTL, all in the phone's hash tag):
 //! - `{phone}:otp`       hash {h: HMAC-SHA256(secret, phone || 0 || code), tries}; TTL = code lifetime (300 s)
 //! - `{phone}:otp_cool`  present while a new code is refused; TTL = resend cooldown (60 s)
-//! - `{phone}:otp_sends` codes sent in the current window; TTL = window (3600 s)
-//! - `{phone}:otp_fails` failed checks in the current window, over any number of codes; TTL = window
+//! - `{phone}:otp_sends` sorted set of the codes sent in the last window (3600 s), by time: a sliding
+//!   window, so no burst at a window's edge can exceed the budget; TTL = window
+//! - `{phone}:otp_fails` the same for failed checks, over any number of codes; TTL = window
 //! - `ip:<addr>:code_requests`, `ip:<addr>:code_checks` per-IP budgets; TTL = IP window (300 s)
 //! - `sms:hour`          SMS sent by the whole service this hour; TTL = 3600 s
 //!
@@ -118,9 +119,13 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {1, redis.call('PTTL', KEYS[2])}
 end
-local sends = tonumber(redis.call('GET', KEYS[3]) or '0')
-if sends >= tonumber(ARGV[4]) then
-  return {2, redis.call('PTTL', KEYS[3])}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[5]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  return {2, tonumber(oldest[2]) + window - now}
 end
 if tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[8]) then
   return {4, redis.call('PTTL', KEYS[5])}
@@ -134,9 +139,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 if tonumber(ARGV[3]) > 0 then
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
 end
-if redis.call('INCR', KEYS[3]) == 1 then
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-end
+redis.call('ZADD', KEYS[3], now, ARGV[10])
+redis.call('PEXPIRE', KEYS[3], window)
 if ARGV[9] == '1' then
   if redis.call('INCR', KEYS[5]) == 1 then
     redis.call('EXPIRE', KEYS[5], 3600)
@@ -156,9 +160,13 @@ end
 if ip > tonumber(ARGV[5]) then
   return {4, redis.call('PTTL', KEYS[3])}
 end
-local fails = tonumber(redis.call('GET', KEYS[2]) or '0')
-if fails >= tonumber(ARGV[3]) then
-  return {3, redis.call('PTTL', KEYS[2])}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[4]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {3, tonumber(oldest[2]) + window - now}
 end
 local h = redis.call('HGET', KEYS[1], 'h')
 if not h then
@@ -168,9 +176,8 @@ if h == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return {0, 0}
 end
-if redis.call('INCR', KEYS[2]) == 1 then
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-end
+redis.call('ZADD', KEYS[2], now, ARGV[7])
+redis.call('PEXPIRE', KEYS[2], window)
 if redis.call('HINCRBY', KEYS[1], 'tries', 1) >= tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[1])
   return {2, 0}
@@ -291,6 +298,7 @@ impl OtpService {
             .arg(s.window_seconds)
             .arg(s.ip_max_code_checks)
             .arg(s.ip_window_seconds)
+            .arg(uuid::Uuid::new_v4().simple().to_string())
             .invoke_async(&mut self.redis.clone())
             .await?;
         match status {

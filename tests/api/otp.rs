@@ -226,3 +226,32 @@ async fn test_numbers_have_a_fixed_code_and_send_nothing() {
     };
     assert!(refused.to_string().contains("SMS_TEST_NUMBERS"), "{refused}");
 }
+
+/// The per-phone failure budget slides: no burst at a window's edge gets past it (a fixed window
+/// would allow twice the budget within moments around its reset).
+#[tokio::test]
+async fn failure_budget_is_a_sliding_window() {
+    let app = TestApp::spawn_with(|c| {
+        c.otp_window_seconds = 2;
+        c.otp_max_failures_per_window = 3;
+        c.otp_max_sends_per_window = 100;
+        c.otp_resend_cooldown_seconds = 0;
+    })
+    .await;
+    let wrong = |code: &str| format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    app.generate_code(PHONE).await;
+    let c = app.last_code(PHONE);
+    assert_code(&app.verify(PHONE, &wrong(&c)).await, "INVALID_CODE");
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    assert_code(&app.verify(PHONE, &wrong(&c)).await, "INVALID_CODE");
+    assert_code(&app.verify(PHONE, &wrong(&c)).await, "INVALID_CODE");
+    // 2.1 s after the first failure: it has left the window, the two recent ones have not.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_code(&app.verify(PHONE, &wrong(&c)).await, "INVALID_CODE");
+    let r = app.verify(PHONE, &wrong(&c)).await;
+    assert_code(&r, "RATE_LIMITED");
+    let retry = r["errors"][0]["extensions"]["retryAfterSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(retry <= 2, "{retry}");
+}
