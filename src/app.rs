@@ -287,6 +287,20 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         hasher,
     });
 
+    // Ended sessions are deleted hourly, so the tables do not grow without bound.
+    let purger = auth.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match purger.sessions.purge_expired().await {
+                Ok(n) if n > 0 => tracing::info!(sessions = n, "purged ended sessions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = ?e, "purging ended sessions failed"),
+            }
+        }
+    });
+
     let outbox = Arc::new(build_outbox(config, provider).await?);
     let workers = spawn_workers(&outbox, config.sms_workers);
     if config.sms_workers > 0 {

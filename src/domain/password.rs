@@ -40,7 +40,7 @@ impl Password {
                 "This password is on a list of commonly used passwords. Choose another.",
             ));
         }
-        Ok(Password(SecretString::from(input.to_owned())))
+        Ok(Password::normalized(input))
     }
 
     /// A password as typed at sign-in: only the length bounds apply (the common-password list may
@@ -57,7 +57,14 @@ impl Password {
                 format!("The password has at least {MIN_CHARS} characters."),
             ));
         }
-        Ok(Password(SecretString::from(input.to_owned())))
+        Ok(Password::normalized(input))
+    }
+
+    /// NFKC, as NIST SP 800-63B 5.1.1.2 recommends: the same password typed on two keyboards (composed
+    /// or decomposed accents, fullwidth forms) is the same password. Lengths are checked on the input.
+    fn normalized(input: &str) -> Self {
+        use unicode_normalization::UnicodeNormalization;
+        Password(SecretString::from(input.nfkc().collect::<String>()))
     }
 
     pub fn expose(&self) -> &str {
@@ -101,6 +108,13 @@ mod tests {
         assert_eq!(reason(Password::parse("password")), "TOO_COMMON");
         assert_eq!(reason(Password::parse("12345678")), "TOO_COMMON");
         assert_eq!(reason(Password::parse("PASSWORD1")), "TOO_COMMON");
+    }
+
+    #[test]
+    fn composed_and_decomposed_are_one_password() {
+        let composed = Password::parse("caf\u{e9}-anchor-19").unwrap();
+        let decomposed = Password::for_login("cafe\u{301}-anchor-19").unwrap();
+        assert_eq!(composed.expose(), decomposed.expose());
     }
 
     #[test]

@@ -143,6 +143,18 @@ impl SessionStore {
         .await?)
     }
 
+    /// Deletes sessions (and, by cascade, their refresh tokens) that ended more than a day ago. Used
+    /// refresh tokens are kept until then: reuse detection needs them for the session's whole life.
+    pub async fn purge_expired(&self) -> AppResult<u64> {
+        let done = sqlx::query(
+            "delete from sessions where expires_at < now() - interval '1 day'
+                or revoked_at < now() - interval '1 day'",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Revokes one session, or every live session of the user. Returns how many were revoked.
     pub async fn revoke(&self, session_id: Uuid, user_id: Uuid, all: bool) -> AppResult<u64> {
         let result = if all {

@@ -239,3 +239,31 @@ async fn logout_one_session() {
         "UNAUTHENTICATED",
     );
 }
+
+/// Ended sessions are purged a day after they end; live ones stay.
+#[tokio::test]
+async fn ended_sessions_are_purged() {
+    let app = TestApp::spawn().await;
+    let a = app.sign_up(PHONE, PASSWORD).await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.login(PHONE, PASSWORD).await;
+    app.gql_with(Some(&a), "mutation { logout { revokedSessions } }", json!({}))
+        .await;
+    assert_eq!(
+        app.auth.sessions.purge_expired().await.unwrap(),
+        0,
+        "ended less than a day ago"
+    );
+    sqlx::query("update sessions set revoked_at = now() - interval '2 days' where revoked_at is not null")
+        .execute(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(app.auth.sessions.purge_expired().await.unwrap(), 1);
+    let left: i64 = sqlx::query_scalar("select count(*) from sessions")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the live session stays");
+}
