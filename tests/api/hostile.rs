@@ -704,17 +704,7 @@ async fn per_ip_budgets_and_forwarded_for() {
             <= 300
     );
     // A forged X-Forwarded-For from an untrusted peer changes nothing.
-    let forged = app
-        .client
-        .post(app.url("/graphql"))
-        .header("x-forwarded-for", "198.51.100.7")
-        .json(&json!({ "query": GENERATE, "variables": { "p": "+16502530108" } }))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let forged = generate_forwarded(&app, "198.51.100.7", "+16502530108").await;
     assert_code(&forged, "RATE_LIMITED");
 
     for _ in 0..3 {
@@ -736,31 +726,24 @@ async fn per_ip_budgets_and_forwarded_for() {
     })
     .await;
     for (i, client) in ["198.51.100.1", "198.51.100.2", "2001:db8::1"].iter().enumerate() {
-        let r = proxied
-            .client
-            .post(proxied.url("/graphql"))
-            .header("x-forwarded-for", *client)
-            .json(&json!({ "query": GENERATE, "variables": { "p": format!("+1650253030{i}") } }))
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap();
+        let r = generate_forwarded(&proxied, client, &format!("+1650253030{i}")).await;
         assert!(r["errors"].is_null(), "{client}: {r}");
     }
-    let again = proxied
-        .client
-        .post(proxied.url("/graphql"))
-        .header("x-forwarded-for", "1.1.1.1, 198.51.100.1")
-        .json(&json!({ "query": GENERATE, "variables": { "p": "+16502530309" } }))
+    let again = generate_forwarded(&proxied, "1.1.1.1, 198.51.100.1", "+16502530309").await;
+    assert_code(&again, "RATE_LIMITED");
+}
+
+async fn generate_forwarded(app: &TestApp, forwarded_for: &str, phone: &str) -> Value {
+    app.client
+        .post(app.url("/graphql"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({ "query": GENERATE, "variables": { "p": phone } }))
         .send()
         .await
         .unwrap()
         .json::<Value>()
         .await
-        .unwrap();
-    assert_code(&again, "RATE_LIMITED");
+        .unwrap()
 }
 
 /// The service-wide SMS budget and the country allow-list.

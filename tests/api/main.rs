@@ -10,6 +10,7 @@ mod hostile;
 mod lockout;
 mod otp;
 mod outbox;
+mod redis_roundtrips;
 mod register;
 mod schema;
 mod sessions;
