@@ -77,15 +77,7 @@ async fn jwks_publishes_every_configured_key() {
         .to_config();
     let spec = format!("{new},{old}");
     let app = TestApp::spawn_with(|c| c.jwt_signing_keys = Some(spec.into())).await;
-    let jwks: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get_json("/.well-known/jwks.json").await;
     let kids: Vec<&str> = jwks["keys"]
         .as_array()
         .unwrap()

@@ -119,6 +119,12 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GETs `path` and parses the JSON body.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let res = self.client.get(self.url(path)).send().await.expect("request");
+        res.json().await.expect("json body")
+    }
+
     /// POSTs a GraphQL request, optionally with a bearer token; returns the JSON body.
     pub async fn gql_with(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
         let mut req = self

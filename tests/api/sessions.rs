@@ -35,15 +35,7 @@ async fn access_token_claims_and_jwks() {
         "no phone in the token"
     );
 
-    let jwks: jsonwebtoken::jwk::JwkSet = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = app.get_json("/.well-known/jwks.json").await;
     let jwk = jwks.find(header["kid"].as_str().unwrap()).expect("kid published");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
@@ -51,15 +43,7 @@ async fn access_token_claims_and_jwks() {
     validation.set_issuer(&[claims["iss"].as_str().unwrap()]);
     jsonwebtoken::decode::<Value>(token, &key, &validation).expect("verifies with the JWKS");
 
-    let oidc: Value = app
-        .client
-        .get(app.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let oidc: Value = app.get_json("/.well-known/openid-configuration").await;
     assert_eq!(oidc["issuer"], claims["iss"]);
     assert!(
         oidc["jwks_uri"]
