@@ -23,7 +23,7 @@ use redis::aio::ConnectionManager;
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
-use crate::services::{Keys, retry_after_secs};
+use crate::services::{Keys, budget_script, retry_after_secs};
 
 #[derive(Clone, Debug)]
 pub struct LockoutSettings {
@@ -52,12 +52,9 @@ if pttl == -1 then
   redis.call('EXPIRE', KEYS[2], ARGV[2])
   return {1, tonumber(ARGV[2]) * 1000}
 end
-local ip = redis.call('INCR', KEYS[3])
-if ip == 1 then
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
-end
-if ip > tonumber(ARGV[3]) then
-  return {3, redis.call('PTTL', KEYS[3])}
+local ip_wait = over_budget(KEYS[3], ARGV[3], ARGV[4])
+if ip_wait then
+  return {3, ip_wait}
 end
 local n = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -120,7 +117,7 @@ impl LockoutService {
             redis,
             keys,
             settings,
-            reserve: Script::new(RESERVE_LUA),
+            reserve: budget_script(RESERVE_LUA),
             fail: Script::new(FAIL_LUA),
             release: Script::new(RELEASE_LUA),
             clear: Script::new(CLEAR_LUA),

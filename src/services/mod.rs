@@ -37,6 +37,48 @@ impl Keys {
     }
 }
 
+/// Lua helpers shared by the budget scripts, put in front of each script that uses them (Redis scripts
+/// cannot share functions otherwise; `FUNCTION LOAD` would need Redis 7 everywhere and a load step).
+pub(crate) const BUDGET_LUA: &str = r"
+-- Fixed-window budget: counts this request; the ms to wait when it is over `max`, else nil.
+local function over_budget(key, max, window_s)
+  local n = redis.call('INCR', key)
+  if n == 1 then
+    redis.call('EXPIRE', key, window_s)
+  end
+  if n > tonumber(max) then
+    return redis.call('PTTL', key)
+  end
+  return nil
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Sliding-window log in a sorted set: forgets entries older than the window; the ms to wait when
+-- `max` entries remain, else nil.
+local function sliding_full(key, max, window_ms, now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window_ms)
+  if redis.call('ZCARD', key) >= tonumber(max) then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + window_ms - now
+  end
+  return nil
+end
+
+local function sliding_add(key, member, window_ms, now)
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, window_ms)
+end
+";
+
+/// A script with the budget helpers in front.
+pub(crate) fn budget_script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{BUDGET_LUA}{body}"))
+}
+
 /// Converts a Redis PTTL in milliseconds into whole seconds to wait, never less than one.
 pub(crate) fn retry_after_secs(pttl_ms: i64) -> u64 {
     if pttl_ms <= 0 {

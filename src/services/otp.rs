@@ -25,7 +25,7 @@ use sha2::Sha256;
 
 use crate::domain::{OtpCode, PhoneNumber};
 use crate::error::{AppError, AppResult};
-use crate::services::{Keys, retry_after_secs};
+use crate::services::{Keys, budget_script, retry_after_secs};
 
 #[derive(Clone, Debug)]
 pub struct OtpSettings {
@@ -104,28 +104,23 @@ impl TestNumbers {
 
 // Returns {status, pttl_ms}: 0 stored, 1 cooling down, 2 phone's window budget spent, 3 IP budget
 // spent, 4 service-wide SMS budget spent, 5 the SMS outbox is full. Storing the code and appending its
-// delivery job to the outbox stream happen together or not at all. Every request counts against its IP; only a sent code counts
-// against the phone and the service.
+// delivery job to the outbox stream happen together or not at all. Every request counts against its
+// IP; only a sent code counts against the phone and the service.
 // A new code replaces the pending one (its tries start at 0) but never touches otp_fails: a fresh code
 // must not reset the phone's failure count (NIST SP 800-63B 5.2.2).
 const ISSUE_LUA: &str = r"
-local ip = redis.call('INCR', KEYS[4])
-if ip == 1 then
-  redis.call('EXPIRE', KEYS[4], ARGV[7])
-end
-if ip > tonumber(ARGV[6]) then
-  return {3, redis.call('PTTL', KEYS[4])}
+local ip_wait = over_budget(KEYS[4], ARGV[6], ARGV[7])
+if ip_wait then
+  return {3, ip_wait}
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {1, redis.call('PTTL', KEYS[2])}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local window = tonumber(ARGV[5]) * 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
-  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  return {2, tonumber(oldest[2]) + window - now}
+local phone_wait = sliding_full(KEYS[3], ARGV[4], window, now)
+if phone_wait then
+  return {2, phone_wait}
 end
 if tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[8]) then
   return {4, redis.call('PTTL', KEYS[5])}
@@ -139,8 +134,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 if tonumber(ARGV[3]) > 0 then
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
 end
-redis.call('ZADD', KEYS[3], now, ARGV[10])
-redis.call('PEXPIRE', KEYS[3], window)
+sliding_add(KEYS[3], ARGV[10], window, now)
 if ARGV[9] == '1' then
   if redis.call('INCR', KEYS[5]) == 1 then
     redis.call('EXPIRE', KEYS[5], 3600)
@@ -153,20 +147,15 @@ return {0, 0}
 // Returns {status, pttl_ms}: 0 correct (code consumed), 1 invalid (wrong, expired, used, none),
 // 2 burnt by this wrong try, 3 phone over its failure budget for the window, 4 IP over its budget.
 const CHECK_LUA: &str = r"
-local ip = redis.call('INCR', KEYS[3])
-if ip == 1 then
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
+local ip_wait = over_budget(KEYS[3], ARGV[5], ARGV[6])
+if ip_wait then
+  return {4, ip_wait}
 end
-if ip > tonumber(ARGV[5]) then
-  return {4, redis.call('PTTL', KEYS[3])}
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local window = tonumber(ARGV[4]) * 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {3, tonumber(oldest[2]) + window - now}
+local phone_wait = sliding_full(KEYS[2], ARGV[3], window, now)
+if phone_wait then
+  return {3, phone_wait}
 end
 local h = redis.call('HGET', KEYS[1], 'h')
 if not h then
@@ -176,8 +165,7 @@ if h == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return {0, 0}
 end
-redis.call('ZADD', KEYS[2], now, ARGV[7])
-redis.call('PEXPIRE', KEYS[2], window)
+sliding_add(KEYS[2], ARGV[7], window, now)
 if redis.call('HINCRBY', KEYS[1], 'tries', 1) >= tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[1])
   return {2, 0}
@@ -211,8 +199,8 @@ impl OtpService {
             secret,
             settings,
             test_numbers,
-            issue: Script::new(ISSUE_LUA),
-            check: Script::new(CHECK_LUA),
+            issue: budget_script(ISSUE_LUA),
+            check: budget_script(CHECK_LUA),
         }
     }
 

@@ -84,15 +84,7 @@ async fn fifty_racing_registrations_with_one_token() {
         let (app, token) = (app.clone(), token.clone());
         set.spawn(async move { app.register(&token, PASSWORD).await });
     }
-    let results = set.join_all().await;
-    assert_eq!(results.iter().filter(|r| r["errors"].is_null()).count(), 1);
-    assert!(
-        results
-            .iter()
-            .filter(|r| !r["errors"].is_null())
-            .all(|r| code(r) == Some("INVALID_TOKEN")),
-        "{results:?}"
-    );
+    exactly_one_success(&set.join_all().await, "INVALID_TOKEN");
     assert!(
         app.auth.hasher.hashes_computed() <= 3,
         "{} hashes",
@@ -124,19 +116,27 @@ async fn fifty_racing_registrations_of_one_phone() {
         let app = app.clone();
         set.spawn(async move { app.register(&token, PASSWORD).await });
     }
-    let results = set.join_all().await;
-    assert_eq!(results.iter().filter(|r| r["errors"].is_null()).count(), 1);
-    assert!(
-        results
-            .iter()
-            .filter(|r| !r["errors"].is_null())
-            .all(|r| code(r) == Some("PHONE_ALREADY_REGISTERED")),
-        "{results:?}"
-    );
+    exactly_one_success(&set.join_all().await, "PHONE_ALREADY_REGISTERED");
     let n: i64 = sqlx::query_scalar("select count(*) from users where phone = $1")
         .bind(PHONE)
         .fetch_one(&app.pg)
         .await
         .unwrap();
     assert_eq!(n, 1);
+}
+
+/// Exactly one of racing requests succeeded; every other one failed with `loser`.
+fn exactly_one_success(results: &[serde_json::Value], loser: &str) {
+    assert_eq!(
+        results.iter().filter(|r| r["errors"].is_null()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter(|r| !r["errors"].is_null())
+            .all(|r| code(r) == Some(loser)),
+        "{results:?}"
+    );
 }
