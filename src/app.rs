@@ -14,6 +14,7 @@ use crate::client_ip::TrustedProxies;
 use crate::config::{AppEnv, Config, SmsProvider};
 use crate::domain::{PhoneNumber, PhonePolicy};
 use crate::graphql::build_schema;
+use crate::graphql::documents::DocumentCache;
 use crate::graphql::guard::DocumentLimits;
 use crate::graphql::metrics::ResolverCounter;
 use crate::http::{HttpState, router};
@@ -36,6 +37,8 @@ pub struct App {
     pub outbox: Arc<Outbox>,
     /// Field resolutions since start.
     pub resolvers: ResolverCounter,
+    /// Parsed and validated documents (tests read its counters).
+    pub documents: Arc<DocumentCache>,
     pub auth: Arc<AuthService>,
     pub pg: PgPool,
     pub redis: ConnectionManager,
@@ -311,6 +314,9 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     }
 
     let resolvers = ResolverCounter::default();
+    // A client application sends a handful of distinct documents; 256 leaves room for many
+    // applications and GraphiQL users and bounds the memory to about 256 x 4 KiB of text.
+    let documents = Arc::new(DocumentCache::new(256));
     let schema = build_schema(auth.clone(), production, resolvers.clone());
     let router = router(
         HttpState {
@@ -325,6 +331,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
                 max_directives: config.max_query_directives,
                 max_complexity: config.max_query_complexity,
             }),
+            documents: documents.clone(),
             trusted_proxies: Arc::new(trusted_proxies),
             graphiql: !production,
         },
@@ -335,6 +342,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         router,
         outbox,
         resolvers,
+        documents,
         auth,
         pg,
         redis,

@@ -50,8 +50,13 @@ pub enum AppError {
     Unauthenticated,
     /// The caller may not see this (another user's phone).
     Forbidden,
-    /// A dependency is down or a bounded queue is full; the client may retry.
+    /// A dependency is down; the client may retry.
     Unavailable(anyhow::Error),
+    /// A bounded queue is full (password hashing): refused at once, retry after the given time. Not
+    /// logged per request (the queue logs a summary), so a flood cannot flood the log too.
+    Overloaded {
+        retry_after_seconds: u64,
+    },
     Internal(anyhow::Error),
 }
 
@@ -77,7 +82,7 @@ impl AppError {
             AppError::PhoneAlreadyRegistered => PHONE_ALREADY_REGISTERED,
             AppError::Unauthenticated => UNAUTHENTICATED,
             AppError::Forbidden => FORBIDDEN,
-            AppError::Unavailable(_) => SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::Overloaded { .. } => SERVICE_UNAVAILABLE,
             AppError::Internal(_) => INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,6 +107,9 @@ impl AppError {
             AppError::Unauthenticated => "Sign in first: a valid access token is required.".into(),
             AppError::Forbidden => "Only the user may see this.".into(),
             AppError::Unavailable(_) => "The service is temporarily unavailable. Try again.".into(),
+            AppError::Overloaded { retry_after_seconds } => {
+                format!("The service is busy. Try again in {retry_after_seconds} seconds.")
+            }
             AppError::Internal(_) => "Internal server error.".into(),
         }
     }
@@ -143,7 +151,8 @@ impl From<AppError> for async_graphql::Error {
                     ext.set("reason", *reason);
                 }
                 AppError::RateLimited { retry_after_seconds }
-                | AppError::AccountLocked { retry_after_seconds } => {
+                | AppError::AccountLocked { retry_after_seconds }
+                | AppError::Overloaded { retry_after_seconds } => {
                     ext.set("retryAfterSeconds", *retry_after_seconds);
                 }
                 _ => {}

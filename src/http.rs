@@ -26,7 +26,8 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::client_ip::{TrustedProxies, budget_key};
 use crate::error::codes;
-use crate::graphql::guard::{DocumentLimits, check_document};
+use crate::graphql::documents::DocumentCache;
+use crate::graphql::guard::DocumentLimits;
 use crate::graphql::{AuthSchema, RequestContext};
 use crate::services::auth::AuthService;
 
@@ -40,6 +41,7 @@ pub struct HttpState {
     pub redis: ConnectionManager,
     pub issuer: String,
     pub limits: Arc<DocumentLimits>,
+    pub documents: Arc<DocumentCache>,
     pub trusted_proxies: Arc<TrustedProxies>,
     /// GraphiQL at GET /graphql (development and test only).
     pub graphiql: bool,
@@ -223,11 +225,10 @@ async fn execute(
             "This endpoint answers application/graphql-response+json or application/json.",
         );
     };
-    // The shape limits run on the parsed document before anything executes. A document that does not
-    // parse is left to async-graphql, which reports it (and runs nothing).
-    if let Ok(doc) = request.parsed_query()
-        && let Err(refusal) = check_document(doc, &state.limits)
-    {
+    // The shape limits run on the parsed document before anything executes (a document seen before
+    // comes parsed and checked from the cache). A document that does not parse is left to
+    // async-graphql, which reports it (and runs nothing).
+    if let Err(refusal) = state.documents.prepare(&mut request, &state.limits) {
         let status = if media_type == GRAPHQL_RESPONSE_JSON {
             StatusCode::BAD_REQUEST
         } else {

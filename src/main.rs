@@ -1,5 +1,10 @@
 use std::time::Duration;
 
+/// mimalloc instead of glibc's malloc: a request allocates and frees many small objects (parsed JSON,
+/// GraphQL values, futures); measured in docs/BENCHMARKS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use phone_auth::config::Config;

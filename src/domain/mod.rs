@@ -5,6 +5,7 @@ pub mod code;
 pub mod name;
 pub mod password;
 pub mod phone;
+mod phone_types;
 
 pub use code::OtpCode;
 pub use name::PersonName;

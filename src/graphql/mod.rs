@@ -2,6 +2,7 @@
 //! function, and map the result to output types. Errors go out through `From<AppError>`, which sets
 //! `extensions.code`.
 
+pub mod documents;
 pub mod guard;
 pub mod metrics;
 mod mutation;
@@ -66,7 +67,10 @@ pub fn build_schema(
     production: bool,
     resolvers: metrics::ResolverCounter,
 ) -> AuthSchema {
-    let builder = schema_builder().data(auth).extension(resolvers);
+    let builder = schema_builder()
+        .data(auth)
+        .extension(resolvers)
+        .extension(documents::ValidationCache);
     if production {
         builder.disable_introspection().disable_suggestions().finish()
     } else {

@@ -31,7 +31,9 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, AppError>> + Send + 'static,
 {
-    tokio::spawn(flow(auth(ctx).clone()))
+    // Boxed before it is spawned: the flow futures are several KiB, and moving them by value into the
+    // task cost ~10% of a wrong `verifyUser` (callgrind, docs/BENCHMARKS.md).
+    tokio::spawn(Box::pin(flow(auth(ctx).clone())))
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
         .map_err(Into::into)

@@ -176,7 +176,9 @@ return {1, 0}
 pub struct OtpService {
     redis: ConnectionManager,
     keys: Keys,
-    secret: SecretSlice<u8>,
+    /// HMAC-SHA256 keyed with the server secret once (the key schedule is two SHA-256 blocks), cloned
+    /// for each code.
+    keyed_mac: Hmac<Sha256>,
     settings: OtpSettings,
     test_numbers: TestNumbers,
     outbox_key: String,
@@ -196,7 +198,8 @@ impl OtpService {
             outbox_key: crate::services::outbox::Outbox::stream_key(&keys),
             redis,
             keys,
-            secret,
+            keyed_mac: <Hmac<Sha256> as Mac>::new_from_slice(secret.expose_secret())
+                .expect("HMAC accepts keys of any length"),
             settings,
             test_numbers,
             issue: budget_script(ISSUE_LUA),
@@ -209,8 +212,7 @@ impl OtpService {
     }
 
     fn mac(&self, phone: &PhoneNumber, code: &OtpCode) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.secret.expose_secret())
-            .expect("HMAC accepts keys of any length");
+        let mut mac = self.keyed_mac.clone();
         mac.update(phone.e164().as_bytes());
         mac.update(&[0]);
         mac.update(code.expose().as_bytes());
@@ -304,11 +306,20 @@ impl OtpService {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xff, 0x10]), "000fa5ff10");
+        assert_eq!(super::hex(&[]), "");
+    }
 }

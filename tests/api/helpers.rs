@@ -31,6 +31,7 @@ pub struct TestApp {
     pub auth: Arc<AuthService>,
     pub resolvers: phone_auth::graphql::metrics::ResolverCounter,
     pub outbox: Arc<phone_auth::services::outbox::Outbox>,
+    pub documents: Arc<phone_auth::graphql::documents::DocumentCache>,
     pub redis: ConnectionManager,
     pub pg: sqlx::PgPool,
     pub prefix: String,
@@ -87,6 +88,7 @@ impl TestApp {
             redis,
             resolvers,
             outbox,
+            documents,
         } = build(
             &config,
             test_sender.then(|| sms.clone() as Arc<dyn phone_auth::services::sms::SmsSender>),
@@ -108,6 +110,7 @@ impl TestApp {
             auth,
             resolvers,
             outbox,
+            documents,
             redis,
             pg,
             prefix: config.redis_key_prefix.clone(),

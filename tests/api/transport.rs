@@ -89,3 +89,62 @@ async fn errors_do_not_leak_internals() {
         assert!(!text.contains(leak), "{leak} in {v}");
     }
 }
+
+/// A document seen before skips parsing and validation, yet every request gets the answer it would get
+/// as the first: a variable of the wrong type is still GRAPHQL_VALIDATION_FAILED after the document
+/// was validated with good variables, and a missing one still gets the same answer.
+#[tokio::test]
+async fn remembered_documents_answer_as_new_ones() {
+    let app = TestApp::spawn().await;
+    const Q: &str = "mutation G($p: String!) { generateCode(phone: $p) { phone } }";
+    let wrong_types = [
+        json!({ "p": 16502530000u64 }),
+        json!({ "p": null }),
+        json!({ "p": ["+16502530000"] }),
+    ];
+    let missing = json!({});
+    let mut first = Vec::new();
+    for v in wrong_types.iter().chain([&missing]) {
+        first.push(code(&app.gql(Q, v.clone()).await).map(str::to_owned));
+    }
+    assert!(
+        first[..3]
+            .iter()
+            .all(|c| c.as_deref() == Some("GRAPHQL_VALIDATION_FAILED")),
+        "{first:?}"
+    );
+    assert!(first[3].is_some(), "a missing variable has a code too");
+    assert_eq!(app.documents.skipped_validations(), 0);
+
+    for phone in ["+16502530000", "+16502530001"] {
+        let ok = app.gql(Q, json!({ "p": phone })).await;
+        assert_eq!(ok["data"]["generateCode"]["phone"], phone, "{ok}");
+    }
+    // Both skipped validation: the request without the variable had passed it (async-graphql reports
+    // a missing variable when it executes), so the document was already remembered.
+    assert_eq!(app.documents.skipped_validations(), 2);
+
+    let resolvers = app.resolvers.get();
+    let mut again = Vec::new();
+    for v in &wrong_types {
+        again.push(code(&app.gql(Q, v.clone()).await).map(str::to_owned));
+    }
+    assert_eq!(app.resolvers.get(), resolvers, "a refused request ran a resolver");
+    again.push(code(&app.gql(Q, missing.clone()).await).map(str::to_owned));
+    assert_eq!(again, first);
+    assert_eq!(
+        app.documents.skipped_validations(),
+        2,
+        "a misfit variable skipped validation"
+    );
+
+    // An input object variable is always validated in full.
+    const R: &str = "mutation R($i: RegisterInput!) { register(input: $i) { accessToken } }";
+    for _ in 0..2 {
+        let r = app
+            .gql(R, json!({ "i": { "registrationToken": "x", "password": 5 } }))
+            .await;
+        assert_code(&r, "GRAPHQL_VALIDATION_FAILED");
+    }
+    assert_eq!(app.documents.skipped_validations(), 2);
+}

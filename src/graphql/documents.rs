@@ -1,0 +1,225 @@
+//! Parsed and validated documents, kept by their text. A GraphQL client sends the same few documents
+//! over and over with different variables; parsing one (pest), checking it against our shape limits and
+//! running async-graphql's 22 validation rules cost more than everything else a `generateCode` does on
+//! our side (callgrind, docs/BENCHMARKS.md). A document seen before is cloned from here instead, already
+//! checked by the guard; once async-graphql has validated it for an operation, later requests for that
+//! operation skip validation, as Apollo Server's document store does.
+//!
+//! Validation also looks at variable values (a String argument given the number 123 is refused before
+//! execution). That part still holds: validation is skipped only when every variable of the operation
+//! is a plain scalar (String, ID, Boolean, Int, Float, any nullability) whose value fits its declared
+//! type, which with the document already valid is all the variable check of validation asks. Any
+//! other variable (an input object, a list, an enum, a custom scalar) or a value that does not fit:
+//! full validation, as without the cache. So the answer to a request never depends on what came
+//! before it.
+//!
+//! Bounded: at most `capacity` documents of at most `MAX_QUERY_BYTES` each; when full, an arbitrary
+//! entry makes room. A client that sends a new document every time gains nothing but loses nothing
+//! either (it pays the parse it would have paid). Only documents that parsed and passed the guard are
+//! kept; a refused document is checked again every time it comes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
+use async_graphql::parser::types::{BaseType, DocumentOperations, ExecutableDocument, Type};
+use async_graphql::{Request, ServerError, ValidationResult, Value, Variables};
+
+use crate::graphql::guard::{DocumentLimits, Refusal, check_document};
+
+/// Longer documents are parsed every time (ours are under 500 bytes; GraphiQL's introspection query is
+/// about 1.7 KiB).
+pub const MAX_QUERY_BYTES: usize = 4096;
+
+struct Entry {
+    doc: ExecutableDocument,
+    /// async-graphql's validation result, by operation name, once a request passed validation.
+    validated: Mutex<Vec<(Option<String>, ValidationResult)>>,
+}
+
+impl Entry {
+    fn validated_for(&self, operation: Option<&str>) -> Option<ValidationResult> {
+        let validated = self.validated.lock().unwrap_or_else(|e| e.into_inner());
+        validated
+            .iter()
+            .find(|(name, _)| name.as_deref() == operation)
+            .map(|(_, result)| *result)
+    }
+
+    fn remember(&self, operation: Option<String>, result: ValidationResult) {
+        let mut validated = self.validated.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded by the operations a document has; each is remembered once.
+        if !validated.iter().any(|(name, _)| *name == operation) {
+            validated.push((operation, result));
+        }
+    }
+
+    /// Whether every variable of the operation is a plain scalar whose value fits its declared type.
+    fn variables_fit(&self, operation: Option<&str>, variables: &Variables) -> bool {
+        let op = match (&self.doc.operations, operation) {
+            (DocumentOperations::Single(op), None) => op,
+            (DocumentOperations::Multiple(ops), Some(name)) => match ops.get(name) {
+                Some(op) => op,
+                None => return false,
+            },
+            (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => match ops.values().next() {
+                Some(op) => op,
+                None => return false,
+            },
+            _ => return false,
+        };
+        // A variable sent but not declared is ignored by validation and execution alike.
+        op.node.variable_definitions.iter().all(|def| {
+            let def = &def.node;
+            let value = variables.get(&def.name.node);
+            match value {
+                None => def.default_value.is_some() || def.var_type.node.nullable,
+                Some(value) => scalar_fits(&def.var_type.node, value),
+            }
+        })
+    }
+}
+
+fn scalar_fits(ty: &Type, value: &Value) -> bool {
+    let BaseType::Named(name) = &ty.base else {
+        return false;
+    };
+    match (name.as_str(), value) {
+        (_, Value::Null) => ty.nullable,
+        ("String", Value::String(_)) | ("ID", Value::String(_)) | ("Boolean", Value::Boolean(_)) => true,
+        ("Int", Value::Number(n)) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
+        ("Float", Value::Number(_)) => true,
+        _ => false,
+    }
+}
+
+/// Request data: validation of this document and operation passed before, and the variables fit.
+struct Prevalidated(ValidationResult);
+
+/// Request data: validate, and remember a success for this document and operation.
+struct RememberValidation {
+    entry: Arc<Entry>,
+    operation: Option<String>,
+}
+
+pub struct DocumentCache {
+    entries: Mutex<HashMap<Box<str>, Arc<Entry>>>,
+    capacity: usize,
+    skipped_validations: AtomicU64,
+}
+
+impl DocumentCache {
+    pub fn new(capacity: usize) -> Self {
+        DocumentCache {
+            entries: Mutex::new(HashMap::with_capacity(capacity.min(1024))),
+            capacity,
+            skipped_validations: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, query: &str) -> Option<Arc<Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(query)
+            .cloned()
+    }
+
+    fn insert(&self, query: &str, doc: &ExecutableDocument) -> Option<Arc<Entry>> {
+        if self.capacity == 0 || query.len() > MAX_QUERY_BYTES {
+            return None;
+        }
+        let entry = Arc::new(Entry {
+            doc: doc.clone(),
+            validated: Mutex::new(Vec::new()),
+        });
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= self.capacity
+            && let Some(victim) = entries.keys().next().cloned()
+        {
+            entries.remove(&victim);
+        }
+        entries.insert(query.into(), entry.clone());
+        Some(entry)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Requests that skipped async-graphql's validation (tests prove the cache works with it).
+    pub fn skipped_validations(&self) -> u64 {
+        self.skipped_validations.load(Ordering::Relaxed)
+    }
+
+    /// Gives `request` its parsed document, from here or by parsing and checking it, and tells the
+    /// `ValidationCache` extension whether validation can be skipped. `Err`: the document breaks a
+    /// limit and must not run. A document that does not parse is left as it is: async-graphql
+    /// reports the syntax error (and runs nothing).
+    pub fn prepare(&self, request: &mut Request, limits: &DocumentLimits) -> Result<(), Refusal> {
+        let entry = match self.get(&request.query) {
+            Some(entry) => {
+                request.set_parsed_query(entry.doc.clone());
+                entry
+            }
+            None => {
+                let query = request.query.clone();
+                let Ok(doc) = request.parsed_query() else {
+                    return Ok(());
+                };
+                check_document(doc, limits)?;
+                let doc = doc.clone();
+                match self.insert(&query, &doc) {
+                    Some(entry) => entry,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let operation = request.operation_name.as_deref();
+        match entry.validated_for(operation) {
+            Some(result) if entry.variables_fit(operation, &request.variables) => {
+                self.skipped_validations.fetch_add(1, Ordering::Relaxed);
+                request.data.insert(Prevalidated(result));
+            }
+            _ => request.data.insert(RememberValidation {
+                operation: request.operation_name.clone(),
+                entry,
+            }),
+        }
+        Ok(())
+    }
+}
+
+/// The async-graphql extension that acts on `DocumentCache::prepare`'s decision.
+pub struct ValidationCache;
+
+impl ExtensionFactory for ValidationCache {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ValidationCacheExtension)
+    }
+}
+
+struct ValidationCacheExtension;
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for ValidationCacheExtension {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        if let Some(Prevalidated(result)) = ctx.data_opt::<Prevalidated>() {
+            return Ok(*result);
+        }
+        let result = next.run(ctx).await;
+        if let (Ok(validated), Some(remember)) = (&result, ctx.data_opt::<RememberValidation>()) {
+            remember.entry.remember(remember.operation.clone(), *validated);
+        }
+        result
+    }
+}
