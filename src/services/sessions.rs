@@ -49,19 +49,18 @@ impl SessionStore {
     pub async fn create(&self, user_id: Uuid) -> AppResult<NewSession> {
         let session_id = Uuid::new_v4();
         let (token, hash) = new_refresh_token()?;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("insert into sessions (id, user_id, expires_at) values ($1, $2, $3)")
-            .bind(session_id)
-            .bind(user_id)
-            .bind(OffsetDateTime::now_utc() + self.ttl)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("insert into refresh_tokens (token_hash, session_id) values ($1, $2)")
-            .bind(&hash)
-            .bind(session_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        // One statement (so one round trip and one implicit transaction) instead of BEGIN, two
+        // INSERTs and COMMIT: every sign-in goes through here.
+        sqlx::query(
+            "with s as (insert into sessions (id, user_id, expires_at) values ($1, $2, $3) returning id)
+             insert into refresh_tokens (token_hash, session_id) select $4, id from s",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .bind(OffsetDateTime::now_utc() + self.ttl)
+        .bind(&hash)
+        .execute(&self.pool)
+        .await?;
         Ok(NewSession {
             session_id,
             refresh_token: token,

@@ -93,7 +93,7 @@ struct RunArgs {
     probe_rate: f64,
     /// Phones given a pending code before verify-wrong (each gets 4 wrong tries); Redis memory per
     /// pending code is measured over these.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 120_000)]
     pending_codes: u64,
     /// Users for the main scenarios and the "small" side of the users comparison.
     #[arg(long, default_value_t = 1_000)]
@@ -282,6 +282,8 @@ struct Bench {
     hash_slots: usize,
     /// loadgen's own CPU per request, by scenario (microseconds).
     client_cpu: BTreeMap<String, f64>,
+    /// redis-server's CPU per request of a scenario (us), measured window only.
+    redis_cpu: BTreeMap<String, f64>,
     /// The server's minor page faults per request, by scenario.
     faults: BTreeMap<String, f64>,
 }
@@ -414,6 +416,9 @@ where
     let me = std::process::id();
     let cpu_at = Arc::new(Mutex::new((None::<u64>, None::<u64>, None::<u64>)));
     let cpu_mark = cpu_at.clone();
+    let redis_pid = bench.redis_pid;
+    let redis_at = Arc::new(Mutex::new(None::<u64>));
+    let redis_mark = redis_at.clone();
     // CPU (the server's and our own) and the server's page faults are read when the measured window
     // starts and when the run ends.
     let profiling = callgrind(&bench.args);
@@ -426,6 +431,9 @@ where
         if let Ok(mut m) = cpu_mark.lock() {
             *m = (procs::cpu_ms(pid), procs::cpu_ms(me), procs::minor_faults(pid));
         }
+        if let Ok(mut m) = redis_mark.lock() {
+            *m = redis_pid.and_then(procs::cpu_ms);
+        }
     });
     let recorded = drive(server.addr, clients, warmup, duration, max, body).await?;
     let _ = marker.await;
@@ -434,6 +442,8 @@ where
         callgrind_control(&["-d", scenario], pid);
     }
     let (cpu_end, own_end, faults_end) = (procs::cpu_ms(pid), procs::cpu_ms(me), procs::minor_faults(pid));
+    let redis_end = redis_pid.and_then(procs::cpu_ms);
+    let redis_start = redis_at.lock().ok().and_then(|m| *m);
     let (cpu_start, own_start, faults_start) = cpu_at.lock().map(|m| *m).unwrap_or((None, None, None));
     if let (Some(a), Some(b)) = (faults_start, faults_end)
         && requests_hint(&recorded) > 0
@@ -450,6 +460,14 @@ where
         bench
             .client_cpu
             .insert(scenario.to_owned(), own as f64 * 1000.0 / requests as f64);
+    }
+    if let (Some(a), Some(b)) = (redis_start, redis_end)
+        && requests > 0
+    {
+        bench.redis_cpu.insert(
+            scenario.to_owned(),
+            b.saturating_sub(a) as f64 * 1000.0 / requests as f64,
+        );
     }
     Ok(())
 }
@@ -1705,6 +1723,18 @@ fn report(bench: &Bench, started: &str, load_start: &str) -> String {
             per.join(", ")
         );
     }
+    if !bench.redis_cpu.is_empty() {
+        let per: Vec<String> = bench
+            .redis_cpu
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nredis-server's CPU per request (us), on the same cores: {}",
+            per.join(", ")
+        );
+    }
     if !bench.faults.is_empty() {
         let per: Vec<String> = bench.faults.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
         let _ = writeln!(s, "\nserver minor page faults per request: {}", per.join(", "));
@@ -1906,6 +1936,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         argon2_parallel: None,
         hash_slots,
         client_cpu: BTreeMap::new(),
+        redis_cpu: BTreeMap::new(),
         faults: BTreeMap::new(),
     };
     if let Some(path) = stale {
