@@ -247,6 +247,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             .hash_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         Duration::from_millis(config.hash_queue_timeout_ms),
+        config.hash_thread_nice,
     )?;
     let auth = Arc::new(AuthService {
         phone_policy,

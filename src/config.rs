@@ -148,6 +148,12 @@ pub struct Config {
     #[arg(long, env = "HASH_QUEUE_TIMEOUT_MS", default_value_t = 2000)]
     pub hash_queue_timeout_ms: u64,
 
+    /// Nice value of the hashing threads (0..=19; Linux, per thread). 19: cheap requests preempt a
+    /// hash, yet hashing keeps a share of the CPU when cheap requests alone would saturate it (with
+    /// SCHED_IDLE it got none, and sign-ins were refused under a mixed load: docs/BENCHMARKS.md).
+    #[arg(long, env = "HASH_THREAD_NICE", default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub hash_thread_nice: u8,
+
     /// How SMS codes are delivered: log (development), webhook, twilio.
     #[arg(long, env = "SMS_PROVIDER", value_enum, default_value = "log")]
     pub sms_provider: SmsProvider,

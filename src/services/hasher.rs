@@ -8,9 +8,10 @@
 //! - Memory is bounded: `concurrency` x 19 MiB, whatever the load. Hashing on tokio's blocking pool
 //!   allocated 19 MiB per hash, and glibc kept those blocks in per-thread arenas (721 MiB peak RSS
 //!   under 500 concurrent logins).
-//! - The threads run at the lowest scheduling priority (Linux `SCHED_IDLE`): a request that only needs
-//!   a few microseconds of CPU (`me`, `generateCode`) preempts a hash instead of waiting behind it.
-//!   Hashing still gets every cycle nothing else wants.
+//! - The threads run at a low CPU priority (nice 19 by default, `HASH_THREAD_NICE`): a request that
+//!   only needs a few microseconds of CPU (`me`, `generateCode`) preempts a hash instead of waiting
+//!   behind it, and hashing still gets a share when cheap requests alone would fill the CPU. (Linux's
+//!   `SCHED_IDLE` gave hashing no share at all: under a mixed load, sign-ins were starved and refused.)
 //! - Admission is decided at once: a job is queued only if the queue ahead of it can be served within
 //!   `queue_timeout`, estimated from the measured hash time; otherwise the caller gets
 //!   SERVICE_UNAVAILABLE (with retryAfterSeconds) immediately, before any other work, instead of
@@ -204,8 +205,8 @@ impl Shared {
     }
 }
 
-fn worker(shared: Arc<Shared>) {
-    lower_priority();
+fn worker(shared: Arc<Shared>, nice: u8) {
+    lower_priority(nice);
     let mut memory = HashMemory::new();
     loop {
         let queued = {
@@ -233,15 +234,21 @@ fn worker(shared: Arc<Shared>) {
     }
 }
 
-/// Puts the calling thread at the lowest CPU priority. Linux `SCHED_IDLE`: any ordinary thread that
-/// becomes runnable preempts it (sched(7)). Elsewhere, or if refused, the thread keeps its priority.
+/// Lowers the calling thread's CPU priority to `nice` (Linux: the nice value is per thread, and
+/// `setpriority(PRIO_PROCESS, tid)` sets it for that thread only, setpriority(2)). Elsewhere, or if
+/// refused, the thread keeps its priority.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn lower_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads `param` (a valid, initialised struct that outlives the call);
-    // pid 0 is the calling thread. No memory is shared or handed over.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+fn lower_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority take and return plain integers; no memory is shared or handed
+    // over, and the thread id is the calling thread's own.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, libc::c_int::from(nice))
+    };
     if rc != 0 {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
@@ -251,7 +258,7 @@ fn lower_priority() {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+fn lower_priority(_nice: u8) {}
 
 pub struct PasswordHasher {
     shared: Arc<Shared>,
@@ -259,8 +266,9 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// Starts `concurrency` hashing threads. `queue_timeout`: the longest a request may wait for one.
-    pub fn new(concurrency: usize, queue_timeout: Duration) -> anyhow::Result<Self> {
+    /// Starts `concurrency` hashing threads at nice value `nice`. `queue_timeout`: the longest a
+    /// request may wait for one.
+    pub fn new(concurrency: usize, queue_timeout: Duration, nice: u8) -> anyhow::Result<Self> {
         let start = Instant::now();
         let dummy = hash_with(&mut HashMemory::new(), b"dummy password that no account has")?;
         let first_hash = start.elapsed();
@@ -280,7 +288,7 @@ impl PasswordHasher {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || worker(shared))?;
+                .spawn(move || worker(shared, nice))?;
         }
         Ok(PasswordHasher {
             shared,
@@ -445,7 +453,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_at_once_and_the_queued_jobs_still_run() {
-        let hasher = Arc::new(PasswordHasher::new(1, Duration::from_secs(10)).unwrap());
+        let hasher = Arc::new(PasswordHasher::new(1, Duration::from_secs(10), 10).unwrap());
         // Admission believes a hash takes 4 s. One thread: the first job starts at once, the second and
         // third would wait 4 and 8 s (within 10), a fourth 12 s: refused without waiting.
         hasher.shared.hash_micros.store(4_000_000, Ordering::Relaxed);
@@ -483,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_that_waited_past_the_timeout_is_refused_not_run() {
-        let hasher = Arc::new(PasswordHasher::new(1, Duration::from_millis(20)).unwrap());
+        let hasher = Arc::new(PasswordHasher::new(1, Duration::from_millis(20), 10).unwrap());
         hasher.shared.hash_micros.store(1, Ordering::Relaxed);
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let first = {
