@@ -140,6 +140,7 @@ if ARGV[9] == '1' then
     redis.call('EXPIRE', KEYS[5], 3600)
   end
   redis.call('XADD', KEYS[6], '*', 'id', ARGV[10], 'to', ARGV[13], 'code', ARGV[14], 'created_ms', ARGV[11])
+  redis.call('EXPIRE', KEYS[6], ARGV[15])
 end
 return {0, 0}
 ";
@@ -254,6 +255,7 @@ impl OtpService {
             .arg(s.outbox_max_len)
             .arg(phone.e164())
             .arg(code.expose())
+            .arg(crate::services::outbox::outbox_ttl_seconds(s.ttl_seconds))
             .invoke_async(&mut self.redis.clone())
             .await?;
         match status {

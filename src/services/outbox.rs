@@ -2,10 +2,14 @@
 //! code (no code without a job, no job without a code), and workers that deliver from it through a
 //! consumer group.
 //!
-//! Keys (no TTL: streams are bounded by length instead):
+//! Keys (bounded by length, and with a TTL like every key of the service):
 //! - `sms:outbox` jobs {id, to, code, created_ms}; at most `max_len` (a full outbox refuses new codes
-//!   with SERVICE_UNAVAILABLE rather than trimming undelivered jobs); consumer group `sms-workers`
-//! - `sms:dead`   dead letters {id, to, reason, failed_ms} (never the code); trimmed to `dead_max_len`
+//!   with SERVICE_UNAVAILABLE rather than trimming undelivered jobs); consumer group `sms-workers`.
+//!   TTL `outbox_ttl(code lifetime)`, renewed by every new job: when it lapses, no job has been added
+//!   for twice a code's lifetime (at least an hour), so every job left is one that would be dropped
+//!   as expired anyway. Workers recreate the stream and group when it is gone.
+//! - `sms:dead`   dead letters {id, to, reason, failed_ms} (never the code); trimmed to `dead_max_len`;
+//!   TTL `DEAD_LETTER_TTL_SECONDS` (7 days), renewed by every new dead letter.
 //!
 //! Delivery is at least once: a job is acknowledged and deleted (so its code leaves Redis) only after
 //! the provider accepted it or it was dead-lettered. Transient failures are retried in the worker with
@@ -94,9 +98,29 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 if ARGV[3] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
     'id', ARGV[5], 'to', ARGV[4], 'reason', ARGV[3], 'failed_ms', ARGV[7])
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
 end
 return 1
 ";
+
+/// Creates the stream (if missing) and the consumer group (if missing), and gives a stream without a
+/// TTL one.
+const ENSURE_GROUP_LUA: &str = r"
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if redis.call('TTL', KEYS[1]) == -1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
+
+/// Dead letters are kept for inspection for 7 days after the last one.
+pub const DEAD_LETTER_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+/// The outbox stream's TTL for a code lifetime of `code_ttl_seconds`: twice the lifetime, at least an
+/// hour (so an idle service does not recreate its stream every few minutes).
+pub fn outbox_ttl_seconds(code_ttl_seconds: u64) -> u64 {
+    code_ttl_seconds.saturating_mul(2).max(3600)
+}
 
 pub struct Outbox {
     pool: bb8::Pool<BlockingConnections>,
@@ -105,6 +129,7 @@ pub struct Outbox {
     settings: OutboxSettings,
     provider: Arc<dyn SmsSender>,
     finish: Script,
+    ensure: Script,
     pub stats: OutboxStats,
 }
 
@@ -152,6 +177,7 @@ impl Outbox {
             settings,
             provider,
             finish: Script::new(FINISH_LUA),
+            ensure: Script::new(ENSURE_GROUP_LUA),
             stats: OutboxStats::default(),
         };
         outbox.ensure_group().await?;
@@ -169,19 +195,14 @@ impl Outbox {
     async fn ensure_group(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.get().await?;
         // From the start of the stream ("0"), so jobs written before the group existed are delivered.
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.stream)
+        let _: i64 = self
+            .ensure
+            .key(&self.stream)
             .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut *conn)
-            .await;
-        match created {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+            .arg(outbox_ttl_seconds(self.settings.code_ttl.as_secs()))
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     /// Runs one worker until the task is dropped. `name` must be unique among live workers.
@@ -199,6 +220,17 @@ impl Outbox {
                 Ok(jobs) => {
                     for job in jobs {
                         self.process(&name, job).await;
+                    }
+                }
+                Err(e)
+                    if e.downcast_ref::<redis::RedisError>()
+                        .is_some_and(|e| e.code() == Some("NOGROUP")) =>
+                {
+                    // The stream's TTL lapsed while the service was idle: start again.
+                    tracing::info!(worker = %name, "outbox: the stream expired; recreating it");
+                    if let Err(e) = self.ensure_group().await {
+                        tracing::warn!(error = %e, worker = %name, "outbox: recreating the stream failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
                 Err(e) => {
@@ -370,6 +402,7 @@ impl Outbox {
                 .arg(&job.message_id)
                 .arg(self.settings.dead_max_len)
                 .arg(now_ms())
+                .arg(DEAD_LETTER_TTL_SECONDS)
                 .invoke_async(&mut *conn)
                 .await?)
         }

@@ -235,8 +235,8 @@ impl TestApp {
         r["data"]["register"].clone()
     }
 
-    /// Every Redis key of this test with its TTL in seconds, except the SMS streams, which are bounded
-    /// by length instead (see services/outbox.rs).
+    /// Every Redis key of this test with its TTL in seconds, except the SMS streams (the outbox exists
+    /// from the start; their TTLs are checked in outbox.rs).
     pub async fn keys_with_ttl(&self) -> Vec<(String, i64)> {
         let mut conn = self.redis.clone();
         let keys: Vec<String> = redis::cmd("KEYS")

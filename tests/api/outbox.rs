@@ -47,6 +47,14 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
         .collect()
 }
 
+async fn ttl(app: &TestApp, key: &str) -> i64 {
+    redis::cmd("TTL")
+        .arg(format!("{}{key}", app.prefix))
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap()
+}
+
 async fn xlen(app: &TestApp, stream: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(format!("{}{stream}", app.prefix))
@@ -136,6 +144,43 @@ async fn client_errors_go_to_the_dead_letter_stream() {
         "a dead letter never holds the code"
     );
     assert_eq!(stub.received().len(), 1, "not retried");
+    assert_eq!(xlen(&app, "sms:outbox").await, 0);
+    // Both streams expire: the outbox twice a code's lifetime (at least an hour) after its last
+    // job, dead letters 7 days after the last one.
+    let outbox_ttl = ttl(&app, "sms:outbox").await;
+    assert!((3500..=3600).contains(&outbox_ttl), "outbox TTL {outbox_ttl}");
+    let dead_ttl = ttl(&app, "sms:dead").await;
+    assert!(
+        (7 * 86400 - 100..=7 * 86400).contains(&dead_ttl),
+        "dead letter TTL {dead_ttl}"
+    );
+}
+
+/// The outbox stream expires when the service is idle; the workers then recreate it (with its group
+/// and a TTL), and the next code is delivered as usual.
+#[tokio::test]
+async fn an_expired_outbox_is_recreated() {
+    let stub = Stub::start([]).await;
+    let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
+    assert!(ttl(&app, "sms:outbox").await > 0, "created with a TTL");
+    // What the TTL lapsing does: the key goes, with its consumer group.
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{}sms:outbox", app.prefix))
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    // The workers notice (their blocking read fails with NOGROUP) and recreate it.
+    let mut recreated = false;
+    for _ in 0..100 {
+        if ttl(&app, "sms:outbox").await > 0 {
+            recreated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recreated, "the outbox was not recreated");
+    app.generate_code(PHONE).await;
+    assert_eq!(stub.received().len(), 1);
     assert_eq!(xlen(&app, "sms:outbox").await, 0);
 }
 
