@@ -128,7 +128,7 @@ end
 if ARGV[9] == '1' and redis.call('XLEN', KEYS[6]) >= tonumber(ARGV[12]) then
   return {5, 0}
 end
-redis.call('DEL', KEYS[1])
+-- Both fields are (re)written: a previous code's hash has no other field to clear.
 redis.call('HSET', KEYS[1], 'h', ARGV[1], 'tries', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if tonumber(ARGV[3]) > 0 then
