@@ -15,14 +15,15 @@
 //! - Admission is decided at once: a job is queued only if the queue ahead of it can be served within
 //!   `queue_timeout`, estimated from the measured hash time; otherwise the caller gets
 //!   SERVICE_UNAVAILABLE (with retryAfterSeconds) immediately, before any other work, instead of
-//!   after a wait. A job that nevertheless waited longer than `queue_timeout` (CPU starved) is refused
-//!   when it reaches a thread, so the wait stays bounded.
+//!   after a wait. If the estimate was wrong (the threads were starved of CPU), the requester still
+//!   stops waiting at `queue_timeout` and is refused; its job is skipped when a thread reaches it.
+//!   The wait is bounded by the requester, not by the threads.
 //!
 //! Unknown users are verified against a dummy hash computed at start, so they cost the same time as a
 //! wrong password for a real user.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -124,10 +125,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 type Job = Box<dyn FnOnce(&mut HashMemory) + Send>;
 
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
 struct Queued {
     job: Job,
-    /// Called instead of `job` when the job waited longer than the queue timeout.
-    expire: Box<dyn FnOnce() + Send>,
+    /// QUEUED, then STARTED (a thread took it) or ABANDONED (its requester stopped waiting, or it
+    /// waited past the timeout): whichever happens first, decided by one compare-and-swap.
+    state: Arc<AtomicU8>,
     enqueued: Instant,
 }
 
@@ -222,9 +228,17 @@ fn worker(shared: Arc<Shared>, nice: u8) {
                 queue = shared.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
             }
         };
-        if queued.enqueued.elapsed() > shared.queue_timeout {
-            (queued.expire)();
+        // Too old (its requester has been answered or is about to be), or abandoned: dropped unrun.
+        let next = if queued.enqueued.elapsed() > shared.queue_timeout {
+            ABANDONED
         } else {
+            STARTED
+        };
+        let state = queued
+            .state
+            .compare_exchange(QUEUED, next, Ordering::AcqRel, Ordering::Acquire)
+            .unwrap_or_else(|current| current);
+        if state == QUEUED && next == STARTED {
             let start = Instant::now();
             shared.computed.fetch_add(1, Ordering::Relaxed);
             (queued.job)(&mut memory);
@@ -322,9 +336,8 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce(&mut HashMemory) -> T + Send + 'static,
     ) -> AppResult<T> {
-        let (tx, rx) = oneshot::channel::<AppResult<T>>();
-        let tx = Arc::new(Mutex::new(Some(tx)));
-        let expired_tx = tx.clone();
+        let (tx, mut rx) = oneshot::channel::<T>();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let queue_timeout = self.shared.queue_timeout;
         {
             let mut queue = self.shared.lock();
@@ -338,24 +351,34 @@ impl PasswordHasher {
             }
             queue.jobs.push_back(Queued {
                 job: Box::new(move |memory| {
-                    let out = work(memory);
-                    if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        let _ = tx.send(Ok(out));
-                    }
+                    let _ = tx.send(work(memory));
                 }),
-                expire: Box::new(move || {
-                    if let Some(tx) = expired_tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        let _ = tx.send(Err(AppError::Overloaded {
-                            retry_after_seconds: queue_timeout.as_secs().max(1),
-                        }));
-                    }
-                }),
+                state: state.clone(),
                 enqueued: Instant::now(),
             });
         }
         self.shared.ready.notify_one();
+        let overloaded = || {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            AppError::Overloaded {
+                retry_after_seconds: queue_timeout.as_secs().max(1),
+            }
+        };
+        // The wait is bounded here, not by the threads: starved of CPU, they might take a job late.
+        match tokio::time::timeout(queue_timeout, &mut rx).await {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(_)) => return Err(overloaded()), // dropped unrun by a thread: too old
+            Err(_) => {}
+        }
+        if state
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return Err(overloaded());
+        }
+        // A thread took it just in time: the hash is running, its answer comes within a hash time.
         rx.await
-            .map_err(|_| AppError::Internal(anyhow::anyhow!("a password hashing thread stopped")))?
+            .map_err(|_| AppError::Internal(anyhow::anyhow!("a password hashing thread stopped")))
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh random salt.
@@ -490,7 +513,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_job_that_waited_past_the_timeout_is_refused_not_run() {
+    async fn a_job_that_waited_past_the_timeout_is_refused_then_not_run() {
         let hasher = Arc::new(PasswordHasher::new(1, Duration::from_millis(20), 10).unwrap());
         hasher.shared.hash_micros.store(1, Ordering::Relaxed);
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
@@ -502,16 +525,27 @@ mod tests {
             let h = hasher.clone();
             tokio::spawn(async move { h.run(|_| ()).await })
         };
-        // Hold the only thread well past the second job's timeout.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Refused after the timeout although the only thread is still blocked: the requester's wait is
+        // bounded whatever the threads do.
+        let second = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("refused without waiting for the thread")
+            .unwrap();
+        assert!(matches!(second, Err(AppError::Overloaded { .. })), "{second:?}");
         {
             let (open, cv) = &*gate;
             *open.lock().unwrap() = true;
             cv.notify_all();
         }
         first.await.unwrap().unwrap();
-        let second = second.await.unwrap();
-        assert!(matches!(second, Err(AppError::Overloaded { .. })), "{second:?}");
+        // The abandoned job is skipped when the thread reaches it.
+        for _ in 0..200 {
+            if hasher.shared.lock().jobs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(hasher.hashes_computed(), 1);
+        assert_eq!(hasher.refused(), 1);
     }
 }
