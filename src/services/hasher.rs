@@ -137,20 +137,27 @@ struct Queued {
     enqueued: Instant,
 }
 
-#[derive(Default)]
 struct Queue {
     jobs: VecDeque<Queued>,
     /// Threads computing a hash right now.
     busy: usize,
     closed: bool,
+    /// The last `RECENT` hash durations (wall clock, microseconds), a ring.
+    recent: [u64; RECENT],
+    recent_next: usize,
 }
+
+/// How many recent hash durations the estimate is the median of: enough that a hash preempted for a
+/// moment does not move it (a moving average did, and refused sign-ins that would have waited half a
+/// second under the mixed load), few enough to follow a lasting change within a few hashes.
+const RECENT: usize = 15;
 
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     threads: usize,
     queue_timeout: Duration,
-    /// Moving average of one hash's duration (microseconds), for admission.
+    /// One hash's duration (microseconds), for admission: the median of the recent ones.
     hash_micros: AtomicU64,
     computed: AtomicU64,
     refused: AtomicU64,
@@ -203,11 +210,14 @@ impl Shared {
         }
     }
 
-    fn record(&self, took: Duration) {
-        // Exponential moving average, weight 1/8 for the newest sample.
+    /// Records one hash's duration; the estimate becomes the median of the recent ones.
+    fn record(&self, queue: &mut Queue, took: Duration) {
         let sample = took.as_micros().min(u128::from(u32::MAX)) as u64;
-        let old = self.hash_micros.load(Ordering::Relaxed);
-        self.hash_micros.store((old * 7 + sample) / 8, Ordering::Relaxed);
+        queue.recent[queue.recent_next] = sample.max(1);
+        queue.recent_next = (queue.recent_next + 1) % RECENT;
+        let mut sorted = queue.recent;
+        sorted.sort_unstable();
+        self.hash_micros.store(sorted[RECENT / 2], Ordering::Relaxed);
     }
 }
 
@@ -242,7 +252,11 @@ fn worker(shared: Arc<Shared>, nice: u8) {
             let start = Instant::now();
             shared.computed.fetch_add(1, Ordering::Relaxed);
             (queued.job)(&mut memory);
-            shared.record(start.elapsed());
+            let took = start.elapsed();
+            let mut queue = shared.lock();
+            shared.record(&mut queue, took);
+            queue.busy -= 1;
+            continue;
         }
         shared.lock().busy -= 1;
     }
@@ -288,7 +302,13 @@ impl PasswordHasher {
         let first_hash = start.elapsed();
         let threads = concurrency.max(1);
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                busy: 0,
+                closed: false,
+                recent: [first_hash.as_micros().max(1) as u64; RECENT],
+                recent_next: 0,
+            }),
             ready: Condvar::new(),
             threads,
             queue_timeout,

@@ -51,6 +51,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Phone parsing on one core: the server's `PhoneNumber::parse` against the `phonenumber` crate's
+    /// own `parse` + `is_valid` + `number_type` + E.164 formatting (what the server did before), over
+    /// the same fresh valid numbers. No server is started.
+    PhoneParse {
+        /// Distinct numbers parsed per round (two rounds each).
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+    },
     /// Internal: the baseline server (a bare axum handler doing one EVALSHA per request).
     BaselineServer {
         #[arg(long)]
@@ -2006,6 +2014,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Cmd::PhoneParse { count }) = cli.command {
+        phone_parse_bench(count);
+        return Ok(());
+    }
     if let Some(Cmd::BaselineServer {
         listen,
         redis_url,
@@ -2024,4 +2036,32 @@ fn main() -> anyhow::Result<()> {
         }
     })
     // Children are stopped by their guards as the run's future is dropped.
+}
+
+fn phone_parse_bench(count: u64) {
+    use phonenumber::metadata::DATABASE;
+    let policy = PhonePolicy::default();
+    let inputs: Vec<String> = (0..count).map(|i| format!("+1415{:07}", 2_000_000 + i)).collect();
+    let time = |name: &str, f: &dyn Fn(&str) -> bool| {
+        for round in 1..=2 {
+            let start = Instant::now();
+            let accepted = inputs.iter().filter(|s| f(s)).count();
+            let us = start.elapsed().as_secs_f64() * 1e6 / count as f64;
+            println!("{name}, round {round}: {us:.2} us per number ({accepted} of {count} accepted)");
+        }
+    };
+    time(
+        "phonenumber crate: parse + is_valid + number_type + country + E.164",
+        &|s| {
+            phonenumber::parse(None, s).is_ok_and(|n| {
+                n.is_valid()
+                    && n.number_type(&DATABASE) != phonenumber::Type::TollFree
+                    && n.country().id().is_some()
+                    && !n.format().mode(phonenumber::Mode::E164).to_string().is_empty()
+            })
+        },
+    );
+    time("server: PhoneNumber::parse", &|s| {
+        PhoneNumber::parse(s, &policy).is_ok()
+    });
 }
