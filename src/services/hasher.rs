@@ -1,5 +1,6 @@
 //! Password hashing: argon2id with m = 19456 KiB, t = 2, p = 1, the first of OWASP's Password Storage
-//! Cheat Sheet's equivalent argon2id settings. About 33 ms a hash on one core of this machine (release).
+//! Cheat Sheet's equivalent argon2id settings. 11-33 ms a hash on one core of this machine (release),
+//! depending on the day (the machine is shared).
 //!
 //! Hashing runs on a pool of its own threads (`concurrency` of them, default: the number of cores),
 //! never on the async workers, and each thread owns one preallocated argon2 memory block that it
@@ -40,6 +41,7 @@ pub const M_COST_KIB: u32 = 19_456;
 pub const T_COST: u32 = 2;
 pub const P_COST: u32 = 1;
 const SALT_LEN: usize = 16;
+const MAX_STORED_M_COST_KIB: u32 = 256 * 1024;
 const OUTPUT_LEN: usize = 32;
 
 fn params() -> Params {
@@ -109,6 +111,15 @@ pub fn verify_with(memory: &mut HashMemory, password: &[u8], stored: &str) -> bo
     let Ok(params) = Params::try_from(&phc) else {
         return false;
     };
+    // Parameters come from our own database, but a corrupted row must not make a thread allocate
+    // gigabytes: anything over 256 MiB (13x ours) is refused.
+    if params.m_cost() > MAX_STORED_M_COST_KIB {
+        tracing::error!(
+            m_cost = params.m_cost(),
+            "a stored password hash asks for too much memory"
+        );
+        return false;
+    }
     let mut out = vec![0u8; expected.len()];
     let computed = Argon2::new(algorithm, version, params.clone()).hash_password_into_with_memory(
         password,
@@ -477,9 +488,12 @@ mod tests {
             "$argon2id$",
             "plain",
             "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$",
+            // 1 GiB of memory: refused before anything is allocated.
+            "$argon2id$v=19$m=1048576,t=2,p=1$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE",
         ] {
             assert!(!verify_with(&mut memory, b"", stored), "{stored}");
         }
+        assert!(memory.0.is_empty(), "no memory was allocated for any of them");
     }
 
     /// Jobs that block until released, so the test decides when the threads are busy.
