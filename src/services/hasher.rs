@@ -18,7 +18,8 @@
 //!   SERVICE_UNAVAILABLE (with retryAfterSeconds) immediately, before any other work, instead of
 //!   after a wait. If the estimate was wrong (the threads were starved of CPU), the requester still
 //!   stops waiting at `queue_timeout` and is refused; its job is skipped when a thread reaches it.
-//!   The wait is bounded by the requester, not by the threads.
+//!   A hash that started in time but runs starved gets one more `queue_timeout`. The wait is bounded
+//!   by the requester (at most twice `queue_timeout`), not by the threads.
 //!
 //! Unknown users are verified against a dummy hash computed at start, so they cost the same time as a
 //! wrong password for a real user.
@@ -407,9 +408,18 @@ impl PasswordHasher {
         {
             return Err(overloaded());
         }
-        // A thread took it just in time: the hash is running, its answer comes within a hash time.
-        rx.await
-            .map_err(|_| AppError::Internal(anyhow::anyhow!("a password hashing thread stopped")))
+        // A thread took it in time: the hash is running, and normally answers within a hash time. A
+        // thread starved of CPU (a host busy with other processes) could take much longer: the
+        // requester gives up after one more `queue_timeout`, so no request waits on hashing more than
+        // twice that. The hash finishes unobserved; its flow sees SERVICE_UNAVAILABLE (a login
+        // releases its reserved attempt, a registration keeps its token).
+        match tokio::time::timeout(queue_timeout, rx).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(_)) => Err(AppError::Internal(anyhow::anyhow!(
+                "a password hashing thread stopped"
+            ))),
+            Err(_) => Err(overloaded()),
+        }
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh random salt.
