@@ -7,8 +7,9 @@
 //!
 //! Validation also looks at variable values (a String argument given the number 123 is refused before
 //! execution). That part still holds: validation is skipped only when every variable of the operation
-//! is a plain scalar (String, ID, Boolean, Int, Float, any nullability) whose value fits its declared
-//! type, which with the document already valid is all the variable check of validation asks. Any
+//! is a plain scalar (String, ID, Boolean, Int, Float) whose value is present or defaulted and fits
+//! its declared type (a null never does), which with the document already valid is all the
+//! variable check of validation asks. Any
 //! other variable (an input object, a list, an enum, a custom scalar) or a value that does not fit:
 //! full validation, as without the cache. So the answer to a request never depends on what came
 //! before it.
@@ -23,7 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
-use async_graphql::parser::types::{BaseType, DocumentOperations, ExecutableDocument, Type};
+use async_graphql::parser::types::{
+    BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, Type,
+};
 use async_graphql::{Request, ServerError, ValidationResult, Value, Variables};
 
 use crate::graphql::guard::{DocumentLimits, Refusal, check_document};
@@ -48,29 +51,37 @@ impl Entry {
     }
 
     fn remember(&self, operation: Option<String>, result: ValidationResult) {
+        // Validation passes before async-graphql looks the operation name up, so a request naming an
+        // operation the document does not have also gets here: only names the document has are
+        // remembered, so the list is bounded by the document's operations.
+        if self.operation(operation.as_deref()).is_none() {
+            return;
+        }
         let mut validated = self.validated.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded by the operations a document has; each is remembered once.
         if !validated.iter().any(|(name, _)| *name == operation) {
             validated.push((operation, result));
         }
     }
 
+    /// The operation a request with this operation name runs, as async-graphql selects it.
+    fn operation(&self, operation: Option<&str>) -> Option<&OperationDefinition> {
+        match (&self.doc.operations, operation) {
+            (DocumentOperations::Single(op), None) => Some(&op.node),
+            (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| &op.node),
+            (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+                ops.values().next().map(|op| &op.node)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether every variable of the operation is a plain scalar whose value fits its declared type.
     fn variables_fit(&self, operation: Option<&str>, variables: &Variables) -> bool {
-        let op = match (&self.doc.operations, operation) {
-            (DocumentOperations::Single(op), None) => op,
-            (DocumentOperations::Multiple(ops), Some(name)) => match ops.get(name) {
-                Some(op) => op,
-                None => return false,
-            },
-            (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => match ops.values().next() {
-                Some(op) => op,
-                None => return false,
-            },
-            _ => return false,
+        let Some(op) = self.operation(operation) else {
+            return false;
         };
         // A variable sent but not declared is ignored by validation and execution alike.
-        op.node.variable_definitions.iter().all(|def| {
+        op.variable_definitions.iter().all(|def| {
             let def = &def.node;
             let value = variables.get(&def.name.node);
             match value {
@@ -81,12 +92,14 @@ impl Entry {
     }
 }
 
+/// A null is never taken as fitting: for a variable with a default, an explicit null is not the
+/// default, and validation judges it against the position the variable is used in (a nullable
+/// variable with a default may fill a non-null argument, and then null is refused).
 fn scalar_fits(ty: &Type, value: &Value) -> bool {
     let BaseType::Named(name) = &ty.base else {
         return false;
     };
     match (name.as_str(), value) {
-        (_, Value::Null) => ty.nullable,
         ("String", Value::String(_)) | ("ID", Value::String(_)) | ("Boolean", Value::Boolean(_)) => true,
         ("Int", Value::Number(n)) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
         ("Float", Value::Number(_)) => true,
@@ -221,5 +234,85 @@ impl Extension for ValidationCacheExtension {
             remember.entry.remember(remember.operation.clone(), *validated);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(query: &str) -> Entry {
+        Entry {
+            doc: async_graphql::parser::parse_query(query).unwrap(),
+            validated: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn result() -> ValidationResult {
+        ValidationResult {
+            cache_control: Default::default(),
+            complexity: 1,
+            depth: 1,
+        }
+    }
+
+    #[test]
+    fn only_operations_the_document_has_are_remembered() {
+        let single = entry("{ __typename }");
+        for i in 0..50 {
+            single.remember(Some(format!("bogus{i}")), result());
+        }
+        assert!(single.validated.lock().unwrap().is_empty());
+        single.remember(None, result());
+        single.remember(None, result());
+        assert_eq!(single.validated.lock().unwrap().len(), 1);
+
+        let named = entry("query A { __typename } query B { __typename }");
+        named.remember(None, result()); // two operations: a name is required
+        named.remember(Some("C".into()), result());
+        named.remember(Some("A".into()), result());
+        assert_eq!(named.validated.lock().unwrap().len(), 1);
+        assert!(named.validated_for(Some("A")).is_some());
+        assert!(named.validated_for(Some("B")).is_none());
+    }
+
+    #[test]
+    fn which_variables_fit() {
+        let e = entry(
+            "mutation M($s: String!, $n: String, $d: String = \"x\", $b: Boolean, $i: Int, $o: RegisterInput) { __typename }",
+        );
+        let vars = |v: serde_json::Value| Variables::from_json(v);
+        let base = serde_json::json!({ "s": "a" });
+        assert!(e.variables_fit(Some("M"), &vars(base.clone())));
+        assert!(
+            e.variables_fit(None, &vars(base.clone())),
+            "the only operation, not named"
+        );
+        assert!(
+            !e.variables_fit(Some("M"), &vars(serde_json::json!({}))),
+            "missing non-null"
+        );
+        assert!(
+            !e.variables_fit(Some("M"), &vars(serde_json::json!({ "s": 1 }))),
+            "wrong type"
+        );
+        assert!(!e.variables_fit(Some("M"), &vars(serde_json::json!({ "s": null }))));
+        assert!(
+            !e.variables_fit(Some("M"), &vars(serde_json::json!({ "s": "a", "d": null }))),
+            "an explicit null is not the default"
+        );
+        assert!(!e.variables_fit(Some("M"), &vars(serde_json::json!({ "s": "a", "n": null }))));
+        assert!(!e.variables_fit(
+            Some("M"),
+            &vars(serde_json::json!({ "s": "a", "i": 3_000_000_000u64 }))
+        ));
+        assert!(e.variables_fit(
+            Some("M"),
+            &vars(serde_json::json!({ "s": "a", "i": 7, "b": true }))
+        ));
+        assert!(
+            !e.variables_fit(Some("M"), &vars(serde_json::json!({ "s": "a", "o": {} }))),
+            "input object"
+        );
     }
 }

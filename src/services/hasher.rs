@@ -24,9 +24,9 @@
 //! Unknown users are verified against a dummy hash computed at start, so they cost the same time as a
 //! wrong password for a real user.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
@@ -43,6 +43,7 @@ pub const T_COST: u32 = 2;
 pub const P_COST: u32 = 1;
 const SALT_LEN: usize = 16;
 const MAX_STORED_M_COST_KIB: u32 = 256 * 1024;
+const MAX_STORED_T_COST: u32 = 16;
 const OUTPUT_LEN: usize = 32;
 
 fn params() -> Params {
@@ -64,6 +65,17 @@ impl HashMemory {
             self.0.resize(n, Block::default());
         }
         &mut self.0[..n]
+    }
+}
+
+impl HashMemory {
+    /// After a hash with more memory than ours (a stored hash of other parameters), give it back.
+    fn shrink_to_default(&mut self) {
+        let ours = params().block_count();
+        if self.0.len() > ours {
+            self.0.truncate(ours);
+            self.0.shrink_to_fit();
+        }
     }
 }
 
@@ -113,11 +125,12 @@ pub fn verify_with(memory: &mut HashMemory, password: &[u8], stored: &str) -> bo
         return false;
     };
     // Parameters come from our own database, but a corrupted row must not make a thread allocate
-    // gigabytes: anything over 256 MiB (13x ours) is refused.
-    if params.m_cost() > MAX_STORED_M_COST_KIB {
+    // gigabytes or hash for hours: over 256 MiB (13x ours) or 16 passes (8x ours) is refused.
+    if params.m_cost() > MAX_STORED_M_COST_KIB || params.t_cost() > MAX_STORED_T_COST {
         tracing::error!(
             m_cost = params.m_cost(),
-            "a stored password hash asks for too much memory"
+            t_cost = params.t_cost(),
+            "a stored password hash asks for too much memory or time"
         );
         return false;
     }
@@ -149,26 +162,20 @@ struct Queued {
     enqueued: Instant,
 }
 
-struct Queue {
-    jobs: VecDeque<Queued>,
-    /// Threads computing a hash right now.
-    busy: usize,
-    closed: bool,
-    /// The last `RECENT` hash durations (wall clock, microseconds), a ring.
-    recent: [u64; RECENT],
-    recent_next: usize,
-}
-
 /// How many recent hash durations the estimate is the median of: enough that a hash preempted for a
 /// moment does not move it (a moving average did, and refused sign-ins that would have waited half a
 /// second under the mixed load), few enough to follow a lasting change within a few hashes.
 const RECENT: usize = 15;
 
+/// What the async side reads is atomics only, and it hands jobs over through a channel whose
+/// sender takes no lock: a hashing thread (at low priority, often preempted) never holds a lock that
+/// an async worker waits for. The receiving end and the duration samples are shared by the hashing
+/// threads alone.
 struct Shared {
-    queue: Mutex<Queue>,
-    ready: Condvar,
     threads: usize,
     queue_timeout: Duration,
+    /// Jobs queued or running.
+    pending: AtomicUsize,
     /// One hash's duration (microseconds), for admission: the median of the recent ones.
     hash_micros: AtomicU64,
     computed: AtomicU64,
@@ -178,29 +185,21 @@ struct Shared {
     started: Instant,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A poisoned lock means a thread panicked while holding it, which no code path here does; the
-        // queue itself is still consistent, so go on rather than propagate the panic.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// The hashing threads' side: the jobs' receiving end and the last durations (a ring).
+struct WorkerSide {
+    jobs: Mutex<Receiver<Queued>>,
+    recent: Mutex<([u64; RECENT], usize)>,
+}
 
-    /// How long a job queued now would wait for a thread, estimated: zero while a thread is free,
-    /// otherwise one hash time per round of `threads` jobs ahead of it (running ones included).
-    fn estimated_wait(&self, queue: &Queue) -> Duration {
-        let rounds = ((queue.busy + queue.jobs.len()) / self.threads) as u64;
+impl Shared {
+    /// How long a job would wait for a thread with `ahead` jobs queued or running before it: zero
+    /// while a thread is free, otherwise one hash time per round of `threads` jobs.
+    fn estimated_wait(&self, ahead: usize) -> Duration {
+        let rounds = (ahead / self.threads) as u64;
         Duration::from_micros(rounds * self.hash_micros.load(Ordering::Relaxed))
     }
 
-    fn can_admit(&self, queue: &Queue) -> bool {
-        self.estimated_wait(queue) <= self.queue_timeout
-    }
-
-    fn retry_after_seconds(&self, queue: &Queue) -> u64 {
-        self.estimated_wait(queue).as_secs().max(1)
-    }
-
-    fn refusal(&self, queue: &Queue) -> AppError {
+    fn refusal(&self, ahead: usize) -> AppError {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
         let last = self.last_warning_ms.load(Ordering::Relaxed);
@@ -211,66 +210,64 @@ impl Shared {
                 .is_ok()
         {
             tracing::warn!(
-                queued = queue.jobs.len(),
+                queued = ahead,
                 threads = self.threads,
                 refused_since_start = self.refused.load(Ordering::Relaxed),
                 "password hashing is saturated: refusing sign-ins (SERVICE_UNAVAILABLE)"
             );
         }
         AppError::Overloaded {
-            retry_after_seconds: self.retry_after_seconds(queue),
+            retry_after_seconds: self.estimated_wait(ahead).as_secs().max(1),
         }
     }
 
     /// Records one hash's duration; the estimate becomes the median of the recent ones.
-    fn record(&self, queue: &mut Queue, took: Duration) {
-        let sample = took.as_micros().min(u128::from(u32::MAX)) as u64;
-        queue.recent[queue.recent_next] = sample.max(1);
-        queue.recent_next = (queue.recent_next + 1) % RECENT;
-        let mut sorted = queue.recent;
+    fn record(&self, side: &WorkerSide, took: Duration) {
+        let sample = (took.as_micros().min(u128::from(u32::MAX)) as u64).max(1);
+        let mut recent = side.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let (ring, next) = &mut *recent;
+        ring[*next] = sample;
+        *next = (*next + 1) % RECENT;
+        let mut sorted = *ring;
         sorted.sort_unstable();
         self.hash_micros.store(sorted[RECENT / 2], Ordering::Relaxed);
     }
 }
 
-fn worker(shared: Arc<Shared>, nice: u8) {
+fn worker(shared: Arc<Shared>, side: Arc<WorkerSide>, nice: u8) {
     lower_priority(nice);
     let mut memory = HashMemory::new();
     loop {
-        let queued = {
-            let mut queue = shared.lock();
-            loop {
-                if let Some(q) = queue.jobs.pop_front() {
-                    queue.busy += 1;
-                    break q;
-                }
-                if queue.closed {
-                    return;
-                }
-                queue = shared.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
-            }
-        };
-        // Too old (its requester has been answered or is about to be), or abandoned: dropped unrun.
+        // Poisoning cannot leave the receiver inconsistent; go on with it.
+        let received = side.jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        // Every sender is gone: the hasher was dropped and the queue is drained.
+        let Ok(queued) = received else { return };
+        // Too old (its requester has been answered or is about to be), or abandoned: dropped unrun,
+        // which answers a requester still waiting with SERVICE_UNAVAILABLE.
         let next = if queued.enqueued.elapsed() > shared.queue_timeout {
             ABANDONED
         } else {
             STARTED
         };
-        let state = queued
+        let won = queued
             .state
             .compare_exchange(QUEUED, next, Ordering::AcqRel, Ordering::Acquire)
-            .unwrap_or_else(|current| current);
-        if state == QUEUED && next == STARTED {
+            .is_ok();
+        if won && next == STARTED {
             let start = Instant::now();
             shared.computed.fetch_add(1, Ordering::Relaxed);
-            (queued.job)(&mut memory);
-            let took = start.elapsed();
-            let mut queue = shared.lock();
-            shared.record(&mut queue, took);
-            queue.busy -= 1;
-            continue;
+            let job = queued.job;
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory)));
+            if ran.is_err() {
+                // Not reachable from input we know of; the requester gets SERVICE_UNAVAILABLE and
+                // the thread goes on with fresh memory.
+                tracing::error!("a password hashing job panicked");
+                memory = HashMemory::new();
+            }
+            shared.record(&side, start.elapsed());
+            memory.shrink_to_default();
         }
-        shared.lock().busy -= 1;
+        shared.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -302,6 +299,7 @@ fn lower_priority(_nice: u8) {}
 
 pub struct PasswordHasher {
     shared: Arc<Shared>,
+    jobs: Sender<Queued>,
     dummy_hash: Arc<str>,
 }
 
@@ -311,33 +309,32 @@ impl PasswordHasher {
     pub fn new(concurrency: usize, queue_timeout: Duration, nice: u8) -> anyhow::Result<Self> {
         let start = Instant::now();
         let dummy = hash_with(&mut HashMemory::new(), b"dummy password that no account has")?;
-        let first_hash = start.elapsed();
+        let first_hash = (start.elapsed().as_micros().max(1)) as u64;
         let threads = concurrency.max(1);
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::new(),
-                busy: 0,
-                closed: false,
-                recent: [first_hash.as_micros().max(1) as u64; RECENT],
-                recent_next: 0,
-            }),
-            ready: Condvar::new(),
             threads,
             queue_timeout,
-            hash_micros: AtomicU64::new(first_hash.as_micros().max(1) as u64),
+            pending: AtomicUsize::new(0),
+            hash_micros: AtomicU64::new(first_hash),
             computed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             last_warning_ms: AtomicU64::new(0),
             started: Instant::now(),
         });
+        let (jobs, received) = mpsc::channel();
+        let side = Arc::new(WorkerSide {
+            jobs: Mutex::new(received),
+            recent: Mutex::new(([first_hash; RECENT], 0)),
+        });
         for i in 0..threads {
-            let shared = shared.clone();
+            let (shared, side) = (shared.clone(), side.clone());
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || worker(shared, nice))?;
+                .spawn(move || worker(shared, side, nice))?;
         }
         Ok(PasswordHasher {
             shared,
+            jobs,
             dummy_hash: dummy.into(),
         })
     }
@@ -355,11 +352,11 @@ impl PasswordHasher {
     /// Refuses at once when a hash asked for now could not start within the queue timeout. Lets a flow
     /// refuse before doing any other work; `run` checks again when it queues.
     pub fn check_capacity(&self) -> AppResult<()> {
-        let queue = self.shared.lock();
-        if self.shared.can_admit(&queue) {
+        let ahead = self.shared.pending.load(Ordering::Acquire);
+        if self.shared.estimated_wait(ahead) <= self.shared.queue_timeout {
             Ok(())
         } else {
-            Err(self.shared.refusal(&queue))
+            Err(self.shared.refusal(ahead))
         }
     }
 
@@ -368,30 +365,30 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce(&mut HashMemory) -> T + Send + 'static,
     ) -> AppResult<T> {
+        let shared = &self.shared;
+        let queue_timeout = shared.queue_timeout;
+        let ahead = shared.pending.fetch_add(1, Ordering::AcqRel);
+        if shared.estimated_wait(ahead) > queue_timeout {
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(shared.refusal(ahead));
+        }
         let (tx, mut rx) = oneshot::channel::<T>();
         let state = Arc::new(AtomicU8::new(QUEUED));
-        let queue_timeout = self.shared.queue_timeout;
-        {
-            let mut queue = self.shared.lock();
-            if queue.closed {
-                return Err(AppError::Unavailable(anyhow::anyhow!(
-                    "password hashing has stopped"
-                )));
-            }
-            if !self.shared.can_admit(&queue) {
-                return Err(self.shared.refusal(&queue));
-            }
-            queue.jobs.push_back(Queued {
-                job: Box::new(move |memory| {
-                    let _ = tx.send(work(memory));
-                }),
-                state: state.clone(),
-                enqueued: Instant::now(),
-            });
+        let queued = Queued {
+            job: Box::new(move |memory| {
+                let _ = tx.send(work(memory));
+            }),
+            state: state.clone(),
+            enqueued: Instant::now(),
+        };
+        if self.jobs.send(queued).is_err() {
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(AppError::Unavailable(anyhow::anyhow!(
+                "password hashing has stopped"
+            )));
         }
-        self.shared.ready.notify_one();
         let overloaded = || {
-            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            shared.refused.fetch_add(1, Ordering::Relaxed);
             AppError::Overloaded {
                 retry_after_seconds: queue_timeout.as_secs().max(1),
             }
@@ -399,14 +396,14 @@ impl PasswordHasher {
         // The wait is bounded here, not by the threads: starved of CPU, they might take a job late.
         match tokio::time::timeout(queue_timeout, &mut rx).await {
             Ok(Ok(out)) => return Ok(out),
-            Ok(Err(_)) => return Err(overloaded()), // dropped unrun by a thread: too old
+            // Dropped unrun by a thread (too old), or its job panicked.
+            Ok(Err(_)) => return Err(overloaded()),
             Err(_) => {}
         }
-        if state
-            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            return Err(overloaded());
+        match state.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
+            // Abandoned now, or already by a thread that found it too old.
+            Ok(_) | Err(ABANDONED) => return Err(overloaded()),
+            Err(_) => {}
         }
         // A thread took it in time: the hash is running, and normally answers within a hash time. A
         // thread starved of CPU (a host busy with other processes) could take much longer: the
@@ -415,10 +412,7 @@ impl PasswordHasher {
         // releases its reserved attempt, a registration keeps its token).
         match tokio::time::timeout(queue_timeout, rx).await {
             Ok(Ok(out)) => Ok(out),
-            Ok(Err(_)) => Err(AppError::Internal(anyhow::anyhow!(
-                "a password hashing thread stopped"
-            ))),
-            Err(_) => Err(overloaded()),
+            Ok(Err(_)) | Err(_) => Err(overloaded()),
         }
     }
 
@@ -446,18 +440,11 @@ impl PasswordHasher {
     }
 }
 
-impl Drop for PasswordHasher {
-    /// The threads finish the jobs already queued, then stop.
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.ready.notify_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use argon2::{PasswordHasher as _, PasswordVerifier as _};
+    use std::sync::Condvar;
 
     #[test]
     fn our_hashes_and_the_crates_hashes_verify_each_other() {
@@ -498,8 +485,9 @@ mod tests {
             "$argon2id$",
             "plain",
             "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$",
-            // 1 GiB of memory: refused before anything is allocated.
+            // 1 GiB of memory, or a million passes: refused before anything is allocated or run.
             "$argon2id$v=19$m=1048576,t=2,p=1$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE",
+            "$argon2id$v=19$m=19456,t=1000000,p=1$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE",
         ] {
             assert!(!verify_with(&mut memory, b"", stored), "{stored}");
         }
@@ -531,11 +519,7 @@ mod tests {
             tasks.push(tokio::spawn(async move { h.run(job).await }));
         }
         for _ in 0..5_000 {
-            let queued = {
-                let queue = hasher.shared.lock();
-                queue.busy + queue.jobs.len()
-            };
-            if queued == 3 {
+            if hasher.shared.pending.load(Ordering::Acquire) == 3 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -584,7 +568,7 @@ mod tests {
         first.await.unwrap().unwrap();
         // The abandoned job is skipped when the thread reaches it.
         for _ in 0..200 {
-            if hasher.shared.lock().jobs.is_empty() {
+            if hasher.shared.pending.load(Ordering::Acquire) == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -148,3 +148,24 @@ async fn remembered_documents_answer_as_new_ones() {
     }
     assert_eq!(app.documents.skipped_validations(), 2);
 }
+
+/// A nullable variable with a default may fill a non-null argument; an explicit null then fails
+/// validation, before and after the document was remembered (found by review: a null must never be
+/// taken as fitting).
+#[tokio::test]
+async fn an_explicit_null_is_not_the_default() {
+    let app = TestApp::spawn().await;
+    const Q: &str = "mutation($p: String = \"+16502530300\") { generateCode(phone: $p) { phone } }";
+    let first = app.gql(Q, json!({ "p": null })).await;
+    assert_code(&first, "GRAPHQL_VALIDATION_FAILED");
+    let ok = app.gql(Q, json!({})).await;
+    assert_eq!(ok["data"]["generateCode"]["phone"], "+16502530300", "{ok}");
+    let resolvers = app.resolvers.get();
+    let again = app.gql(Q, json!({ "p": null })).await;
+    assert_code(&again, "GRAPHQL_VALIDATION_FAILED");
+    assert_eq!(
+        app.resolvers.get(),
+        resolvers,
+        "the refused request ran a resolver"
+    );
+}
