@@ -18,8 +18,8 @@
 //!   SERVICE_UNAVAILABLE (with retryAfterSeconds) immediately, before any other work, instead of
 //!   after a wait. If the estimate was wrong (the threads were starved of CPU), the requester still
 //!   stops waiting at `queue_timeout` and is refused; its job is skipped when a thread reaches it.
-//!   A hash that started in time but runs starved gets one more `queue_timeout`. The wait is bounded
-//!   by the requester (at most twice `queue_timeout`), not by the threads.
+//!   A hash that started in time but runs starved gets the longest of `queue_timeout`, 1 s and ten
+//!   hash times more. The wait is bounded by the requester, not by the threads.
 //!
 //! Unknown users are verified against a dummy hash computed at start, so they cost the same time as a
 //! wrong password for a real user.
@@ -167,6 +167,9 @@ struct Queued {
 /// second under the mixed load), few enough to follow a lasting change within a few hashes.
 const RECENT: usize = 15;
 
+/// See `Shared::wait_limit`.
+const MIN_WAIT: Duration = Duration::from_millis(100);
+
 /// What the async side reads is atomics only, and it hands jobs over through a channel whose
 /// sender takes no lock: a hashing thread (at low priority, often preempted) never holds a lock that
 /// an async worker waits for. The receiving end and the duration samples are shared by the hashing
@@ -174,6 +177,10 @@ const RECENT: usize = 15;
 struct Shared {
     threads: usize,
     queue_timeout: Duration,
+    /// How long an admitted job may wait before a thread takes it: `queue_timeout`, but at least
+    /// `MIN_WAIT`, so that a job admitted to a free thread is not refused for the moment that thread
+    /// takes to wake up (it runs at low priority).
+    wait_limit: Duration,
     /// Jobs queued or running.
     pending: AtomicUsize,
     /// One hash's duration (microseconds), for admission: the median of the recent ones.
@@ -244,7 +251,7 @@ fn worker(shared: Arc<Shared>, side: Arc<WorkerSide>, nice: u8) {
         let Ok(queued) = received else { return };
         // Too old (its requester has been answered or is about to be), or abandoned: dropped unrun,
         // which answers a requester still waiting with SERVICE_UNAVAILABLE.
-        let next = if queued.enqueued.elapsed() > shared.queue_timeout {
+        let next = if queued.enqueued.elapsed() > shared.wait_limit {
             ABANDONED
         } else {
             STARTED
@@ -314,6 +321,7 @@ impl PasswordHasher {
         let shared = Arc::new(Shared {
             threads,
             queue_timeout,
+            wait_limit: queue_timeout.max(MIN_WAIT),
             pending: AtomicUsize::new(0),
             hash_micros: AtomicU64::new(first_hash),
             computed: AtomicU64::new(0),
@@ -394,7 +402,7 @@ impl PasswordHasher {
             }
         };
         // The wait is bounded here, not by the threads: starved of CPU, they might take a job late.
-        match tokio::time::timeout(queue_timeout, &mut rx).await {
+        match tokio::time::timeout(shared.wait_limit, &mut rx).await {
             Ok(Ok(out)) => return Ok(out),
             // Dropped unrun by a thread (too old), or its job panicked.
             Ok(Err(_)) => return Err(overloaded()),
@@ -407,10 +415,12 @@ impl PasswordHasher {
         }
         // A thread took it in time: the hash is running, and normally answers within a hash time. A
         // thread starved of CPU (a host busy with other processes) could take much longer: the
-        // requester gives up after one more `queue_timeout`, so no request waits on hashing more than
-        // twice that. The hash finishes unobserved; its flow sees SERVICE_UNAVAILABLE (a login
-        // releases its reserved attempt, a registration keeps its token).
-        match tokio::time::timeout(queue_timeout, rx).await {
+        // requester gives up after the longest of `queue_timeout`, 1 s and ten hash times. The hash
+        // finishes unobserved; its flow sees SERVICE_UNAVAILABLE (a login releases its reserved
+        // attempt, a registration keeps its token).
+        let hash_time = Duration::from_micros(shared.hash_micros.load(Ordering::Relaxed));
+        let grace = queue_timeout.max(Duration::from_secs(1)).max(hash_time * 10);
+        match tokio::time::timeout(grace, rx).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(_)) | Err(_) => Err(overloaded()),
         }
