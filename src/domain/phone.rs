@@ -101,9 +101,14 @@ impl PhoneNumber {
             ));
         }
         // For an international number, the region the crate would look up itself (see
-        // `phone_types::region_of_international`): same result, without its slow lookup.
+        // `phone_types::international_hint`): same result, without its slow lookup.
+        let hint = if international {
+            phone_types::international_hint(&cleaned[1..])
+        } else {
+            None
+        };
         let region = if international {
-            phone_types::region_of_international(&cleaned[1..])
+            hint.as_ref().map(|h| h.region)
         } else {
             policy.default_region
         };
@@ -111,19 +116,24 @@ impl PhoneNumber {
             phonenumber::parse(region, &cleaned).map_err(|_| bad("This is not a valid phone number."))?;
         // The region lookup and type match of `phone_types` (the crate's own decisions, without its
         // global pattern cache): 10.2 us per parse with `is_valid()` + `number_type()` +
-        // `country().id()`, which look the region up three times. `is_valid()` matches the national
-        // number with its leading zeros and `number_type()` without them; they agree when there are
-        // none (not so for Italy's "06..."), otherwise validity is decided on the number with zeros.
+        // `country().id()`, which look the region up three times. The hint's classification is
+        // reused when the parsed national number is the hint's digits. `is_valid()` matches the
+        // national number with its leading zeros and `number_type()` without them; they agree when
+        // there are none (not so for Italy's "06..."), otherwise validity is decided on the number
+        // with zeros.
         let code = parsed.country().code();
         let national = parsed.national().value().to_string();
-        let meta = phone_types::metadata_for(code, &national);
-        let number_type = meta.map_or(Type::Unknown, |m| phone_types::number_type(m, &national));
+        let classified = match &hint {
+            Some(h) if h.code == code && h.national == national => Some((h.meta, h.number_type)),
+            _ => phone_types::classify(code, &national),
+        };
+        let meta = classified.map(|(m, _)| m);
+        let number_type = classified.map_or(Type::Unknown, |(_, t)| t);
         let valid = if parsed.national().zeros() == 0 {
             number_type != Type::Unknown
         } else {
             let with_zeros = parsed.national().to_string();
-            phone_types::metadata_for(code, &with_zeros)
-                .is_some_and(|m| phone_types::number_type(m, &with_zeros) != Type::Unknown)
+            phone_types::classify(code, &with_zeros).is_some_and(|(_, t)| t != Type::Unknown)
         };
         if !valid {
             return Err(bad("This is not a valid phone number."));
@@ -344,16 +354,16 @@ mod props {
             prop_assert_eq!(ours, reference, "{}", input);
             if let Ok(n) = phonenumber::parse(None, &input) {
                 let value = n.national().value().to_string();
-                let meta = phone_types::metadata_for(n.country().code(), &value);
-                prop_assert_eq!(meta.map(|m| m.id()), n.metadata(&phonenumber::metadata::DATABASE).map(|m| m.id()), "{}", input);
+                let classified = phone_types::classify(n.country().code(), &value);
+                prop_assert_eq!(classified.map(|(m, _)| m.id()), n.metadata(&phonenumber::metadata::DATABASE).map(|m| m.id()), "{}", input);
                 prop_assert_eq!(
-                    meta.map_or(Type::Unknown, |m| phone_types::number_type(m, &value)),
+                    classified.map_or(Type::Unknown, |(_, t)| t),
                     n.number_type(&phonenumber::metadata::DATABASE),
                     "{}", input
                 );
                 let with_zeros = n.national().to_string();
-                let valid = phone_types::metadata_for(n.country().code(), &with_zeros)
-                    .is_some_and(|m| phone_types::number_type(m, &with_zeros) != Type::Unknown);
+                let valid = phone_types::classify(n.country().code(), &with_zeros)
+                    .is_some_and(|(_, t)| t != Type::Unknown);
                 prop_assert_eq!(valid, n.is_valid(), "{}", input);
             }
         }

@@ -183,38 +183,58 @@ fn region(meta: &'static Metadata) -> Option<&'static Region> {
         .map(|cell| cell.get_or_init(|| Region::new(meta)))
 }
 
-/// `PhoneNumber::metadata`: the region of national number `value` (digits, no leading zeros unless the
-/// caller means them) under country code `code`.
-pub fn metadata_for(code: u16, value: &str) -> Option<&'static Metadata> {
+/// The region of national number `value` (digits, no leading zeros unless the caller means them)
+/// under country code `code`, as `PhoneNumber::metadata` finds it, and the number's type there, as
+/// `validator::number_type` gives it. One type match: where finding the region already typed the
+/// number, that type is kept.
+pub fn classify(code: u16, value: &str) -> Option<(&'static Metadata, Type)> {
+    let typed = |meta: &'static Metadata| (meta, number_type(meta, value));
     match TABLES.codes.get(&code)?.as_ref()? {
-        Candidates::One(meta) => Some(*meta),
-        Candidates::Several(metas) => metas.iter().copied().find(|meta| {
-            let Some(r) = region(meta) else { return false };
+        Candidates::One(meta) => Some(typed(meta)),
+        Candidates::Several(metas) => metas.iter().copied().find_map(|meta| {
+            let r = region(meta)?;
             match r.starts_with_leading_digits(meta, value) {
-                Some(starts) => starts,
-                None => r.number_type(value) != Type::Unknown,
+                Some(true) => Some(typed(meta)),
+                Some(false) => None,
+                None => {
+                    let t = r.number_type(value);
+                    (t != Type::Unknown).then_some((meta, t))
+                }
             }
         }),
     }
 }
 
 /// `validator::number_type(meta, value)`.
-pub fn number_type(meta: &'static Metadata, value: &str) -> Type {
+fn number_type(meta: &'static Metadata, value: &str) -> Type {
     region(meta).map_or(Type::Unknown, |r| r.number_type(value))
+}
+
+/// What `international_hint` worked out for "+" + digits.
+pub struct Hint<'a> {
+    /// The region to pass to `phonenumber::parse` as the country.
+    pub region: Id,
+    pub code: u16,
+    /// The digits after the country code, without leading zeros.
+    pub national: &'a str,
+    pub meta: &'static Metadata,
+    pub number_type: Type,
 }
 
 /// The region `phonenumber::parse(None, "+" + digits)` would settle on for an international number
 /// (it looks it up with `source_for` through its pattern cache), so that the caller can pass it to
 /// `parse` as the country: the crate then takes that region's metadata directly, and the result is
-/// the same. None when there is no such region id (no region matches, or a non-geographic "001"
-/// code): the caller then lets the crate decide.
-pub fn region_of_international(digits: &str) -> Option<Id> {
+/// the same. The classification comes along, for the caller to reuse when the parsed national number
+/// is these digits. None when there is no such region id (no region matches, or a non-geographic
+/// "001" code): the caller then lets the crate decide.
+pub fn international_hint(digits: &str) -> Option<Hint<'_>> {
     // Country codes form a prefix code of 1 to 3 digits; the crate takes the shortest that exists.
     let (code, national) = (1..=3.min(digits.len())).find_map(|len| {
         let code: u16 = digits[..len].parse().ok()?;
         TABLES.codes.contains_key(&code).then(|| (code, &digits[len..]))
     })?;
-    let meta = metadata_for(code, national.trim_start_matches('0'))?;
+    let national = national.trim_start_matches('0');
+    let (meta, number_type) = classify(code, national)?;
     // Given a country, the crate also strips that country's IDD when the digits after "+" start with
     // it; without one it does not. Where that could differ, let the crate decide.
     let compiled = region(meta)?;
@@ -223,5 +243,11 @@ pub fn region_of_international(digits: &str) -> Option<Id> {
         (None, Some(_)) => return None,
         _ => {}
     }
-    meta.id().parse().ok()
+    Some(Hint {
+        region: meta.id().parse().ok()?,
+        code,
+        national,
+        meta,
+        number_type,
+    })
 }

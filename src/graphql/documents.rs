@@ -139,12 +139,9 @@ impl DocumentCache {
             .cloned()
     }
 
-    fn insert(&self, query: &str, doc: &ExecutableDocument) -> Option<Arc<Entry>> {
-        if self.capacity == 0 || query.len() > MAX_QUERY_BYTES {
-            return None;
-        }
+    fn insert(&self, query: &str, doc: ExecutableDocument) -> Arc<Entry> {
         let entry = Arc::new(Entry {
-            doc: doc.clone(),
+            doc,
             validated: Mutex::new(Vec::new()),
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -154,15 +151,7 @@ impl DocumentCache {
             entries.remove(&victim);
         }
         entries.insert(query.into(), entry.clone());
-        Some(entry)
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        entry
     }
 
     /// Requests that skipped async-graphql's validation (tests prove the cache works with it).
@@ -186,11 +175,11 @@ impl DocumentCache {
                     return Ok(());
                 };
                 check_document(doc, limits)?;
-                let doc = doc.clone();
-                match self.insert(&query, &doc) {
-                    Some(entry) => entry,
-                    None => return Ok(()),
+                // Not kept (too long, or no cache): parsed and checked every time.
+                if query.len() > MAX_QUERY_BYTES || self.capacity == 0 {
+                    return Ok(());
                 }
+                self.insert(&query, doc.clone())
             }
         };
         let operation = request.operation_name.as_deref();

@@ -66,9 +66,7 @@ impl HashMemory {
         }
         &mut self.0[..n]
     }
-}
 
-impl HashMemory {
     /// After a hash with more memory than ours (a stored hash of other parameters), give it back.
     fn shrink_to_default(&mut self) {
         let ours = params().block_count();

@@ -47,20 +47,21 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
         .collect()
 }
 
-async fn ttl(app: &TestApp, key: &str) -> i64 {
-    redis::cmd("TTL")
+/// `command key` on a key of this test, answering an integer (TTL, XLEN, DEL).
+async fn on_key(app: &TestApp, command: &str, key: &str) -> i64 {
+    redis::cmd(command)
         .arg(format!("{}{key}", app.prefix))
         .query_async(&mut app.redis.clone())
         .await
         .unwrap()
 }
 
-async fn xlen(app: &TestApp, stream: &str) -> u64 {
-    redis::cmd("XLEN")
-        .arg(format!("{}{stream}", app.prefix))
-        .query_async(&mut app.redis.clone())
-        .await
-        .unwrap()
+async fn ttl(app: &TestApp, key: &str) -> i64 {
+    on_key(app, "TTL", key).await
+}
+
+async fn xlen(app: &TestApp, stream: &str) -> i64 {
+    on_key(app, "XLEN", stream).await
 }
 
 /// A delivered message: right body, Standard Webhooks signature, idempotency key, sent once.
@@ -164,11 +165,7 @@ async fn an_expired_outbox_is_recreated() {
     let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
     assert!(ttl(&app, "sms:outbox").await > 0, "created with a TTL");
     // What the TTL lapsing does: the key goes, with its consumer group.
-    let _: i64 = redis::cmd("DEL")
-        .arg(format!("{}sms:outbox", app.prefix))
-        .query_async(&mut app.redis.clone())
-        .await
-        .unwrap();
+    on_key(&app, "DEL", "sms:outbox").await;
     // The workers notice (their blocking read fails with NOGROUP) and recreate it.
     let mut recreated = false;
     for _ in 0..100 {

@@ -1719,33 +1719,21 @@ fn report(bench: &Bench, started: &str, load_start: &str) -> String {
             r.server_cpu_us_per_req.map_or("-".into(), |v| format!("{v:.0}")),
         );
     }
-    if !bench.client_cpu.is_empty() {
-        let per: Vec<String> = bench
-            .client_cpu
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.0}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "\nloadgen's own CPU per request (us), on the same cores: {}",
-            per.join(", ")
-        );
-    }
-    if !bench.redis_cpu.is_empty() {
-        let per: Vec<String> = bench
-            .redis_cpu
-            .iter()
-            .map(|(k, v)| format!("{k} {v:.0}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "\nredis-server's CPU per request (us), on the same cores: {}",
-            per.join(", ")
-        );
-    }
-    if !bench.faults.is_empty() {
-        let per: Vec<String> = bench.faults.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
-        let _ = writeln!(s, "\nserver minor page faults per request: {}", per.join(", "));
+    for (per_request, what) in [
+        (
+            &bench.client_cpu,
+            "loadgen's own CPU per request (us), on the same cores",
+        ),
+        (
+            &bench.redis_cpu,
+            "redis-server's CPU per request (us), on the same cores",
+        ),
+        (&bench.faults, "server minor page faults per request"),
+    ] {
+        if !per_request.is_empty() {
+            let per: Vec<String> = per_request.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+            let _ = writeln!(s, "\n{what}: {}", per.join(", "));
+        }
     }
     let _ = writeln!(s, "\n## Targets\n");
     for line in targets(bench) {
