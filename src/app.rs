@@ -211,6 +211,11 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     // libphonenumber's metadata loads lazily (about 60 ms): pay it now, not on the first request.
     let _ = PhoneNumber::parse("+16502530000", &phone_policy);
 
+    // The cooldown is read from the newest send kept in the window (services/otp.rs).
+    anyhow::ensure!(
+        config.otp_resend_cooldown_seconds <= config.otp_window_seconds,
+        "OTP_RESEND_COOLDOWN_SECONDS must not exceed OTP_SEND_WINDOW_SECONDS"
+    );
     let test_numbers = TestNumbers::parse(&config.sms_test_numbers)?;
     if !test_numbers.is_empty() {
         anyhow::ensure!(

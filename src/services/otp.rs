@@ -2,9 +2,9 @@
 //!
 //! Keys (all with a TTL, all in the phone's hash tag):
 //! - `{phone}:otp`       hash {h: HMAC-SHA256(secret, phone || 0 || code), tries}; TTL = code lifetime (300 s)
-//! - `{phone}:otp_cool`  present while a new code is refused; TTL = resend cooldown (60 s)
 //! - `{phone}:otp_sends` sorted set of the codes sent in the last window (3600 s), by time: a sliding
-//!   window, so no burst at a window's edge can exceed the budget; TTL = window
+//!   window, so no burst at a window's edge can exceed the budget; its newest entry is also the resend
+//!   cooldown (no new code until it is 60 s old), so the cooldown needs no key of its own; TTL = window
 //! - `{phone}:otp_fails` the same for failed checks, over any number of codes; TTL = window
 //! - `ip:<addr>:code_requests`, `ip:<addr>:code_checks` per-IP budgets; TTL = IP window (300 s)
 //! - `sms:hour`          SMS sent by the whole service this hour; TTL = 3600 s
@@ -105,42 +105,55 @@ impl TestNumbers {
 // Returns {status, pttl_ms}: 0 stored, 1 cooling down, 2 phone's window budget spent, 3 IP budget
 // spent, 4 service-wide SMS budget spent, 5 the SMS outbox is full. Storing the code and appending its
 // delivery job to the outbox stream happen together or not at all. Every request counts against its
-// IP; only a sent code counts against the phone and the service.
+// IP; only a sent code counts against the phone, and only a real SMS against the service.
 // A new code replaces the pending one (its tries start at 0) but never touches otp_fails: a fresh code
 // must not reset the phone's failure count (NIST SP 800-63B 5.2.2).
+// The cooldown is read from the newest send in the window (the cooldown never exceeds the window:
+// checked at start-up), the service-wide count is taken first and given back on refusal: fewer
+// commands and keys per code than a key per limit (see docs/BENCHMARKS.md).
 const ISSUE_LUA: &str = r"
-local ip_wait = over_budget(KEYS[4], ARGV[6], ARGV[7])
+local ip_wait = over_budget(KEYS[3], ARGV[6], ARGV[7])
 if ip_wait then
   return {3, ip_wait}
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {1, redis.call('PTTL', KEYS[2])}
-end
 local now = now_ms()
 local window = tonumber(ARGV[5]) * 1000
-local phone_wait = sliding_full(KEYS[3], ARGV[4], window, now)
-if phone_wait then
-  return {2, phone_wait}
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+local sent = redis.call('ZCARD', KEYS[2])
+if sent > 0 then
+  local cooldown = tonumber(ARGV[3]) * 1000
+  if cooldown > 0 then
+    local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+    local wait = tonumber(newest[2]) + cooldown - now
+    if wait > 0 then
+      return {1, wait}
+    end
+  end
+  if sent >= tonumber(ARGV[4]) then
+    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    return {2, tonumber(oldest[2]) + window - now}
+  end
 end
-if tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[8]) then
-  return {4, redis.call('PTTL', KEYS[5])}
-end
-if ARGV[9] == '1' and redis.call('XLEN', KEYS[6]) >= tonumber(ARGV[12]) then
-  return {5, 0}
+if ARGV[9] == '1' then
+  if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[12]) then
+    return {5, 0}
+  end
+  local n = redis.call('INCR', KEYS[4])
+  if n == 1 then
+    redis.call('EXPIRE', KEYS[4], 3600)
+  end
+  if n > tonumber(ARGV[8]) then
+    redis.call('DECR', KEYS[4])
+    return {4, redis.call('PTTL', KEYS[4])}
+  end
 end
 -- Both fields are (re)written: a previous code's hash has no other field to clear.
 redis.call('HSET', KEYS[1], 'h', ARGV[1], 'tries', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
-end
-sliding_add(KEYS[3], ARGV[10], window, now)
+sliding_add(KEYS[2], ARGV[10], window, now)
 if ARGV[9] == '1' then
-  if redis.call('INCR', KEYS[5]) == 1 then
-    redis.call('EXPIRE', KEYS[5], 3600)
-  end
-  redis.call('XADD', KEYS[6], '*', 'id', ARGV[10], 'to', ARGV[13], 'code', ARGV[14], 'created_ms', ARGV[11])
-  redis.call('EXPIRE', KEYS[6], ARGV[15])
+  redis.call('XADD', KEYS[5], '*', 'id', ARGV[10], 'to', ARGV[13], 'code', ARGV[14], 'created_ms', ARGV[11])
+  redis.call('EXPIRE', KEYS[5], ARGV[15])
 end
 return {0, 0}
 ";
@@ -231,7 +244,6 @@ impl OtpService {
         let (status, pttl): (i64, i64) = self
             .issue
             .key(self.keys.phone(phone, "otp"))
-            .key(self.keys.phone(phone, "otp_cool"))
             .key(self.keys.phone(phone, "otp_sends"))
             .key(self.keys.other(&format!("ip:{client}:code_requests")))
             .key(self.keys.other("sms:hour"))

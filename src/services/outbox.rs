@@ -11,6 +11,10 @@
 //! - `sms:dead`   dead letters {id, to, reason, failed_ms} (never the code); trimmed to `dead_max_len`;
 //!   TTL `DEAD_LETTER_TTL_SECONDS` (7 days), renewed by every new dead letter.
 //!
+//! A worker reads up to 16 jobs at a time and hands them to the provider concurrently (a provider's
+//! HTTP API answers in tens to hundreds of milliseconds: one message at a time would cap a worker at a
+//! few messages a second); the jobs that end together are finished by one script.
+//!
 //! Delivery is at least once: a job is acknowledged and deleted (so its code leaves Redis) only after
 //! the provider accepted it or it was dead-lettered. Transient failures are retried in the worker with
 //! exponential backoff and full jitter; before each retry the worker re-claims the job (XCLAIM JUSTID),
@@ -28,6 +32,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt as _;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use rand::RngExt;
 use redis::Script;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
@@ -90,18 +96,33 @@ pub struct OutboxStats {
     pub expired: AtomicU64,
 }
 
-// KEYS: outbox, dead. ARGV: group, job id, reason ('' = delivered), to, message id, dead max len.
-// Acknowledge and delete in one step (the code leaves Redis), dead-lettering when there is a reason.
+// KEYS: outbox, dead. ARGV: group, dead max len, now (ms), dead-letter TTL, then four per finished job:
+// stream id, reason ('' = delivered), to, message id.
+// Acknowledges and deletes the jobs in one step (their codes leave Redis), dead-lettering those with a
+// reason. One call finishes every job of a batch that ended together.
 const FINISH_LUA: &str = r"
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if ARGV[3] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
-    'id', ARGV[5], 'to', ARGV[4], 'reason', ARGV[3], 'failed_ms', ARGV[7])
-  redis.call('EXPIRE', KEYS[2], ARGV[8])
+local ids = {}
+local dead = false
+for i = 5, #ARGV, 4 do
+  ids[#ids + 1] = ARGV[i]
+  if ARGV[i + 1] ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*',
+      'id', ARGV[i + 3], 'to', ARGV[i + 2], 'reason', ARGV[i + 1], 'failed_ms', ARGV[3])
+    dead = true
+  end
 end
-return 1
+if #ids > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+end
+if dead then
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return #ids
 ";
+
+/// Jobs one worker reads, and delivers concurrently, at a time.
+const BATCH: usize = 16;
 
 /// Creates the stream (if missing) and the consumer group (if missing), and gives a stream without a
 /// TTL one.
@@ -217,11 +238,7 @@ impl Outbox {
                 }
             }
             match self.read_new(&name).await {
-                Ok(jobs) => {
-                    for job in jobs {
-                        self.process(&name, job).await;
-                    }
-                }
+                Ok(jobs) => self.deliver_all(&name, jobs).await,
                 Err(e)
                     if e.downcast_ref::<redis::RedisError>()
                         .is_some_and(|e| e.code() == Some("NOGROUP")) =>
@@ -246,7 +263,7 @@ impl Outbox {
         let mut conn = self.pool.get().await?;
         let options = StreamReadOptions::default()
             .group(GROUP, name)
-            .count(16)
+            .count(BATCH)
             .block(self.settings.block.as_millis() as usize);
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg(&options)
@@ -273,16 +290,15 @@ impl Outbox {
                 .arg(self.settings.claim_idle.as_millis() as u64)
                 .arg("0-0")
                 .arg("COUNT")
-                .arg(16)
+                .arg(BATCH)
                 .query_async(&mut *conn)
                 .await?
         };
-        for entry in reply.claimed {
-            if let Some(job) = self.parse(entry) {
-                tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
-                self.process(name, job).await;
-            }
+        let jobs: Vec<Job> = reply.claimed.into_iter().filter_map(|e| self.parse(e)).collect();
+        for job in &jobs {
+            tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
         }
+        self.deliver_all(name, jobs).await;
         Ok(())
     }
 
@@ -297,9 +313,27 @@ impl Outbox {
         Some(job)
     }
 
-    /// Delivers one job to its end: delivered, dead-lettered or dropped (expired). Returns early if
-    /// another worker took the job over.
-    async fn process(&self, name: &str, job: Job) {
+    /// Delivers `jobs` concurrently. Each time some have ended, those are finished together in one
+    /// call (so a job waiting out a retry's backoff does not hold back its batch's acknowledgements).
+    async fn deliver_all(&self, name: &str, jobs: Vec<Job>) {
+        let mut running: FuturesUnordered<_> = jobs
+            .iter()
+            .map(|job| async move { (job, self.deliver(name, job).await) })
+            .collect();
+        let mut ended = Vec::with_capacity(jobs.len());
+        while let Some(first) = running.next().await {
+            ended.push(first);
+            while let Some(Some(next)) = running.next().now_or_never() {
+                ended.push(next);
+            }
+            self.finish(&ended).await;
+            ended.clear();
+        }
+    }
+
+    /// Delivers one job to its end: `Some("")` delivered, `Some(reason)` to be dead-lettered (or
+    /// dropped as expired), `None` if another worker took the job over (it finishes it).
+    async fn deliver(&self, name: &str, job: &Job) -> Option<String> {
         let body = render(
             &self.settings.template,
             &self.settings.app_name,
@@ -312,8 +346,7 @@ impl Outbox {
             if now_ms().saturating_sub(job.created_ms) > self.settings.code_ttl.as_millis() as u64 {
                 tracing::info!(message_id = %job.message_id, "outbox: job older than the code's lifetime: dropped");
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                self.finish(&job, "expired").await;
-                return;
+                return Some("expired".to_owned());
             }
             let sent = self
                 .provider
@@ -327,29 +360,25 @@ impl Outbox {
             match sent {
                 Ok(()) => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    self.finish(&job, "").await;
-                    return;
+                    return Some(String::new());
                 }
                 Err(DeliveryError::Permanent(reason)) => {
                     tracing::warn!(message_id = %job.message_id, %reason, "outbox: permanent failure: dead-lettered");
                     self.stats.dead.fetch_add(1, Ordering::Relaxed);
-                    self.finish(&job, &reason).await;
-                    return;
+                    return Some(reason);
                 }
                 Err(DeliveryError::Transient(reason)) if attempt >= self.settings.max_attempts => {
                     tracing::warn!(message_id = %job.message_id, %reason, attempt, "outbox: out of retries: dead-lettered");
                     self.stats.dead.fetch_add(1, Ordering::Relaxed);
-                    self.finish(&job, &format!("{reason} (after {attempt} attempts)"))
-                        .await;
-                    return;
+                    return Some(format!("{reason} (after {attempt} attempts)"));
                 }
                 Err(DeliveryError::Transient(reason)) => {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     let wait = self.backoff(attempt);
                     tracing::info!(message_id = %job.message_id, %reason, attempt, ?wait, "outbox: transient failure: retrying");
                     tokio::time::sleep(wait).await;
-                    if !self.still_mine(name, &job, wait).await {
-                        return;
+                    if !self.still_mine(name, job, wait).await {
+                        return None;
                     }
                     attempt += 1;
                 }
@@ -388,28 +417,38 @@ impl Outbox {
         !matches!(claimed, Ok(ids) if ids.is_empty())
     }
 
-    async fn finish(&self, job: &Job, reason: &str) {
+    /// Acknowledges and deletes the ended jobs, dead-lettering those with a reason (see `FINISH_LUA`).
+    async fn finish(&self, ended: &[(&Job, Option<String>)]) {
+        let mut invocation = self.finish.prepare_invoke();
+        invocation
+            .key(&self.stream)
+            .key(&self.dead)
+            .arg(GROUP)
+            .arg(self.settings.dead_max_len)
+            .arg(now_ms())
+            .arg(DEAD_LETTER_TTL_SECONDS);
+        let mut count = 0;
+        for (job, reason) in ended {
+            if let Some(reason) = reason {
+                invocation
+                    .arg(&job.stream_id)
+                    .arg(reason)
+                    .arg(&job.to)
+                    .arg(&job.message_id);
+                count += 1;
+            }
+        }
+        if count == 0 {
+            return;
+        }
         let result: anyhow::Result<i64> = async {
             let mut conn = self.pool.get().await?;
-            Ok(self
-                .finish
-                .key(&self.stream)
-                .key(&self.dead)
-                .arg(GROUP)
-                .arg(&job.stream_id)
-                .arg(reason)
-                .arg(&job.to)
-                .arg(&job.message_id)
-                .arg(self.settings.dead_max_len)
-                .arg(now_ms())
-                .arg(DEAD_LETTER_TTL_SECONDS)
-                .invoke_async(&mut *conn)
-                .await?)
+            Ok(invocation.invoke_async(&mut *conn).await?)
         }
         .await;
         if let Err(e) = result {
-            // The job stays pending and will be claimed again: at least once, never lost.
-            tracing::warn!(error = %e, message_id = %job.message_id, "outbox: could not acknowledge a job");
+            // The jobs stay pending and will be claimed again: at least once, never lost.
+            tracing::warn!(error = %e, jobs = count, "outbox: could not acknowledge jobs");
         }
     }
 }

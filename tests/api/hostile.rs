@@ -757,6 +757,20 @@ async fn sms_budget_and_country_allow_list() {
     assert!(app.generate_code("+16502530401").await["errors"].is_null());
     assert!(app.generate_code("+447400123456").await["errors"].is_null());
     assert_code(&app.generate_code("+16502530402").await, "RATE_LIMITED");
+    // A refusal spends none of the budget, and stores no code.
+    let spent: i64 = redis::cmd("GET")
+        .arg(format!("{}sms:hour", app.prefix))
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    assert_eq!(spent, 2);
+    assert!(
+        !app.keys_with_ttl()
+            .await
+            .iter()
+            .any(|(k, _)| k.contains("{+16502530402}")),
+        "the refused phone has no key"
+    );
     let r = app.generate_code("+989121234567").await;
     assert_code(&r, "BAD_USER_INPUT");
     assert_eq!(r["errors"][0]["extensions"]["reason"], "COUNTRY_NOT_ALLOWED");

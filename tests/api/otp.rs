@@ -108,6 +108,44 @@ async fn resend_cooldown_and_hourly_budget() {
     assert_eq!(app.sms.count(PHONE), 5);
 }
 
+/// The cooldown, read from the newest send rather than kept in a key of its own, ends on time; the
+/// phone then holds two keys (its code and its sends). A cooldown longer than the window it is read
+/// from is refused at start-up.
+#[tokio::test]
+async fn the_cooldown_ends_on_time_and_fits_its_window() {
+    let app = TestApp::spawn_with(|c| c.otp_resend_cooldown_seconds = 1).await;
+    assert!(app.generate_code(PHONE).await["errors"].is_null());
+    let again = app.generate_code(PHONE).await;
+    assert_code(&again, "RATE_LIMITED");
+    assert_eq!(again["errors"][0]["extensions"]["retryAfterSeconds"], 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(app.generate_code(PHONE).await["errors"].is_null());
+    assert_eq!(app.sms.count(PHONE), 2);
+    let mut per_phone: Vec<String> = app
+        .keys_with_ttl()
+        .await
+        .into_iter()
+        .filter_map(|(k, _)| {
+            k.split_once(&format!("{{{PHONE}}}:"))
+                .map(|(_, what)| what.to_owned())
+        })
+        .collect();
+    per_phone.sort();
+    assert_eq!(per_phone, ["otp", "otp_sends"]);
+
+    let mut config = crate::helpers::test_config();
+    config.otp_window_seconds = 3600;
+    config.otp_resend_cooldown_seconds = 3601;
+    let sender = std::sync::Arc::new(phone_auth::services::sms::TestSender::default());
+    let Err(refused) = phone_auth::app::build(&config, Some(sender)).await else {
+        panic!("started with a cooldown longer than its window");
+    };
+    assert!(
+        refused.to_string().contains("OTP_RESEND_COOLDOWN_SECONDS"),
+        "{refused}"
+    );
+}
+
 /// A new code does not reset the phone's failure count: 10 failed checks per hour over any codes.
 #[tokio::test]
 async fn failures_count_across_codes() {

@@ -108,6 +108,57 @@ async fn webhook_delivers_a_signed_message_once() {
     assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 1);
 }
 
+/// One worker hands the jobs it read to a slow provider concurrently, and finishes them: each is
+/// delivered once and leaves the outbox.
+#[tokio::test]
+async fn a_worker_delivers_its_jobs_concurrently() {
+    let stub = Stub::start(std::iter::repeat_n(Reply::Slow(400), 9)).await;
+    let configure = webhook(&stub);
+    let app = TestApp::spawn_with_provider(
+        |c| {
+            configure(c);
+            c.sms_workers = 1;
+        },
+        false,
+    )
+    .await;
+    for i in 0..9 {
+        // Not `generate_code`, which waits for each delivery.
+        let r = app
+            .gql(
+                "mutation($p: String!) { generateCode(phone: $p) { phone } }",
+                serde_json::json!({ "p": format!("+165025306{i:02}") }),
+            )
+            .await;
+        assert!(r["errors"].is_null(), "{r}");
+    }
+    let got = stub.wait_for(9).await;
+    app.wait_outbox_empty().await;
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 9, "each job sent once");
+    assert!(
+        stub.max_in_flight() >= 2,
+        "one worker sent {} message(s) at a time",
+        stub.max_in_flight()
+    );
+    assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 9);
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(format!("{}sms:outbox", app.prefix))
+        .arg(phone_auth::services::outbox::GROUP)
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&pending, redis::Value::Array(a) if a.first() == Some(&redis::Value::Int(0))),
+        "every job acknowledged: {pending:?}"
+    );
+}
+
 /// A 500 is retried with backoff and then delivered, with the same idempotency key each time.
 #[tokio::test]
 async fn server_errors_are_retried_then_delivered() {

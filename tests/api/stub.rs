@@ -24,12 +24,16 @@ pub enum Reply {
     Status(u16),
     /// Never answers (within any sane timeout).
     Hang,
+    /// Answers 200 after this many milliseconds.
+    Slow(u64),
 }
 
 #[derive(Default)]
 struct Inner {
     script: VecDeque<Reply>,
     received: Vec<Received>,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 #[derive(Clone, Default)]
@@ -46,15 +50,23 @@ async fn handle(State(stub): State<Stub>, uri: Uri, headers: HeaderMap, body: By
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
         });
+        inner.in_flight += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         inner.script.pop_front().unwrap_or(Reply::Status(200))
     };
-    match reply {
+    let status = match reply {
         Reply::Status(s) => StatusCode::from_u16(s).unwrap(),
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(60)).await;
             StatusCode::OK
         }
-    }
+        Reply::Slow(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            StatusCode::OK
+        }
+    };
+    stub.inner.lock().unwrap().in_flight -= 1;
+    status
 }
 
 impl Stub {
@@ -73,6 +85,11 @@ impl Stub {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr.unwrap(), path)
+    }
+
+    /// The most requests that were being answered at the same moment.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.lock().unwrap().max_in_flight
     }
 
     pub fn received(&self) -> Vec<Received> {

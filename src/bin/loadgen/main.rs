@@ -1212,7 +1212,7 @@ async fn main_server_scenarios(
         let setup_errors: u64 = recorded.values().map(client::OpStats::unexpected).sum();
         let mut per_key = Vec::new();
         if let Some(p) = phones.first() {
-            for what in ["otp", "otp_cool", "otp_sends"] {
+            for what in ["otp", "otp_sends"] {
                 let key = format!("{}{{{p}}}:{what}", server.prefix);
                 let bytes: Option<u64> = redis::cmd("MEMORY")
                     .arg("USAGE")
