@@ -277,8 +277,20 @@ impl Client {
     /// Sends a GraphQL request, records it under `op`, returns the answer. Error codes in `expected`
     /// are counted as expected outcomes, others as errors.
     pub async fn gql(&mut self, op: &str, body: String, bearer: Option<&str>, expected: &[&str]) -> Answer {
+        self.post_to("/graphql", op, body, bearer, expected).await
+    }
+
+    /// As `gql`, to another path (the baselines' second handler).
+    pub async fn post_to(
+        &mut self,
+        path: &str,
+        op: &str,
+        body: String,
+        bearer: Option<&str>,
+        expected: &[&str],
+    ) -> Answer {
         let start = Instant::now();
-        let result = self.conn.post_json("/graphql", body, bearer).await;
+        let result = self.conn.post_json(path, body, bearer).await;
         let end = Instant::now();
         let (json, code) = match result {
             Ok((status, json)) => {

@@ -826,6 +826,57 @@ struct BaselineState {
     script: Arc<redis::Script>,
     prefix: Arc<str>,
     counter: Arc<AtomicU64>,
+    /// Baseline (1b): the service's own `generateCode` script, through `OtpService::issue`.
+    otp: Arc<phone_auth::services::otp::OtpService>,
+    policy: Arc<PhonePolicy>,
+}
+
+/// Baseline (1b), `POST /issue`: the body's `variables.p` parsed as JSON and as a phone number, then
+/// `OtpService::issue` (the same one-script Redis work as `generateCode`: HMAC, budgets, code, SMS
+/// job). No GraphQL, no HTTP guards, no SMS workers: the floor of `generateCode` over HTTP.
+async fn issue_handler(
+    axum::extract::State(s): axum::extract::State<BaselineState>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let error =
+        |code: &str| axum::Json(json!({ "errors": [{ "message": code, "extensions": { "code": code } }] }));
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error("BAD_REQUEST").into_response();
+    };
+    let Some(Ok(phone)) = request["variables"]["p"]
+        .as_str()
+        .map(|p| PhoneNumber::parse(p, &s.policy))
+    else {
+        return error("BAD_USER_INPUT").into_response();
+    };
+    match s.otp.issue(&phone, "127.0.0.1").await {
+        Ok(issued) => axum::Json(json!({ "data": { "generateCode": {
+            "phone": phone.e164(),
+            "expiresInSeconds": issued.expires_in_seconds,
+            "resendInSeconds": issued.resend_in_seconds,
+        } } }))
+        .into_response(),
+        Err(_) => error("ISSUE_FAILED").into_response(),
+    }
+}
+
+/// The service's `generateCode` settings under the benchmark (loadgen's server environment: per-IP
+/// and service-wide budgets raised, the rest the defaults).
+fn bench_otp_settings() -> phone_auth::services::otp::OtpSettings {
+    phone_auth::services::otp::OtpSettings {
+        ttl_seconds: 300,
+        max_attempts: 5,
+        resend_cooldown_seconds: 60,
+        max_sends_per_window: 5,
+        window_seconds: 3600,
+        max_failures_per_window: 10,
+        ip_window_seconds: 300,
+        ip_max_code_requests: 1_000_000_000,
+        ip_max_code_checks: 1_000_000_000,
+        sms_max_per_hour: 1_000_000_000,
+        outbox_max_len: 10_000_000,
+    }
 }
 
 async fn baseline_handler(
@@ -866,14 +917,27 @@ fn baseline_server(listen: SocketAddr, redis_url: &str, prefix: &str) -> anyhow:
             .set_number_of_retries(2);
         let redis =
             redis::aio::ConnectionManager::new_with_config(redis::Client::open(redis_url)?, config).await?;
+        let mut secret = vec![0u8; 32];
+        rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut secret)
+            .map_err(|e| anyhow::anyhow!("os rng: {e}"))?;
+        let otp = phone_auth::services::otp::OtpService::new(
+            redis.clone(),
+            phone_auth::services::Keys::new(prefix),
+            secrecy::SecretSlice::from(secret),
+            bench_otp_settings(),
+            phone_auth::services::otp::TestNumbers::default(),
+        );
         let state = BaselineState {
             redis,
             script: Arc::new(redis::Script::new(BASELINE_LUA)),
             prefix: prefix.into(),
             counter: Arc::new(AtomicU64::new(0)),
+            otp: Arc::new(otp),
+            policy: Arc::new(PhonePolicy::default()),
         };
         let router = axum::Router::new()
             .route("/graphql", axum::routing::post(baseline_handler))
+            .route("/issue", axum::routing::post(issue_handler))
             .route("/healthz", axum::routing::get(|| async { "ok" }))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -927,6 +991,23 @@ async fn run_baseline(bench: &mut Bench) -> anyhow::Result<()> {
     )
     .await?;
     note_redis_cpu(bench, "baseline-redis", "evalsha", redis_cpu0);
+    if bench.wants("generate-code") {
+        let redis_cpu0 = bench.redis_pid.and_then(procs::cpu_ms);
+        let numbers = PhoneGen::new("+1415");
+        measured(bench, &server, "baseline-issue", clients, max, move |mut c| {
+            let numbers = numbers.clone();
+            async move {
+                while c.limits.next() {
+                    let Some(p) = numbers.next() else { break };
+                    c.post_to("/issue", "generateCode-script", gen_body(&p), None, &[])
+                        .await;
+                }
+                c
+            }
+        })
+        .await?;
+        note_redis_cpu(bench, "baseline-issue", "generateCode-script", redis_cpu0);
+    }
     let mut server = server;
     server.guard.stop(Duration::from_secs(5));
     Ok(())
@@ -1782,6 +1863,17 @@ fn targets(bench: &Bench) -> Vec<String> {
                 verdict(r.p99 < 10.0)
             ));
         }
+    }
+    if let (Some(b), Some(r)) = (
+        bench.row("baseline-issue", "generateCode-script"),
+        bench.row("generate-code", "generateCode"),
+    ) {
+        out.push(format!(
+            "(diagnostic, no target) generate-code: {:.0} req/s = {:.0}% of baseline (1b), a bare axum handler running the same generateCode script ({:.0} req/s, no GraphQL, no SMS workers)",
+            r.rps,
+            r.rps / b.rps * 100.0,
+            b.rps
+        ));
     }
     if let (Some(single), Some(r)) = (bench.argon2_single, bench.row("login", "login")) {
         let bound = single * bench.hash_slots as f64;
