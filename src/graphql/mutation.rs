@@ -25,7 +25,8 @@ fn client(ctx: &Context<'_>) -> String {
 
 /// Runs a flow to its end even if the client disconnects or the request times out. A dropped future
 /// could otherwise stop between two steps: a reserved password attempt never released or counted, a
-/// code or registration token used up with nothing to show for it, a code stored but never sent (`generateCode` is the exception: one atomic script).
+/// code or registration token used up with nothing to show for it. (`generateCode` needs none of this:
+/// storing its code and queueing its SMS is one atomic script.)
 async fn detached<T, F>(ctx: &Context<'_>, flow: impl FnOnce(Arc<AuthService>) -> F) -> Result<T>
 where
     T: Send + 'static,

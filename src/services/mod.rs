@@ -57,13 +57,22 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Sliding-window log in a sorted set: forgets entries older than the window; the ms to wait when
--- `max` entries remain, else nil.
-local function sliding_full(key, max, window_ms, now)
+-- Sliding-window log in a sorted set: forgets entries older than the window; the entries left.
+local function sliding_count(key, window_ms, now)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window_ms)
-  if redis.call('ZCARD', key) >= tonumber(max) then
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    return tonumber(oldest[2]) + window_ms - now
+  return redis.call('ZCARD', key)
+end
+
+-- The ms until the oldest entry of a (non-empty) log leaves the window.
+local function sliding_wait(key, window_ms, now)
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + window_ms - now
+end
+
+-- The ms to wait when `max` entries remain in the window, else nil.
+local function sliding_full(key, max, window_ms, now)
+  if sliding_count(key, window_ms, now) >= tonumber(max) then
+    return sliding_wait(key, window_ms, now)
   end
   return nil
 end

@@ -118,8 +118,7 @@ if ip_wait then
 end
 local now = now_ms()
 local window = tonumber(ARGV[5]) * 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-local sent = redis.call('ZCARD', KEYS[2])
+local sent = sliding_count(KEYS[2], window, now)
 if sent > 0 then
   local cooldown = tonumber(ARGV[3]) * 1000
   if cooldown > 0 then
@@ -130,21 +129,18 @@ if sent > 0 then
     end
   end
   if sent >= tonumber(ARGV[4]) then
-    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    return {2, tonumber(oldest[2]) + window - now}
+    return {2, sliding_wait(KEYS[2], window, now)}
   end
 end
 if ARGV[9] == '1' then
   if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[12]) then
     return {5, 0}
   end
-  local n = redis.call('INCR', KEYS[4])
-  if n == 1 then
-    redis.call('EXPIRE', KEYS[4], 3600)
-  end
-  if n > tonumber(ARGV[8]) then
+  -- A refused SMS is given back: only a sent one spends the service's budget.
+  local sms_wait = over_budget(KEYS[4], ARGV[8], 3600)
+  if sms_wait then
     redis.call('DECR', KEYS[4])
-    return {4, redis.call('PTTL', KEYS[4])}
+    return {4, sms_wait}
   end
 end
 -- Both fields are (re)written: a previous code's hash has no other field to clear.

@@ -419,6 +419,10 @@ impl Outbox {
 
     /// Acknowledges and deletes the ended jobs, dead-lettering those with a reason (see `FINISH_LUA`).
     async fn finish(&self, ended: &[(&Job, Option<String>)]) {
+        let count = ended.iter().filter(|(_, reason)| reason.is_some()).count();
+        if count == 0 {
+            return;
+        }
         let mut invocation = self.finish.prepare_invoke();
         invocation
             .key(&self.stream)
@@ -427,7 +431,6 @@ impl Outbox {
             .arg(self.settings.dead_max_len)
             .arg(now_ms())
             .arg(DEAD_LETTER_TTL_SECONDS);
-        let mut count = 0;
         for (job, reason) in ended {
             if let Some(reason) = reason {
                 invocation
@@ -435,11 +438,7 @@ impl Outbox {
                     .arg(reason)
                     .arg(&job.to)
                     .arg(&job.message_id);
-                count += 1;
             }
-        }
-        if count == 0 {
-            return;
         }
         let result: anyhow::Result<i64> = async {
             let mut conn = self.pool.get().await?;

@@ -148,14 +148,18 @@ impl TestApp {
 
     /// Requests a code and, when one was queued, waits until the workers delivered it.
     pub async fn generate_code(&self, phone: &str) -> Value {
-        let r = self
-            .gql(
-                "mutation($p: String!) { generateCode(phone: $p) { phone expiresInSeconds resendInSeconds } }",
-                json!({ "p": phone }),
-            )
-            .await;
+        let r = self.request_code(phone).await;
         self.wait_outbox_empty().await;
         r
+    }
+
+    /// Requests a code without waiting for its delivery.
+    pub async fn request_code(&self, phone: &str) -> Value {
+        self.gql(
+            "mutation($p: String!) { generateCode(phone: $p) { phone expiresInSeconds resendInSeconds } }",
+            json!({ "p": phone }),
+        )
+        .await
     }
 
     /// Waits (at most 30 s) until every queued SMS job was delivered (or dead-lettered).

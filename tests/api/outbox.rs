@@ -124,12 +124,7 @@ async fn a_worker_delivers_its_jobs_concurrently() {
     .await;
     for i in 0..9 {
         // Not `generate_code`, which waits for each delivery.
-        let r = app
-            .gql(
-                "mutation($p: String!) { generateCode(phone: $p) { phone } }",
-                serde_json::json!({ "p": format!("+165025306{i:02}") }),
-            )
-            .await;
+        let r = app.request_code(&format!("+165025306{i:02}")).await;
         assert!(r["errors"].is_null(), "{r}");
     }
     let got = stub.wait_for(9).await;
@@ -353,12 +348,7 @@ async fn the_outbox_stays_bounded_under_a_burst() {
     .await;
     let mut refused = 0;
     for i in 0..20 {
-        let r = app
-            .gql(
-                "mutation($p: String!) { generateCode(phone: $p) { phone } }",
-                serde_json::json!({ "p": format!("+165025305{i:02}") }),
-            )
-            .await;
+        let r = app.request_code(&format!("+165025305{i:02}")).await;
         if code(&r) == Some("SERVICE_UNAVAILABLE") {
             refused += 1;
         } else {
