@@ -1,28 +1,9 @@
-//! The one error type of the service and the one place it becomes a GraphQL error.
+//! The one error type of the service. It knows nothing of GraphQL: `graphql::error` is the one place
+//! it becomes a GraphQL error with a stable `extensions.code`.
 //!
 //! `AppError` deliberately does not implement `Display`: async-graphql has a blanket
 //! `From<T: Display>` for its error type, and a `?` through it would drop `extensions.code`. Going
-//! through the explicit `From<AppError>` below is the only way out, so every error a client sees has a
-//! stable code. Internal causes (SQL, Redis, I/O) are logged here, once, with their cause chain; the
-//! client gets a generic message.
-
-use async_graphql::ErrorExtensions;
-
-/// Stable values of `extensions.code`. Documented in README.md and in the schema description.
-pub mod codes {
-    pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
-    pub const INVALID_CODE: &str = "INVALID_CODE";
-    pub const TOO_MANY_ATTEMPTS: &str = "TOO_MANY_ATTEMPTS";
-    pub const RATE_LIMITED: &str = "RATE_LIMITED";
-    pub const INVALID_CREDENTIALS: &str = "INVALID_CREDENTIALS";
-    pub const ACCOUNT_LOCKED: &str = "ACCOUNT_LOCKED";
-    pub const INVALID_TOKEN: &str = "INVALID_TOKEN";
-    pub const PHONE_ALREADY_REGISTERED: &str = "PHONE_ALREADY_REGISTERED";
-    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
-    pub const FORBIDDEN: &str = "FORBIDDEN";
-    pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
-    pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
-}
+//! through the explicit `From<AppError>` in `graphql::error` is the only way out.
 
 #[derive(Debug)]
 pub enum AppError {
@@ -68,51 +49,6 @@ impl AppError {
             message: message.into(),
         }
     }
-
-    pub fn code(&self) -> &'static str {
-        use codes::*;
-        match self {
-            AppError::BadInput { .. } => BAD_USER_INPUT,
-            AppError::InvalidCode => INVALID_CODE,
-            AppError::TooManyAttempts => TOO_MANY_ATTEMPTS,
-            AppError::RateLimited { .. } => RATE_LIMITED,
-            AppError::InvalidCredentials => INVALID_CREDENTIALS,
-            AppError::AccountLocked { .. } => ACCOUNT_LOCKED,
-            AppError::InvalidToken => INVALID_TOKEN,
-            AppError::PhoneAlreadyRegistered => PHONE_ALREADY_REGISTERED,
-            AppError::Unauthenticated => UNAUTHENTICATED,
-            AppError::Forbidden => FORBIDDEN,
-            AppError::Unavailable(_) | AppError::Overloaded { .. } => SERVICE_UNAVAILABLE,
-            AppError::Internal(_) => INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn client_message(&self) -> String {
-        match self {
-            AppError::BadInput { message, .. } => message.clone(),
-            AppError::InvalidCode => "The code is wrong, has expired, or was already used.".into(),
-            AppError::TooManyAttempts => {
-                "Too many wrong codes: this code can no longer be used. Request a new one.".into()
-            }
-            AppError::RateLimited { retry_after_seconds } => {
-                format!("Too many requests. Try again in {retry_after_seconds} seconds.")
-            }
-            AppError::InvalidCredentials => "The phone number or password is wrong.".into(),
-            AppError::AccountLocked { retry_after_seconds } => format!(
-                "Password sign-in is locked after too many wrong passwords. Try again in \
-                 {retry_after_seconds} seconds, or sign in with a code."
-            ),
-            AppError::InvalidToken => "The token is invalid, expired or already used.".into(),
-            AppError::PhoneAlreadyRegistered => "This phone number is already registered.".into(),
-            AppError::Unauthenticated => "Sign in first: a valid access token is required.".into(),
-            AppError::Forbidden => "Only the user may see this.".into(),
-            AppError::Unavailable(_) => "The service is temporarily unavailable. Try again.".into(),
-            AppError::Overloaded { retry_after_seconds } => {
-                format!("The service is busy. Try again in {retry_after_seconds} seconds.")
-            }
-            AppError::Internal(_) => "Internal server error.".into(),
-        }
-    }
 }
 
 impl From<sqlx::Error> for AppError {
@@ -130,34 +66,6 @@ impl From<sqlx::Error> for AppError {
 impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
         AppError::Unavailable(anyhow::Error::new(e).context("redis"))
-    }
-}
-
-impl From<AppError> for async_graphql::Error {
-    fn from(e: AppError) -> Self {
-        match &e {
-            AppError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
-            AppError::Unavailable(cause) => {
-                tracing::warn!(error = ?cause, "dependency unavailable")
-            }
-            _ => {}
-        }
-        let code = e.code();
-        async_graphql::Error::new(e.client_message()).extend_with(|_, ext| {
-            ext.set("code", code);
-            match &e {
-                AppError::BadInput { field, reason, .. } => {
-                    ext.set("field", *field);
-                    ext.set("reason", *reason);
-                }
-                AppError::RateLimited { retry_after_seconds }
-                | AppError::AccountLocked { retry_after_seconds }
-                | AppError::Overloaded { retry_after_seconds } => {
-                    ext.set("retryAfterSeconds", *retry_after_seconds);
-                }
-                _ => {}
-            }
-        })
     }
 }
 

@@ -74,9 +74,10 @@ fn init_tracing() {
 }
 
 async fn worker(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
     let provider = phone_auth::app::sms_provider(&config)?;
     let outbox = std::sync::Arc::new(phone_auth::app::build_outbox(&config, provider).await?);
-    let workers = phone_auth::services::outbox::spawn_workers(&outbox, config.sms_workers.max(1));
+    let workers = phone_auth::services::outbox::spawn_workers(&outbox, config.sms.sms_workers.max(1));
     tracing::info!(workers = workers.len(), "SMS delivery workers running");
     shutdown_signal().await;
     // A job in flight when a worker stops stays pending and is claimed by another worker later.
@@ -89,12 +90,12 @@ async fn worker(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = phone_auth::app::build(&config, None).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+    let listener = tokio::net::TcpListener::bind(config.http.listen_addr)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+        .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
-    let header_timeout = Duration::from_secs(config.header_read_timeout_seconds);
-    phone_auth::server::serve(listener, app.router, header_timeout, shutdown_signal()).await?;
+    let header_timeout = Duration::from_secs(config.http.header_read_timeout_seconds);
+    phone_auth::http::server::serve(listener, app.router, header_timeout, shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(())
 }

@@ -23,12 +23,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextValidation,
+};
 use async_graphql::parser::types::{
     BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, Type,
 };
-use async_graphql::{Request, ServerError, ValidationResult, Value, Variables};
+use async_graphql::{Request, ServerError, ServerResult, ValidationResult, Value, Variables};
 
+use crate::graphql::error::refusal_error;
 use crate::graphql::guard::{DocumentLimits, Refusal, check_document};
 
 /// Longer documents are parsed every time (ours are under 500 bytes; GraphiQL's introspection query is
@@ -197,19 +200,51 @@ impl DocumentCache {
     }
 }
 
-/// The async-graphql extension that acts on `DocumentCache::prepare`'s decision.
-pub struct ValidationCache;
+/// The async-graphql extension that puts every request through the cache and the guard before it is
+/// parsed (`prepare_request`: a refused document runs nothing), and skips or remembers validation as
+/// `DocumentCache::prepare` decided. The HTTP layer knows none of this.
+pub struct DocumentGuard {
+    cache: Arc<DocumentCache>,
+    limits: Arc<DocumentLimits>,
+}
 
-impl ExtensionFactory for ValidationCache {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ValidationCacheExtension)
+impl DocumentGuard {
+    pub fn new(cache: Arc<DocumentCache>, limits: DocumentLimits) -> Self {
+        DocumentGuard {
+            cache,
+            limits: Arc::new(limits),
+        }
     }
 }
 
-struct ValidationCacheExtension;
+impl ExtensionFactory for DocumentGuard {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(DocumentGuardExtension {
+            cache: self.cache.clone(),
+            limits: self.limits.clone(),
+        })
+    }
+}
+
+struct DocumentGuardExtension {
+    cache: Arc<DocumentCache>,
+    limits: Arc<DocumentLimits>,
+}
 
 #[async_graphql::async_trait::async_trait]
-impl Extension for ValidationCacheExtension {
+impl Extension for DocumentGuardExtension {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        self.cache
+            .prepare(&mut request, &self.limits)
+            .map_err(refusal_error)?;
+        next.run(ctx, request).await
+    }
+
     async fn validation(
         &self,
         ctx: &ExtensionContext<'_>,

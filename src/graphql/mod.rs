@@ -3,6 +3,7 @@
 //! `extensions.code`.
 
 pub mod documents;
+pub mod error;
 pub mod guard;
 pub mod metrics;
 mod mutation;
@@ -66,11 +67,9 @@ pub fn build_schema(
     auth: Arc<AuthService>,
     production: bool,
     resolvers: metrics::ResolverCounter,
+    guard: documents::DocumentGuard,
 ) -> AuthSchema {
-    let builder = schema_builder()
-        .data(auth)
-        .extension(resolvers)
-        .extension(documents::ValidationCache);
+    let builder = schema_builder().data(auth).extension(resolvers).extension(guard);
     if production {
         builder.disable_introspection().disable_suggestions().finish()
     } else {

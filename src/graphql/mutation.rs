@@ -23,21 +23,13 @@ fn client(ctx: &Context<'_>) -> String {
         .map_or_else(|| "unknown".to_owned(), |r| r.client.clone())
 }
 
-/// Runs a flow to its end even if the client disconnects or the request times out. A dropped future
-/// could otherwise stop between two steps: a reserved password attempt never released or counted, a
-/// code or registration token used up with nothing to show for it. (`generateCode` needs none of this:
-/// storing its code and queueing its SMS is one atomic script.)
+/// Runs `flow` to its end even if the client goes (`AuthService::detached`).
 async fn detached<T, F>(ctx: &Context<'_>, flow: impl FnOnce(Arc<AuthService>) -> F) -> Result<T>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, AppError>> + Send + 'static,
 {
-    // Boxed before it is spawned: the flow futures are several KiB, and moving them by value into the
-    // task cost ~10% of a wrong `verifyUser` (callgrind, docs/BENCHMARKS.md).
-    tokio::spawn(Box::pin(flow(auth(ctx).clone())))
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
-        .map_err(Into::into)
+    Ok(auth(ctx).detached(flow).await?)
 }
 
 /// Sign-up and sign-in by phone.
@@ -52,7 +44,7 @@ impl Mutation {
     /// region). The answer is the same whether or not the phone has an account. Errors: BAD_USER_INPUT,
     /// RATE_LIMITED (one code per 60 s, 5 per hour per phone).
     async fn generate_code(&self, ctx: &Context<'_>, phone: String) -> Result<GenerateCodePayload> {
-        let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
+        let phone = PhoneNumber::parse(&phone, auth(ctx).phone_policy())?;
         // Not detached: storing the code and queueing its SMS is one Lua script, so a request dropped
         // at any point leaves either both or neither (and a task spawn per request is ~10% of the
         // CPU of this, the most frequent mutation).
@@ -69,7 +61,7 @@ impl Mutation {
     /// pending), TOO_MANY_ATTEMPTS (the 5th wrong try burns the code), RATE_LIMITED (10 failed checks per
     /// hour per phone).
     async fn verify_user(&self, ctx: &Context<'_>, phone: String, code: String) -> Result<VerifyUserPayload> {
-        let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
+        let phone = PhoneNumber::parse(&phone, auth(ctx).phone_policy())?;
         let code = OtpCode::parse(&code)?;
         let e164 = phone.e164().to_owned();
         let client = client(ctx);
@@ -118,7 +110,7 @@ impl Mutation {
     /// wrong password: one answer), ACCOUNT_LOCKED (3 wrong passwords lock password sign-in for an hour;
     /// a sign-in by code lifts it), SERVICE_UNAVAILABLE.
     async fn login(&self, ctx: &Context<'_>, phone: String, password: String) -> Result<AuthPayload> {
-        let phone = PhoneNumber::parse(&phone, &auth(ctx).phone_policy)?;
+        let phone = PhoneNumber::parse(&phone, auth(ctx).phone_policy())?;
         let password = Password::for_login(&password)?;
         let client = client(ctx);
         let signed_in = detached(

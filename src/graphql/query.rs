@@ -24,6 +24,6 @@ impl Query {
         let Ok(id) = Uuid::parse_str(&id) else {
             return Ok(None);
         };
-        Ok(auth.users.find_by_id(id).await?.map(User::of_other))
+        Ok(auth.user_by_id(id).await?.map(User::of_other))
     }
 }

@@ -1,18 +1,40 @@
 //! The sign-up and sign-in flows, composed from the single-concern services. Owns no state of its own.
+//! Callers (resolvers, the HTTP edge, tests) go through its methods, never round them to a store.
 
+use std::future::Future;
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::JwkSet;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{OtpCode, Password, PersonName, PhoneNumber, PhonePolicy};
 use crate::error::{AppError, AppResult};
-use crate::services::hasher::PasswordHasher;
 use crate::services::lockout::LockoutService;
 use crate::services::otp::OtpService;
+use crate::services::password::PasswordHasher;
 use crate::services::registration::RegistrationTokens;
-use crate::services::sessions::SessionStore;
+use crate::services::sessions::{NewSession, SessionStore};
 use crate::services::tokens::TokenService;
 use crate::services::users::{User, UserStore};
 
 pub struct AuthService {
+    phone_policy: PhonePolicy,
+    otp: OtpService,
+    lockout: LockoutService,
+    users: UserStore,
+    sessions: SessionStore,
+    tokens: TokenService,
+    registration: RegistrationTokens,
+    hasher: PasswordHasher,
+    /// The stores themselves, for readiness only.
+    pg: PgPool,
+    redis: ConnectionManager,
+}
+
+/// The services a flow is composed from (what `AuthService::new` takes).
+pub struct Parts {
     pub phone_policy: PhonePolicy,
     pub otp: OtpService,
     pub lockout: LockoutService,
@@ -21,6 +43,14 @@ pub struct AuthService {
     pub tokens: TokenService,
     pub registration: RegistrationTokens,
     pub hasher: PasswordHasher,
+    pub pg: PgPool,
+    pub redis: ConnectionManager,
+}
+
+/// Which store answers (`/readyz`).
+pub struct Readiness {
+    pub postgres: bool,
+    pub redis: bool,
 }
 
 pub struct CodeSent {
@@ -46,11 +76,91 @@ pub enum Verified {
 }
 
 impl AuthService {
+    pub fn new(p: Parts) -> Self {
+        AuthService {
+            phone_policy: p.phone_policy,
+            otp: p.otp,
+            lockout: p.lockout,
+            users: p.users,
+            sessions: p.sessions,
+            tokens: p.tokens,
+            registration: p.registration,
+            hasher: p.hasher,
+            pg: p.pg,
+            redis: p.redis,
+        }
+    }
+
+    pub fn phone_policy(&self) -> &PhonePolicy {
+        &self.phone_policy
+    }
+
+    /// The password hasher (its counters: tests and benchmarks read them).
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    pub fn jwks(&self) -> &JwkSet {
+        self.tokens.jwks()
+    }
+
+    pub fn issuer(&self) -> &str {
+        self.tokens.issuer()
+    }
+
+    /// Runs a flow to its end even if the client disconnects or the request times out. A dropped
+    /// future could otherwise stop between two steps: a reserved password attempt never released or
+    /// counted, a code or registration token used up with nothing to show for it. (`generate_code`
+    /// needs none of this: storing its code and queueing its SMS is one atomic script.)
+    pub async fn detached<T, F>(self: &Arc<Self>, flow: impl FnOnce(Arc<AuthService>) -> F) -> AppResult<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = AppResult<T>> + Send + 'static,
+    {
+        // Boxed before it is spawned: the flow futures are several KiB, and moving them by value into
+        // the task cost ~10% of a wrong `verifyUser` (callgrind, docs/BENCHMARKS.md).
+        tokio::spawn(Box::pin(flow(self.clone())))
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
+    }
+
+    /// Whether PostgreSQL and Redis answer within 2 s each.
+    pub async fn readiness(&self) -> Readiness {
+        let timeout = std::time::Duration::from_secs(2);
+        let pg = sqlx::query("select 1").execute(&self.pg);
+        let mut redis = self.redis.clone();
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<String>(&mut redis);
+        let (pg, redis) = tokio::join!(
+            tokio::time::timeout(timeout, pg),
+            tokio::time::timeout(timeout, ping)
+        );
+        Readiness {
+            postgres: matches!(pg, Ok(Ok(_))),
+            redis: matches!(redis, Ok(Ok(_))),
+        }
+    }
+
+    /// A user by id, for anyone who has the id (federation `_entities`): no phone check here, the
+    /// output type decides what a stranger sees.
+    pub async fn user_by_id(&self, id: Uuid) -> AppResult<Option<User>> {
+        self.users.find_by_id(id).await
+    }
+
+    /// Deletes ended sessions (the hourly purge). Returns how many.
+    pub async fn purge_expired_sessions(&self) -> AppResult<u64> {
+        self.sessions.purge_expired().await
+    }
+
     async fn sign_in(&self, user: User) -> AppResult<SignedIn> {
         // Boxed: the session insert's future is ~8.8 KB (sqlx), and unboxed it made every flow that
         // can sign in that large, copied whole on each move, even on paths that never sign in (a wrong
         // code: 16% of its instructions were memcpy, callgrind).
         let session = Box::pin(self.sessions.create(user.id)).await?;
+        self.signed_in(user, session)
+    }
+
+    fn signed_in(&self, user: User, session: NewSession) -> AppResult<SignedIn> {
         let access_token = self.tokens.issue(user.id, session.session_id)?;
         Ok(SignedIn {
             user,
@@ -163,13 +273,7 @@ impl AuthService {
     #[tracing::instrument(skip_all)]
     pub async fn refresh(&self, refresh_token: &str) -> AppResult<SignedIn> {
         let (user, session) = Box::pin(self.sessions.rotate(refresh_token)).await?;
-        let access_token = self.tokens.issue(user.id, session.session_id)?;
-        Ok(SignedIn {
-            user,
-            access_token,
-            expires_in_seconds: self.tokens.ttl_seconds(),
-            refresh_token: session.refresh_token,
-        })
+        self.signed_in(user, session)
     }
 
     /// The user behind a bearer token whose session is live; None otherwise.

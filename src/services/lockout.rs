@@ -1,5 +1,5 @@
 //! Password lockout in Redis: after `max_failures` consecutive wrong passwords for one E.164 phone,
-//! password sign-in for that phone is refused for `lock_seconds` (default 3 and 3600 s; the issue's
+//! password sign-in for that phone is refused for `lock_seconds` (default 3 and 3600 s; the product's
 //! policy, within NIST SP 800-63B 5.2.2's limit of 100 consecutive failures).
 //!
 //! Keys (phone hash tag, all with a TTL):

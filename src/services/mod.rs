@@ -2,10 +2,10 @@
 //! Dependencies point one way: graphql -> services -> domain.
 
 pub mod auth;
-pub mod hasher;
 pub mod lockout;
 pub mod otp;
 pub mod outbox;
+pub mod password;
 pub mod registration;
 pub mod sessions;
 pub mod sms;

@@ -25,7 +25,8 @@ use sha2::Sha256;
 
 use crate::domain::{OtpCode, PhoneNumber};
 use crate::error::{AppError, AppResult};
-use crate::services::{Keys, budget_script, retry_after_secs};
+use crate::services::outbox::{APPEND_LUA, Appender};
+use crate::services::{BUDGET_LUA, Keys, budget_script, retry_after_secs};
 
 #[derive(Clone, Debug)]
 pub struct OtpSettings {
@@ -39,7 +40,6 @@ pub struct OtpSettings {
     pub ip_max_code_requests: u32,
     pub ip_max_code_checks: u32,
     pub sms_max_per_hour: u32,
-    pub outbox_max_len: u64,
 }
 
 pub struct Issued {
@@ -133,7 +133,7 @@ if sent > 0 then
   end
 end
 if ARGV[9] == '1' then
-  if redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[12]) then
+  if outbox_full(KEYS[5], ARGV[12]) then
     return {5, 0}
   end
   -- A refused SMS is given back: only a sent one spends the service's budget.
@@ -148,8 +148,7 @@ redis.call('HSET', KEYS[1], 'h', ARGV[1], 'tries', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 sliding_add(KEYS[2], ARGV[10], window, now)
 if ARGV[9] == '1' then
-  redis.call('XADD', KEYS[5], '*', 'id', ARGV[10], 'to', ARGV[13], 'code', ARGV[14], 'created_ms', ARGV[11])
-  redis.call('EXPIRE', KEYS[5], ARGV[15])
+  outbox_append(KEYS[5], ARGV[15], ARGV[10], ARGV[13], ARGV[14], ARGV[11])
 end
 return {0, 0}
 ";
@@ -191,7 +190,7 @@ pub struct OtpService {
     keyed_mac: Hmac<Sha256>,
     settings: OtpSettings,
     test_numbers: TestNumbers,
-    outbox_key: String,
+    outbox: Appender,
     issue: Script,
     check: Script,
 }
@@ -203,16 +202,17 @@ impl OtpService {
         secret: SecretSlice<u8>,
         settings: OtpSettings,
         test_numbers: TestNumbers,
+        outbox: Appender,
     ) -> Self {
         OtpService {
-            outbox_key: crate::services::outbox::Outbox::stream_key(&keys),
+            outbox,
             redis,
             keys,
             keyed_mac: <Hmac<Sha256> as Mac>::new_from_slice(secret.expose_secret())
                 .expect("HMAC accepts keys of any length"),
             settings,
             test_numbers,
-            issue: budget_script(ISSUE_LUA),
+            issue: redis::Script::new(&format!("{BUDGET_LUA}{APPEND_LUA}{ISSUE_LUA}")),
             check: budget_script(CHECK_LUA),
         }
     }
@@ -226,7 +226,7 @@ impl OtpService {
         mac.update(phone.e164().as_bytes());
         mac.update(&[0]);
         mac.update(code.expose().as_bytes());
-        hex(&mac.finalize().into_bytes())
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// Draws and stores a new code for `phone`, unless the phone is cooling down or out of budget.
@@ -243,7 +243,7 @@ impl OtpService {
             .key(self.keys.phone(phone, "otp_sends"))
             .key(self.keys.other(&format!("ip:{client}:code_requests")))
             .key(self.keys.other("sms:hour"))
-            .key(&self.outbox_key)
+            .key(&self.outbox.stream_key)
             .arg(self.mac(phone, &code))
             .arg(s.ttl_seconds)
             .arg(s.resend_cooldown_seconds)
@@ -260,10 +260,10 @@ impl OtpService {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
             )
-            .arg(s.outbox_max_len)
+            .arg(self.outbox.max_len)
             .arg(phone.e164())
             .arg(code.expose())
-            .arg(crate::services::outbox::outbox_ttl_seconds(s.ttl_seconds))
+            .arg(self.outbox.ttl_seconds)
             .invoke_async(&mut self.redis.clone())
             .await?;
         match status {
@@ -312,24 +312,5 @@ impl OtpService {
                 "otp check script returned {other}"
             ))),
         }
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_is_lowercase_two_digits_per_byte() {
-        assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xff, 0x10]), "000fa5ff10");
-        assert_eq!(super::hex(&[]), "");
     }
 }

@@ -6,17 +6,13 @@
 //! `MAX_PRESENTATIONS` times (each costs a password hash before it is used up), so one verified phone
 //! cannot drive the hash pool without bound.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::TryRng;
 use redis::Script;
 use redis::aio::ConnectionManager;
-use sha2::{Digest, Sha256};
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
+use crate::random::OpaqueToken;
 use crate::services::Keys;
-use crate::services::otp::hex;
 
 /// A register call that fails after the hash (a race lost, the store down) may be retried; a few
 /// presentations cover that, and bound the argon2 work one token can cause.
@@ -76,25 +72,14 @@ impl RegistrationTokens {
     }
 
     fn key(&self, token: &str) -> Option<String> {
-        // Our tokens are 43 characters: anything far off is refused without a lookup.
-        if token.is_empty() || token.len() > 64 {
-            return None;
-        }
-        Some(
-            self.keys
-                .other(&format!("reg:{}", hex(&Sha256::digest(token.as_bytes())))),
-        )
+        // Anything far off our tokens' length is refused without a lookup.
+        let digest = OpaqueToken::digest_if_plausible(token)?;
+        Some(self.keys.other(&format!("reg:{}", hex::encode(digest))))
     }
 
     pub async fn create(&self, phone: &PhoneNumber) -> AppResult<String> {
-        let mut bytes = [0u8; 32];
-        rand::rngs::SysRng
-            .try_fill_bytes(&mut bytes)
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("os rng: {e}")))?;
-        let token = URL_SAFE_NO_PAD.encode(bytes);
-        let key = self
-            .key(&token)
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("token length")))?;
+        let OpaqueToken { token, digest } = OpaqueToken::generate().map_err(AppError::Internal)?;
+        let key = self.keys.other(&format!("reg:{}", hex::encode(digest)));
         let _: i64 = self
             .create
             .key(key)

@@ -5,18 +5,13 @@
 //! session (RFC 9700 section 4.14.2). A session lives at most `ttl` from its creation, however often it
 //! is refreshed.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::TryRng;
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
+use crate::random::OpaqueToken;
 use crate::services::users::User;
-
-const REFRESH_TOKEN_BYTES: usize = 32;
 
 pub struct NewSession {
     pub session_id: Uuid,
@@ -29,13 +24,8 @@ pub struct SessionStore {
 }
 
 fn new_refresh_token() -> AppResult<(String, Vec<u8>)> {
-    let mut bytes = [0u8; REFRESH_TOKEN_BYTES];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("os rng: {e}")))?;
-    let token = URL_SAFE_NO_PAD.encode(bytes);
-    let hash = Sha256::digest(token.as_bytes()).to_vec();
-    Ok((token, hash))
+    let t = OpaqueToken::generate().map_err(AppError::Internal)?;
+    Ok((t.token, t.digest.to_vec()))
 }
 
 impl SessionStore {
@@ -69,11 +59,10 @@ impl SessionStore {
 
     /// Exchanges a refresh token for a new one on the same session. Returns the session's user.
     pub async fn rotate(&self, refresh_token: &str) -> AppResult<(User, NewSession)> {
-        // Our tokens are 43 characters; anything far off is not one, and is not hashed or looked up.
-        if refresh_token.len() > 64 {
-            return Err(AppError::InvalidToken);
-        }
-        let hash = Sha256::digest(refresh_token.as_bytes()).to_vec();
+        // Anything far off our tokens' length is not one, and is not looked up.
+        let hash = OpaqueToken::digest_if_plausible(refresh_token)
+            .ok_or(AppError::InvalidToken)?
+            .to_vec();
         let mut tx = self.pool.begin().await?;
         // Marking it used is the atomic step: of two racing uses only one updates the row.
         let used: Option<(Uuid,)> = sqlx::query_as(

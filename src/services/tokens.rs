@@ -13,12 +13,12 @@ use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::TryRng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
+use crate::random::random_bytes;
 
 /// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410 section 7); the 32-byte seed follows.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
@@ -96,17 +96,9 @@ impl SigningKey {
 
     /// A fresh random key (development only: tokens do not survive a restart).
     pub fn generate() -> anyhow::Result<SigningKey> {
-        let mut seed = [0u8; 32];
-        rand::rngs::SysRng
-            .try_fill_bytes(&mut seed)
-            .map_err(|e| anyhow::anyhow!("os rng: {e}"))?;
-        let mut id = [0u8; 4];
-        rand::rngs::SysRng
-            .try_fill_bytes(&mut id)
-            .map_err(|e| anyhow::anyhow!("os rng: {e}"))?;
         Ok(SigningKey {
-            kid: format!("dev-{}", crate::services::otp::hex(&id)),
-            seed,
+            kid: format!("dev-{}", hex::encode(random_bytes::<4>()?)),
+            seed: random_bytes::<32>()?,
         })
     }
 
@@ -174,6 +166,10 @@ impl TokenService {
     }
 
     /// The public keys, as served at /.well-known/jwks.json.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     pub fn jwks(&self) -> &JwkSet {
         &self.jwks
     }

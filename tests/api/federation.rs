@@ -76,7 +76,7 @@ async fn jwks_publishes_every_configured_key() {
         .unwrap()
         .to_config();
     let spec = format!("{new},{old}");
-    let app = TestApp::spawn_with(|c| c.jwt_signing_keys = Some(spec.into())).await;
+    let app = TestApp::spawn_with(|c| c.tokens.jwt_signing_keys = Some(spec.into())).await;
     let jwks: Value = app.get_json("/.well-known/jwks.json").await;
     let kids: Vec<&str> = jwks["keys"]
         .as_array()

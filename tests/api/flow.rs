@@ -69,7 +69,7 @@ async fn sign_up_sign_out_sign_in_through_http() {
 /// A registered phone that verifies a code is signed in (sign-in by code).
 #[tokio::test]
 async fn verify_user_signs_in_a_registered_phone() {
-    let app = TestApp::spawn_with(|c| c.otp_resend_cooldown_seconds = 0).await;
+    let app = TestApp::spawn_with(|c| c.otp.otp_resend_cooldown_seconds = 0).await;
     app.sign_up(PHONE, PASSWORD).await;
     app.generate_code(PHONE).await;
     let v = app.verify(PHONE, &app.last_code(PHONE)).await;
@@ -83,7 +83,7 @@ async fn verify_user_signs_in_a_registered_phone() {
 /// generateCode must not tell strangers which phones have accounts.
 #[tokio::test]
 async fn generate_code_answers_the_same_for_registered_and_new_phones() {
-    let app = TestApp::spawn_with(|c| c.otp_resend_cooldown_seconds = 0).await;
+    let app = TestApp::spawn_with(|c| c.otp.otp_resend_cooldown_seconds = 0).await;
     app.sign_up(PHONE, PASSWORD).await;
     let other = "+16502530001";
     let strip = |mut v: serde_json::Value| {
@@ -105,7 +105,7 @@ async fn phone_forms_and_default_region() {
     assert_code(&r, "BAD_USER_INPUT");
     assert_eq!(r["errors"][0]["extensions"]["field"], "phone");
 
-    let app = TestApp::spawn_with(|c| c.default_region = Some("US".into())).await;
+    let app = TestApp::spawn_with(|c| c.otp.default_region = Some("US".into())).await;
     let r = app.generate_code("(650) 253-0000").await;
     assert_eq!(r["data"]["generateCode"]["phone"], PHONE);
     // Another form of the same number hits the same cooldown.

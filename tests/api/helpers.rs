@@ -43,21 +43,21 @@ pub struct TestApp {
 pub fn test_config() -> Config {
     let mut c = Config::defaults();
     c.app_env = AppEnv::Test;
-    c.hash_queue_timeout_ms = 60_000;
+    c.hashing.hash_queue_timeout_ms = 60_000;
     // Tests run in parallel on two shared cores: the fail-fast timeouts of production would turn a
     // busy moment into SERVICE_UNAVAILABLE. The tests of those timeouts set their own.
-    c.database_acquire_timeout_ms = 30_000;
-    c.redis_timeout_ms = 30_000;
-    c.default_region = None;
-    c.otp_hmac_secret = Some(SecretString::from("test-secret-test-secret-test-secret!"));
-    c.jwt_signing_keys = None;
-    c.redis_url = SecretString::from(redis_url());
+    c.stores.database_acquire_timeout_ms = 30_000;
+    c.stores.redis_timeout_ms = 30_000;
+    c.otp.default_region = None;
+    c.otp.otp_hmac_secret = Some(SecretString::from("test-secret-test-secret-test-secret!"));
+    c.tokens.jwt_signing_keys = None;
+    c.stores.redis_url = SecretString::from(redis_url());
     // All tests come from 127.0.0.1: per-IP and service-wide budgets are raised here and tested on
     // their own (hostile.rs).
-    c.ip_max_code_requests = 100_000;
-    c.ip_max_code_checks = 100_000;
-    c.ip_max_password_attempts = 100_000;
-    c.sms_max_per_hour = 100_000;
+    c.ip.ip_max_code_requests = 100_000;
+    c.ip.ip_max_code_checks = 100_000;
+    c.ip.ip_max_password_attempts = 100_000;
+    c.sms.sms_max_per_hour = 100_000;
     c
 }
 
@@ -76,9 +76,9 @@ impl TestApp {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("phone_auth_test_{id}");
         let mut config = test_config();
-        config.database_url = SecretString::from(format!("{}/{db_name}", server_url()));
-        config.redis_key_prefix = format!("test:{id}:");
-        config.database_max_connections = 20;
+        config.stores.database_url = SecretString::from(format!("{}/{db_name}", server_url()));
+        config.stores.redis_key_prefix = format!("test:{id}:");
+        config.stores.database_max_connections = 20;
         configure(&mut config);
         let sms = Arc::new(TestSender::default());
         let App {
@@ -97,9 +97,9 @@ impl TestApp {
         .expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let header_timeout = std::time::Duration::from_secs(config.header_read_timeout_seconds);
+        let header_timeout = std::time::Duration::from_secs(config.http.header_read_timeout_seconds);
         tokio::spawn(async move {
-            phone_auth::server::serve(listener, router, header_timeout, std::future::pending())
+            phone_auth::http::server::serve(listener, router, header_timeout, std::future::pending())
                 .await
                 .expect("serve");
         });
@@ -113,7 +113,7 @@ impl TestApp {
             documents,
             redis,
             pg,
-            prefix: config.redis_key_prefix.clone(),
+            prefix: config.stores.redis_key_prefix.clone(),
             db_name,
         }
     }

@@ -577,7 +577,7 @@ async fn hostile_requests_get_their_expected_answers() {
     let mut failures = Vec::new();
     for case in &cases {
         let before = app.resolvers.get();
-        let hashes = app.auth.hasher.hashes_computed();
+        let hashes = app.auth.hasher().hashes_computed();
         let (status, body) = send(&app, case).await;
         let got = body["errors"][0]["extensions"]["code"].as_str();
         let code_ok = match case.code {
@@ -598,7 +598,7 @@ async fn hostile_requests_get_their_expected_answers() {
                 app.resolvers.get() - before
             ));
         }
-        if app.auth.hasher.hashes_computed() != hashes {
+        if app.auth.hasher().hashes_computed() != hashes {
             failures.push(format!("{}: computed a password hash", case.name));
         }
     }
@@ -636,7 +636,7 @@ async fn hostile_requests_get_their_expected_answers() {
 /// 100-deep query and a batch of 10 each run zero resolvers and change no counter.
 #[tokio::test]
 async fn thousand_aliases_deep_queries_and_batches_run_no_resolver() {
-    let app = TestApp::spawn_with(|c| c.max_body_bytes = 1 << 20).await;
+    let app = TestApp::spawn_with(|c| c.http.max_body_bytes = 1 << 20).await;
     let aliases: String = (0..1000)
         .map(|i| format!("a{i}: verifyUser(phone: \"+16502530000\", code: \"{i:06}\") {{ phone }} "))
         .collect();
@@ -678,7 +678,7 @@ async fn thousand_aliases_deep_queries_and_batches_run_no_resolver() {
         .unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(app.resolvers.get(), 0, "no resolver ran");
-    assert_eq!(app.auth.hasher.hashes_computed(), 0);
+    assert_eq!(app.auth.hasher().hashes_computed(), 0);
     assert_eq!(app.sms.count("+16502530000"), 0);
     assert!(app.keys_with_ttl().await.is_empty(), "no counter changed");
 }
@@ -687,9 +687,9 @@ async fn thousand_aliases_deep_queries_and_batches_run_no_resolver() {
 #[tokio::test]
 async fn per_ip_budgets_and_forwarded_for() {
     let app = TestApp::spawn_with(|c| {
-        c.ip_max_code_requests = 3;
-        c.ip_max_code_checks = 3;
-        c.ip_max_password_attempts = 3;
+        c.ip.ip_max_code_requests = 3;
+        c.ip.ip_max_code_checks = 3;
+        c.ip.ip_max_password_attempts = 3;
     })
     .await;
     for i in 0..3 {
@@ -721,8 +721,8 @@ async fn per_ip_budgets_and_forwarded_for() {
 
     // Behind a trusted proxy, each forwarded client has its own budget.
     let proxied = TestApp::spawn_with(|c| {
-        c.ip_max_code_requests = 1;
-        c.trusted_proxies = "127.0.0.1/32".into();
+        c.ip.ip_max_code_requests = 1;
+        c.http.trusted_proxies = "127.0.0.1/32".into();
     })
     .await;
     for (i, client) in ["198.51.100.1", "198.51.100.2", "2001:db8::1"].iter().enumerate() {
@@ -750,8 +750,8 @@ async fn generate_forwarded(app: &TestApp, forwarded_for: &str, phone: &str) -> 
 #[tokio::test]
 async fn sms_budget_and_country_allow_list() {
     let app = TestApp::spawn_with(|c| {
-        c.sms_max_per_hour = 2;
-        c.sms_allowed_regions = "US,GB".into();
+        c.sms.sms_max_per_hour = 2;
+        c.sms.sms_allowed_regions = "US,GB".into();
     })
     .await;
     assert!(app.generate_code("+16502530401").await["errors"].is_null());
@@ -780,8 +780,8 @@ async fn sms_budget_and_country_allow_list() {
 #[tokio::test]
 async fn slow_clients_are_cut_off() {
     let app = TestApp::spawn_with(|c| {
-        c.header_read_timeout_seconds = 1;
-        c.request_timeout_seconds = 1;
+        c.http.header_read_timeout_seconds = 1;
+        c.http.request_timeout_seconds = 1;
     })
     .await;
     let mut slow_head = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -817,7 +817,7 @@ async fn slow_clients_are_cut_off() {
 async fn production_hides_the_schema() {
     let app = TestApp::spawn_with(|c| {
         c.app_env = phone_auth::config::AppEnv::Production;
-        c.jwt_signing_keys = Some(
+        c.tokens.jwt_signing_keys = Some(
             phone_auth::services::tokens::SigningKey::generate()
                 .unwrap()
                 .to_config()

@@ -19,11 +19,15 @@ async fn three_wrong_passwords_lock_for_an_hour() {
     assert_code(&app.login(PHONE, "wrong-password-2").await, "INVALID_CREDENTIALS");
     let third = app.login(PHONE, "wrong-password-3").await;
     assert_code(&third, "ACCOUNT_LOCKED");
-    let hashes = app.auth.hasher.hashes_computed();
+    let hashes = app.auth.hasher().hashes_computed();
     let locked = app.login(PHONE, PASSWORD).await;
     assert_code(&locked, "ACCOUNT_LOCKED");
     assert!((3590..=3600).contains(&retry_after(&locked)), "{locked}");
-    assert_eq!(app.auth.hasher.hashes_computed(), hashes, "no hash while locked");
+    assert_eq!(
+        app.auth.hasher().hashes_computed(),
+        hashes,
+        "no hash while locked"
+    );
     for (key, ttl) in app.keys_with_ttl().await {
         assert!(ttl > 0, "{key} without TTL");
     }
@@ -50,13 +54,13 @@ async fn unknown_phone_and_wrong_password_look_the_same() {
     let app = TestApp::spawn().await;
     app.sign_up(PHONE, PASSWORD).await;
     let unknown = "+16502530001";
-    let before = app.auth.hasher.hashes_computed();
+    let before = app.auth.hasher().hashes_computed();
     let a = app.login(PHONE, "wrong-password").await;
     let b = app.login(unknown, "wrong-password").await;
     assert_eq!(a, b);
     assert_code(&a, "INVALID_CREDENTIALS");
     assert_eq!(
-        app.auth.hasher.hashes_computed() - before,
+        app.auth.hasher().hashes_computed() - before,
         2,
         "the unknown phone cost a hash too"
     );
@@ -70,7 +74,7 @@ async fn unknown_phone_and_wrong_password_look_the_same() {
 async fn burst_of_wrong_passwords_cannot_slip_past_the_lock() {
     let app = Arc::new(TestApp::spawn().await);
     app.sign_up(PHONE, PASSWORD).await;
-    let before = app.auth.hasher.hashes_computed();
+    let before = app.auth.hasher().hashes_computed();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..30 {
         let app = app.clone();
@@ -78,9 +82,9 @@ async fn burst_of_wrong_passwords_cannot_slip_past_the_lock() {
     }
     let results = set.join_all().await;
     assert!(
-        app.auth.hasher.hashes_computed() - before <= 3,
+        app.auth.hasher().hashes_computed() - before <= 3,
         "{} hashes",
-        app.auth.hasher.hashes_computed() - before
+        app.auth.hasher().hashes_computed() - before
     );
     // Refused attempts are ACCOUNT_LOCKED, or RATE_LIMITED while the last allowed ones are in flight.
     assert!(
@@ -96,7 +100,7 @@ async fn burst_of_wrong_passwords_cannot_slip_past_the_lock() {
 /// A sign-in by code lifts the password lock.
 #[tokio::test]
 async fn code_sign_in_lifts_the_lock() {
-    let app = TestApp::spawn_with(|c| c.otp_resend_cooldown_seconds = 0).await;
+    let app = TestApp::spawn_with(|c| c.otp.otp_resend_cooldown_seconds = 0).await;
     app.sign_up(PHONE, PASSWORD).await;
     for _ in 0..3 {
         app.login(PHONE, "wrong-password").await;
@@ -111,7 +115,7 @@ async fn code_sign_in_lifts_the_lock() {
 /// The lock ends by itself after its duration.
 #[tokio::test]
 async fn lock_expires() {
-    let app = TestApp::spawn_with(|c| c.lockout_seconds = 2).await;
+    let app = TestApp::spawn_with(|c| c.lockout.lockout_seconds = 2).await;
     app.sign_up(PHONE, PASSWORD).await;
     for _ in 0..3 {
         app.login(PHONE, "wrong-password").await;
@@ -127,9 +131,9 @@ async fn lock_expires() {
 async fn full_hash_queue_is_service_unavailable_and_not_a_failure() {
     let app = Arc::new(
         TestApp::spawn_with(|c| {
-            c.hash_concurrency = Some(1);
-            c.hash_queue_timeout_ms = 1;
-            c.lockout_max_failures = 100;
+            c.hashing.hash_concurrency = Some(1);
+            c.hashing.hash_queue_timeout_ms = 1;
+            c.lockout.lockout_max_failures = 100;
         })
         .await,
     );

@@ -41,8 +41,8 @@ async fn code_is_stored_hashed_with_ttls() {
 #[tokio::test]
 async fn invalid_code_is_one_answer_for_four_cases() {
     let app = TestApp::spawn_with(|c| {
-        c.otp_ttl_seconds = 1;
-        c.otp_resend_cooldown_seconds = 0;
+        c.otp.otp_ttl_seconds = 1;
+        c.otp.otp_resend_cooldown_seconds = 0;
     })
     .await;
     let none = app.verify(PHONE, "123456").await;
@@ -95,7 +95,7 @@ async fn resend_cooldown_and_hourly_budget() {
     assert!((55..=60).contains(&retry), "{retry}");
     assert_eq!(app.sms.count(PHONE), 1, "a refused request sends nothing");
 
-    let app = TestApp::spawn_with(|c| c.otp_resend_cooldown_seconds = 0).await;
+    let app = TestApp::spawn_with(|c| c.otp.otp_resend_cooldown_seconds = 0).await;
     for _ in 0..5 {
         assert!(app.generate_code(PHONE).await["errors"].is_null());
     }
@@ -113,7 +113,7 @@ async fn resend_cooldown_and_hourly_budget() {
 /// from is refused at start-up.
 #[tokio::test]
 async fn the_cooldown_ends_on_time_and_fits_its_window() {
-    let app = TestApp::spawn_with(|c| c.otp_resend_cooldown_seconds = 1).await;
+    let app = TestApp::spawn_with(|c| c.otp.otp_resend_cooldown_seconds = 1).await;
     assert!(app.generate_code(PHONE).await["errors"].is_null());
     let again = app.generate_code(PHONE).await;
     assert_code(&again, "RATE_LIMITED");
@@ -134,8 +134,8 @@ async fn the_cooldown_ends_on_time_and_fits_its_window() {
     assert_eq!(per_phone, ["otp", "otp_sends"]);
 
     let mut config = crate::helpers::test_config();
-    config.otp_window_seconds = 3600;
-    config.otp_resend_cooldown_seconds = 3601;
+    config.otp.otp_window_seconds = 3600;
+    config.otp.otp_resend_cooldown_seconds = 3601;
     let sender = std::sync::Arc::new(phone_auth::services::sms::TestSender::default());
     let Err(refused) = phone_auth::app::build(&config, Some(sender)).await else {
         panic!("started with a cooldown longer than its window");
@@ -150,8 +150,8 @@ async fn the_cooldown_ends_on_time_and_fits_its_window() {
 #[tokio::test]
 async fn failures_count_across_codes() {
     let app = TestApp::spawn_with(|c| {
-        c.otp_resend_cooldown_seconds = 0;
-        c.otp_max_sends_per_window = 100;
+        c.otp.otp_resend_cooldown_seconds = 0;
+        c.otp.otp_max_sends_per_window = 100;
     })
     .await;
     let mut failures = 0;
@@ -211,8 +211,8 @@ fn code_of(v: &serde_json::Value) -> &str {
 #[tokio::test]
 async fn codes_are_fresh_six_digits() {
     let app = TestApp::spawn_with(|c| {
-        c.otp_resend_cooldown_seconds = 0;
-        c.otp_max_sends_per_window = 100;
+        c.otp.otp_resend_cooldown_seconds = 0;
+        c.otp.otp_max_sends_per_window = 100;
     })
     .await;
     let mut seen = HashSet::new();
@@ -231,8 +231,8 @@ async fn codes_are_fresh_six_digits() {
 #[tokio::test]
 async fn test_numbers_have_a_fixed_code_and_send_nothing() {
     let app = TestApp::spawn_with(|c| {
-        c.sms_test_numbers = "+16502530999:424242, +1650254*:135790".into();
-        c.sms_max_per_hour = 1;
+        c.sms.sms_test_numbers = "+16502530999:424242, +1650254*:135790".into();
+        c.sms.sms_max_per_hour = 1;
     })
     .await;
     for (phone, code) in [
@@ -251,13 +251,13 @@ async fn test_numbers_have_a_fixed_code_and_send_nothing() {
 
     let mut config = crate::helpers::test_config();
     config.app_env = phone_auth::config::AppEnv::Production;
-    config.jwt_signing_keys = Some(
+    config.tokens.jwt_signing_keys = Some(
         phone_auth::services::tokens::SigningKey::generate()
             .unwrap()
             .to_config()
             .into(),
     );
-    config.sms_test_numbers = "+16502530999:424242".into();
+    config.sms.sms_test_numbers = "+16502530999:424242".into();
     let sender = std::sync::Arc::new(phone_auth::services::sms::TestSender::default());
     let Err(refused) = phone_auth::app::build(&config, Some(sender)).await else {
         panic!("production started with test numbers");
@@ -270,10 +270,10 @@ async fn test_numbers_have_a_fixed_code_and_send_nothing() {
 #[tokio::test]
 async fn failure_budget_is_a_sliding_window() {
     let app = TestApp::spawn_with(|c| {
-        c.otp_window_seconds = 2;
-        c.otp_max_failures_per_window = 3;
-        c.otp_max_sends_per_window = 100;
-        c.otp_resend_cooldown_seconds = 0;
+        c.otp.otp_window_seconds = 2;
+        c.otp.otp_max_failures_per_window = 3;
+        c.otp.otp_max_sends_per_window = 100;
+        c.otp.otp_resend_cooldown_seconds = 0;
     })
     .await;
     let wrong = |code: &str| format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);

@@ -15,15 +15,15 @@ const SECRET_B64: &str = "c2VjcmV0LWtleS1mb3Itc21zLXdlYmhvb2stdGVzdHM=";
 
 fn webhook(stub: &Stub) -> impl FnOnce(&mut phone_auth::config::Config) + '_ {
     move |c| {
-        c.sms_provider = phone_auth::config::SmsProvider::Webhook;
-        c.sms_webhook_url = Some(stub.url("/sms"));
-        c.sms_webhook_secret = Some(SecretString::from(format!("whsec_{SECRET_B64}")));
-        c.sms_backoff_base_ms = 10;
-        c.sms_backoff_max_ms = 40;
-        c.sms_http_timeout_ms = 2000;
-        c.sms_claim_idle_ms = 3000;
-        c.sms_webotp_domain = Some("app.example.com".into());
-        c.sms_app_name = "Acme".into();
+        c.sms.sms_provider = phone_auth::config::SmsProvider::Webhook;
+        c.sms.sms_webhook_url = Some(stub.url("/sms"));
+        c.sms.sms_webhook_secret = Some(SecretString::from(format!("whsec_{SECRET_B64}")));
+        c.sms.sms_backoff_base_ms = 10;
+        c.sms.sms_backoff_max_ms = 40;
+        c.sms.sms_http_timeout_ms = 2000;
+        c.sms.sms_claim_idle_ms = 3000;
+        c.sms.sms_webotp_domain = Some("app.example.com".into());
+        c.sms.sms_app_name = "Acme".into();
     }
 }
 
@@ -117,7 +117,7 @@ async fn a_worker_delivers_its_jobs_concurrently() {
     let app = TestApp::spawn_with_provider(
         |c| {
             configure(c);
-            c.sms_workers = 1;
+            c.sms.sms_workers = 1;
         },
         false,
     )
@@ -234,7 +234,7 @@ async fn out_of_retries_is_dead_lettered() {
     let app = TestApp::spawn_with_provider(
         |c| {
             webhook(&stub)(c);
-            c.sms_max_attempts = 3;
+            c.sms.sms_max_attempts = 3;
         },
         false,
     )
@@ -253,10 +253,10 @@ async fn a_killed_workers_job_is_delivered_by_another() {
     let app = TestApp::spawn_with_provider(
         |c| {
             webhook(&stub)(c);
-            c.sms_workers = 0;
-            c.sms_http_timeout_ms = 5000;
-            c.sms_backoff_max_ms = 10;
-            c.sms_claim_idle_ms = 5100;
+            c.sms.sms_workers = 0;
+            c.sms.sms_http_timeout_ms = 5000;
+            c.sms.sms_backoff_max_ms = 10;
+            c.sms.sms_claim_idle_ms = 5100;
         },
         false,
     )
@@ -293,11 +293,11 @@ async fn twilio_request_shape() {
     let stub = Stub::start([Reply::Status(201)]).await;
     let app = TestApp::spawn_with_provider(
         |c| {
-            c.sms_provider = phone_auth::config::SmsProvider::Twilio;
-            c.twilio_base_url = stub.url("");
-            c.twilio_account_sid = Some("AC123".into());
-            c.twilio_auth_token = Some(SecretString::from("tok"));
-            c.twilio_from = Some("+15005550006".into());
+            c.sms.sms_provider = phone_auth::config::SmsProvider::Twilio;
+            c.sms.twilio_base_url = stub.url("");
+            c.sms.twilio_account_sid = Some("AC123".into());
+            c.sms.twilio_auth_token = Some(SecretString::from("tok"));
+            c.sms.twilio_from = Some("+15005550006".into());
         },
         false,
     )
@@ -342,8 +342,8 @@ fn url_decode(body: &str) -> std::collections::HashMap<String, String> {
 #[tokio::test]
 async fn the_outbox_stays_bounded_under_a_burst() {
     let app = TestApp::spawn_with(|c| {
-        c.sms_workers = 0;
-        c.sms_outbox_max_len = 5;
+        c.sms.sms_workers = 0;
+        c.sms.sms_outbox_max_len = 5;
     })
     .await;
     let mut refused = 0;
@@ -373,8 +373,8 @@ async fn a_job_older_than_its_code_is_dropped() {
     let app = TestApp::spawn_with_provider(
         |c| {
             webhook(&stub)(c);
-            c.sms_workers = 0;
-            c.otp_ttl_seconds = 1;
+            c.sms.sms_workers = 0;
+            c.otp.otp_ttl_seconds = 1;
         },
         false,
     )

@@ -251,11 +251,11 @@ async fn generate_code_and_wrong_verify_are_one_redis_round_trip_each() {
     let redis_server = RedisServer::start();
     let url = redis_server.url.clone();
     let app = TestApp::spawn_with(|c| {
-        c.redis_url = SecretString::from(url.clone());
-        c.otp_resend_cooldown_seconds = 0;
+        c.stores.redis_url = SecretString::from(url.clone());
+        c.otp.otp_resend_cooldown_seconds = 0;
         // Delivery workers use Redis on their own schedule: none here, so that only the request's own
         // commands are counted. Codes are read from the outbox stream instead.
-        c.sms_workers = 0;
+        c.sms.sms_workers = 0;
     })
     .await;
     let mut stats = redis::Client::open(redis_server.url.as_str())

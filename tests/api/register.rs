@@ -45,7 +45,7 @@ async fn password_policy() {
         assert_eq!(r["errors"][0]["extensions"]["reason"], reason, "{pw}");
     }
     assert_eq!(
-        app.auth.hasher.hashes_computed(),
+        app.auth.hasher().hashes_computed(),
         0,
         "policy refusals compute no hash"
     );
@@ -86,9 +86,9 @@ async fn fifty_racing_registrations_with_one_token() {
     }
     exactly_one_success(&set.join_all().await, "INVALID_TOKEN");
     assert!(
-        app.auth.hasher.hashes_computed() <= 3,
+        app.auth.hasher().hashes_computed() <= 3,
         "{} hashes",
-        app.auth.hasher.hashes_computed()
+        app.auth.hasher().hashes_computed()
     );
     let n: i64 = sqlx::query_scalar("select count(*) from users")
         .fetch_one(&app.pg)
@@ -102,8 +102,8 @@ async fn fifty_racing_registrations_with_one_token() {
 async fn fifty_racing_registrations_of_one_phone() {
     let app = Arc::new(
         TestApp::spawn_with(|c| {
-            c.otp_resend_cooldown_seconds = 0;
-            c.otp_max_sends_per_window = 100;
+            c.otp.otp_resend_cooldown_seconds = 0;
+            c.otp.otp_max_sends_per_window = 100;
         })
         .await,
     );

@@ -153,7 +153,7 @@ async fn racing_refreshes() {
 /// The session's lifetime is absolute: refreshing does not extend it.
 #[tokio::test]
 async fn session_lifetime_is_absolute() {
-    let app = TestApp::spawn_with(|c| c.session_ttl_seconds = 2).await;
+    let app = TestApp::spawn_with(|c| c.tokens.session_ttl_seconds = 2).await;
     let r = app.sign_up(PHONE, PASSWORD).await;
     let t = r["refreshToken"].as_str().unwrap().to_owned();
     let n = app.gql(REFRESH, json!({ "t": t })).await;
@@ -236,7 +236,7 @@ async fn ended_sessions_are_purged() {
     app.gql_with(Some(&a), "mutation { logout { revokedSessions } }", json!({}))
         .await;
     assert_eq!(
-        app.auth.sessions.purge_expired().await.unwrap(),
+        app.auth.purge_expired_sessions().await.unwrap(),
         0,
         "ended less than a day ago"
     );
@@ -244,7 +244,7 @@ async fn ended_sessions_are_purged() {
         .execute(&app.pg)
         .await
         .unwrap();
-    assert_eq!(app.auth.sessions.purge_expired().await.unwrap(), 1);
+    assert_eq!(app.auth.purge_expired_sessions().await.unwrap(), 1);
     let left: i64 = sqlx::query_scalar("select count(*) from sessions")
         .fetch_one(&app.pg)
         .await

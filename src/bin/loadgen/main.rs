@@ -778,7 +778,7 @@ async fn ttl_check(bench: &mut Bench, prefix: &str) -> anyhow::Result<()> {
 fn argon2_rates(bench: &mut Bench) -> anyhow::Result<()> {
     // The server's own hashing code (one reused memory block per thread), so the bound is what the
     // server could reach if hashing were all it did.
-    use phone_auth::services::hasher::{HashMemory, hash_with, verify_with};
+    use phone_auth::services::password::{HashMemory, hash_with, verify_with};
     println!("baseline argon2: measuring one core's argon2id verifications/s (m=19456 t=2 p=1)");
     let phc = hash_with(&mut HashMemory::new(), b"loadgen argon2 probe password")?;
     let measure = |secs: f64| -> anyhow::Result<f64> {
@@ -875,7 +875,6 @@ fn bench_otp_settings() -> phone_auth::services::otp::OtpSettings {
         ip_max_code_requests: 1_000_000_000,
         ip_max_code_checks: 1_000_000_000,
         sms_max_per_hour: 1_000_000_000,
-        outbox_max_len: 10_000_000,
     }
 }
 
@@ -926,6 +925,13 @@ fn baseline_server(listen: SocketAddr, redis_url: &str, prefix: &str) -> anyhow:
             secrecy::SecretSlice::from(secret),
             bench_otp_settings(),
             phone_auth::services::otp::TestNumbers::default(),
+            phone_auth::services::outbox::Appender {
+                stream_key: phone_auth::services::outbox::Outbox::stream_key(
+                    &phone_auth::services::Keys::new(prefix),
+                ),
+                max_len: 10_000_000,
+                ttl_seconds: phone_auth::services::outbox::outbox_ttl_seconds(300),
+            },
         );
         let state = BaselineState {
             redis,

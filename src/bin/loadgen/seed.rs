@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version};
-use phone_auth::services::hasher::{M_COST_KIB, P_COST, T_COST};
+use phone_auth::services::password::{M_COST_KIB, P_COST, T_COST};
 use sqlx::ConnectOptions as _;
 use sqlx::postgres::PgConnectOptions;
 

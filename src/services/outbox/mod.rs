@@ -22,11 +22,13 @@
 //! claimed by another worker once idle for `claim_idle` (XAUTOCLAIM). The job id (a UUID) is the
 //! idempotency key providers can dedupe on. A job older than the code's lifetime is dropped, not sent.
 //!
-//! Blocking reads (XREADGROUP BLOCK) must not share the service's multiplexed connection, so workers
-//! take theirs from a bb8 pool, checked with PING on checkout so that a Redis restart heals. The pool's
-//! manager is ours, not bb8-redis's: bb8-redis opens connections with redis-rs's default 500 ms
-//! response timeout, shorter than a blocking read, and a read the client gives up on while Redis still
-//! hands it an entry strands that entry as pending until it is reclaimed (found by the tests here).
+//! Connections: every command but the blocking read goes over one shared `ConnectionManager`
+//! (multiplexed, reconnects by itself). A blocking read (XREADGROUP BLOCK) must never hold up a shared
+//! connection, so each worker owns one connection for its reads alone, opened with a response timeout
+//! longer than the BLOCK (redis-rs's default of 500 ms is shorter: a read the client gives up on while
+//! Redis still hands it an entry strands that entry as pending until it is reclaimed, found by the
+//! tests here), and reopened after any error so that a Redis restart heals. (A bb8 pool of workers + 1
+//! connections served every command before: a worker's 16 concurrent deliveries could wait on it.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,40 +38,19 @@ use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use rand::RngExt;
 use redis::Script;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 
 use crate::services::Keys;
 use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
 
+mod job;
+
+pub(crate) use job::APPEND_LUA;
+pub use job::Appender;
+use job::Job;
+
 pub const GROUP: &str = "sms-workers";
-
-/// bb8 connections for blocking reads: a response timeout longer than any BLOCK we issue.
-pub struct BlockingConnections {
-    client: redis::Client,
-    response_timeout: Duration,
-}
-
-impl bb8::ManageConnection for BlockingConnections {
-    type Connection = redis::aio::MultiplexedConnection;
-    type Error = redis::RedisError;
-
-    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(self.response_timeout));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-    }
-
-    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
-        redis::cmd("PING").query_async::<()>(conn).await
-    }
-
-    fn has_broken(&self, _: &mut Self::Connection) -> bool {
-        false
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct OutboxSettings {
@@ -144,7 +125,8 @@ pub fn outbox_ttl_seconds(code_ttl_seconds: u64) -> u64 {
 }
 
 pub struct Outbox {
-    pool: bb8::Pool<BlockingConnections>,
+    client: redis::Client,
+    redis: ConnectionManager,
     stream: String,
     dead: String,
     settings: OutboxSettings,
@@ -154,23 +136,11 @@ pub struct Outbox {
     pub stats: OutboxStats,
 }
 
-struct Job {
-    stream_id: String,
-    message_id: String,
-    to: String,
-    code: String,
-    created_ms: u64,
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn field(entry: &StreamId, name: &str) -> Option<String> {
-    entry.get::<String>(name)
 }
 
 impl Outbox {
@@ -179,20 +149,15 @@ impl Outbox {
         keys: &Keys,
         settings: OutboxSettings,
         provider: Arc<dyn SmsSender>,
-        pool_size: u32,
     ) -> anyhow::Result<Self> {
-        let manager = BlockingConnections {
-            client: redis::Client::open(redis_url)?,
-            // Longer than the BLOCK of a read, with room for a loaded server.
-            response_timeout: settings.block + Duration::from_secs(10),
-        };
-        let pool = bb8::Pool::builder()
-            .max_size(pool_size.max(1))
-            .connection_timeout(Duration::from_secs(3))
-            .build(manager)
-            .await?;
+        let client = redis::Client::open(redis_url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)));
+        let redis = ConnectionManager::new_with_config(client.clone(), config).await?;
         let outbox = Outbox {
-            pool,
+            client,
+            redis,
             stream: Self::stream_key(keys),
             dead: Self::dead_key(keys),
             settings,
@@ -213,15 +178,34 @@ impl Outbox {
         keys.other("sms:dead")
     }
 
+    /// Where and how the code service appends its jobs.
+    pub fn appender(&self) -> Appender {
+        Appender {
+            stream_key: self.stream.clone(),
+            max_len: self.settings.max_len,
+            ttl_seconds: outbox_ttl_seconds(self.settings.code_ttl.as_secs()),
+        }
+    }
+
+    /// A connection for this worker's blocking reads alone: its response timeout is longer than the
+    /// BLOCK of a read, with room for a loaded server.
+    async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(self.settings.block + Duration::from_secs(10)));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
     async fn ensure_group(&self) -> anyhow::Result<()> {
-        let mut conn = self.pool.get().await?;
         // From the start of the stream ("0"), so jobs written before the group existed are delivered.
         let _: i64 = self
             .ensure
             .key(&self.stream)
             .arg(GROUP)
             .arg(outbox_ttl_seconds(self.settings.code_ttl.as_secs()))
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())
     }
@@ -229,6 +213,7 @@ impl Outbox {
     /// Runs one worker until the task is dropped. `name` must be unique among live workers.
     pub async fn run_worker(self: Arc<Self>, name: String) {
         let mut last_claim = std::time::Instant::now() - self.settings.claim_idle;
+        let mut reader: Option<MultiplexedConnection> = None;
         loop {
             if last_claim.elapsed() >= self.settings.claim_idle / 2 {
                 last_claim = std::time::Instant::now();
@@ -237,7 +222,7 @@ impl Outbox {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
-            match self.read_new(&name).await {
+            match self.read_new(&name, &mut reader).await {
                 Ok(jobs) => self.deliver_all(&name, jobs).await,
                 Err(e)
                     if e.downcast_ref::<redis::RedisError>()
@@ -259,58 +244,62 @@ impl Outbox {
         }
     }
 
-    async fn read_new(&self, name: &str) -> anyhow::Result<Vec<Job>> {
-        let mut conn = self.pool.get().await?;
+    /// Reads new jobs on this worker's own connection (opened on first use, dropped after an error so
+    /// that the next read reconnects).
+    async fn read_new(
+        &self,
+        name: &str,
+        reader: &mut Option<MultiplexedConnection>,
+    ) -> anyhow::Result<Vec<Job>> {
+        let conn = match reader {
+            Some(conn) => conn,
+            None => reader.insert(self.blocking_connection().await?),
+        };
         let options = StreamReadOptions::default()
             .group(GROUP, name)
             .count(BATCH)
             .block(self.settings.block.as_millis() as usize);
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+        let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
             .arg(&options)
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">")
-            .query_async(&mut *conn)
-            .await?;
+            .query_async(conn)
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    *reader = None;
+                }
+                return Err(e.into());
+            }
+        };
         Ok(reply
             .into_iter()
             .flat_map(|r| r.keys)
             .flat_map(|k| k.ids)
-            .filter_map(|e| self.parse(e))
+            .filter_map(Job::parse)
             .collect())
     }
 
     async fn claim_stale(&self, name: &str) -> anyhow::Result<()> {
-        let reply: StreamAutoClaimReply = {
-            let mut conn = self.pool.get().await?;
-            redis::cmd("XAUTOCLAIM")
-                .arg(&self.stream)
-                .arg(GROUP)
-                .arg(name)
-                .arg(self.settings.claim_idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut *conn)
-                .await?
-        };
-        let jobs: Vec<Job> = reply.claimed.into_iter().filter_map(|e| self.parse(e)).collect();
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(name)
+            .arg(self.settings.claim_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(BATCH)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let jobs: Vec<Job> = reply.claimed.into_iter().filter_map(Job::parse).collect();
         for job in &jobs {
             tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
         }
         self.deliver_all(name, jobs).await;
         Ok(())
-    }
-
-    fn parse(&self, entry: StreamId) -> Option<Job> {
-        let job = Job {
-            message_id: field(&entry, "id")?,
-            to: field(&entry, "to")?,
-            code: field(&entry, "code")?,
-            created_ms: field(&entry, "created_ms")?.parse().ok()?,
-            stream_id: entry.id,
-        };
-        Some(job)
     }
 
     /// Delivers `jobs` concurrently. Each time some have ended, those are finished together in one
@@ -400,11 +389,10 @@ impl Outbox {
 
     /// Re-claims the job for this worker, resetting its idle time. The job has been idle at least
     /// `waited` if nobody touched it; if another worker claimed it meanwhile, its idle time is shorter,
-    /// the claim fails, and this worker lets it go. Also fails once the job is finished.
+    /// the claim fails, and this worker lets it go. Also fails once the job is finished. When Redis
+    /// cannot answer, ownership is unproven: the worker lets the job go too, and it stays pending until
+    /// a worker claims it after `claim_idle` (late, never lost, never sent by two workers at once).
     async fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> bool {
-        let Ok(mut conn) = self.pool.get().await else {
-            return true;
-        };
         let claimed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
             .arg(&self.stream)
             .arg(GROUP)
@@ -412,9 +400,9 @@ impl Outbox {
             .arg(waited.as_millis() as u64)
             .arg(&job.stream_id)
             .arg("JUSTID")
-            .query_async(&mut *conn)
+            .query_async(&mut self.redis.clone())
             .await;
-        !matches!(claimed, Ok(ids) if ids.is_empty())
+        matches!(claimed, Ok(ids) if !ids.is_empty())
     }
 
     /// Acknowledges and deletes the ended jobs, dead-lettering those with a reason (see `FINISH_LUA`).
@@ -440,11 +428,7 @@ impl Outbox {
                     .arg(&job.message_id);
             }
         }
-        let result: anyhow::Result<i64> = async {
-            let mut conn = self.pool.get().await?;
-            Ok(invocation.invoke_async(&mut *conn).await?)
-        }
-        .await;
+        let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.redis.clone()).await;
         if let Err(e) = result {
             // The jobs stay pending and will be claimed again: at least once, never lost.
             tracing::warn!(error = %e, jobs = count, "outbox: could not acknowledge jobs");

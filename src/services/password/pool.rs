@@ -1,150 +1,14 @@
-//! Password hashing: argon2id with m = 19456 KiB, t = 2, p = 1, the first of OWASP's Password Storage
-//! Cheat Sheet's equivalent argon2id settings. 11-33 ms a hash on one core of this machine (release),
-//! depending on the day (the machine is shared).
-//!
-//! Hashing runs on a pool of its own threads (`concurrency` of them, default: the number of cores),
-//! never on the async workers, and each thread owns one preallocated argon2 memory block that it
-//! reuses. Three consequences, each measured in docs/BENCHMARKS.md:
-//!
-//! - Memory is bounded: `concurrency` x 19 MiB, whatever the load. Hashing on tokio's blocking pool
-//!   allocated 19 MiB per hash, and glibc kept those blocks in per-thread arenas (721 MiB peak RSS
-//!   under 500 concurrent logins).
-//! - The threads run at a low CPU priority (nice 19 by default, `HASH_THREAD_NICE`): a request that
-//!   only needs a few microseconds of CPU (`me`, `generateCode`) preempts a hash instead of waiting
-//!   behind it, and hashing still gets a share when cheap requests alone would fill the CPU. (Linux's
-//!   `SCHED_IDLE` gave hashing no share at all: under a mixed load, sign-ins were starved and refused.)
-//! - Admission is decided at once: a job is queued only if the queue ahead of it can be served within
-//!   `queue_timeout`, estimated from the measured hash time; otherwise the caller gets
-//!   SERVICE_UNAVAILABLE (with retryAfterSeconds) immediately, before any other work, instead of
-//!   after a wait. If the estimate was wrong (the threads were starved of CPU), the requester still
-//!   stops waiting at `queue_timeout` and is refused; its job is skipped when a thread reaches it.
-//!   A hash that started in time but runs starved gets the longest of `queue_timeout`, 1 s and ten
-//!   hash times more. The wait is bounded by the requester, not by the threads.
-//!
-//! Unknown users are verified against a dummy hash computed at start, so they cost the same time as a
-//! wrong password for a real user.
+//! The hashing threads and their admission: a job is queued only if it can start within the queue
+//! timeout (estimated from measured hash times), and the requester bounds its own wait.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
-use argon2::{Algorithm, Argon2, Block, Params, Version};
-use rand::TryRng;
-use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::oneshot;
 
-use crate::domain::Password;
 use crate::error::{AppError, AppResult};
-
-pub const M_COST_KIB: u32 = 19_456;
-pub const T_COST: u32 = 2;
-pub const P_COST: u32 = 1;
-const SALT_LEN: usize = 16;
-const MAX_STORED_M_COST_KIB: u32 = 256 * 1024;
-const MAX_STORED_T_COST: u32 = 16;
-const OUTPUT_LEN: usize = 32;
-
-fn params() -> Params {
-    Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN)).expect("constant argon2 parameters are valid")
-}
-
-/// The memory one argon2 computation works in, kept by its thread from one hash to the next (argon2
-/// writes every block before reading it, so nothing of a previous hash is ever read).
-pub struct HashMemory(Vec<Block>);
-
-impl HashMemory {
-    pub fn new() -> Self {
-        HashMemory(Vec::new())
-    }
-
-    fn blocks(&mut self, params: &Params) -> &mut [Block] {
-        let n = params.block_count();
-        if self.0.len() < n {
-            self.0.resize(n, Block::default());
-        }
-        &mut self.0[..n]
-    }
-
-    /// After a hash with more memory than ours (a stored hash of other parameters), give it back.
-    fn shrink_to_default(&mut self) {
-        let ours = params().block_count();
-        if self.0.len() > ours {
-            self.0.truncate(ours);
-            self.0.shrink_to_fit();
-        }
-    }
-}
-
-impl Default for HashMemory {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// A new PHC string (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`) with a fresh random salt.
-pub fn hash_with(memory: &mut HashMemory, password: &[u8]) -> anyhow::Result<String> {
-    let mut salt = [0u8; SALT_LEN];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut salt)
-        .map_err(|e| anyhow::anyhow!("os rng: {e}"))?;
-    let params = params();
-    let mut out = [0u8; OUTPUT_LEN];
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-        .hash_password_into_with_memory(password, &salt, &mut out, memory.blocks(&params))
-        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
-    let phc = PasswordHash {
-        algorithm: Algorithm::Argon2id.ident(),
-        version: Some(Version::V0x13.into()),
-        params: ParamsString::try_from(&params).map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?,
-        salt: Some(Salt::new(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?),
-        hash: Some(Output::new(&out).map_err(|e| anyhow::anyhow!("output: {e}"))?),
-    };
-    Ok(phc.to_string())
-}
-
-/// Whether `password` matches the PHC string `stored` (with the parameters stored in it, so hashes made
-/// with other argon2 parameters still verify). A malformed string never matches.
-pub fn verify_with(memory: &mut HashMemory, password: &[u8], stored: &str) -> bool {
-    let Ok(phc) = PasswordHash::new(stored) else {
-        return false;
-    };
-    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
-        return false;
-    };
-    let Ok(algorithm) = Algorithm::try_from(phc.algorithm.as_str()) else {
-        return false;
-    };
-    let Ok(version) = phc.version.map_or(Ok(Version::default()), Version::try_from) else {
-        return false;
-    };
-    let Ok(params) = Params::try_from(&phc) else {
-        return false;
-    };
-    // Parameters come from our own database, but a corrupted row must not make a thread allocate
-    // gigabytes or hash for hours: over 256 MiB (13x ours) or 16 passes (8x ours) is refused.
-    if params.m_cost() > MAX_STORED_M_COST_KIB || params.t_cost() > MAX_STORED_T_COST {
-        tracing::error!(
-            m_cost = params.m_cost(),
-            t_cost = params.t_cost(),
-            "a stored password hash asks for too much memory or time"
-        );
-        return false;
-    }
-    let mut out = vec![0u8; expected.len()];
-    let computed = Argon2::new(algorithm, version, params.clone()).hash_password_into_with_memory(
-        password,
-        salt,
-        &mut out,
-        memory.blocks(&params),
-    );
-    computed.is_ok() && constant_time_eq(&out, expected.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::services::password::phc::HashMemory;
 
 type Job = Box<dyn FnOnce(&mut HashMemory) + Send>;
 
@@ -192,7 +56,7 @@ struct Shared {
 
 /// The hashing threads' side: the jobs' receiving end and the last durations (a ring).
 struct WorkerSide {
-    jobs: Mutex<Receiver<Queued>>,
+    jobs: flume::Receiver<Queued>,
     recent: Mutex<([u64; RECENT], usize)>,
 }
 
@@ -243,8 +107,7 @@ fn worker(shared: Arc<Shared>, side: Arc<WorkerSide>, nice: u8) {
     lower_priority(nice);
     let mut memory = HashMemory::new();
     loop {
-        // Poisoning cannot leave the receiver inconsistent; go on with it.
-        let received = side.jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let received = side.jobs.recv();
         // Every sender is gone: the hasher was dropped and the queue is drained.
         let Ok(queued) = received else { return };
         // Too old (its requester has been answered or is about to be), or abandoned: dropped unrun,
@@ -302,19 +165,21 @@ fn lower_priority(nice: u8) {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority(_nice: u8) {}
 
-pub struct PasswordHasher {
+pub struct Pool {
     shared: Arc<Shared>,
-    jobs: Sender<Queued>,
-    dummy_hash: Arc<str>,
+    jobs: flume::Sender<Queued>,
 }
 
-impl PasswordHasher {
+impl Pool {
     /// Starts `concurrency` hashing threads at nice value `nice`. `queue_timeout`: the longest a
-    /// request may wait for one.
-    pub fn new(concurrency: usize, queue_timeout: Duration, nice: u8) -> anyhow::Result<Self> {
-        let start = Instant::now();
-        let dummy = hash_with(&mut HashMemory::new(), b"dummy password that no account has")?;
-        let first_hash = (start.elapsed().as_micros().max(1)) as u64;
+    /// request may wait for one. `first_hash`: one hash's measured duration, the first estimate.
+    pub fn new(
+        concurrency: usize,
+        queue_timeout: Duration,
+        nice: u8,
+        first_hash: Duration,
+    ) -> anyhow::Result<Self> {
+        let first_hash = first_hash.as_micros().clamp(1, u128::from(u32::MAX)) as u64;
         let threads = concurrency.max(1);
         let shared = Arc::new(Shared {
             threads,
@@ -327,9 +192,9 @@ impl PasswordHasher {
             last_warning_ms: AtomicU64::new(0),
             started: Instant::now(),
         });
-        let (jobs, received) = mpsc::channel();
+        let (jobs, received) = flume::unbounded();
         let side = Arc::new(WorkerSide {
-            jobs: Mutex::new(received),
+            jobs: received,
             recent: Mutex::new(([first_hash; RECENT], 0)),
         });
         for i in 0..threads {
@@ -338,11 +203,7 @@ impl PasswordHasher {
                 .name(format!("argon2-{i}"))
                 .spawn(move || worker(shared, side, nice))?;
         }
-        Ok(PasswordHasher {
-            shared,
-            jobs,
-            dummy_hash: dummy.into(),
-        })
+        Ok(Pool { shared, jobs })
     }
 
     /// Hashes computed or verified since start: lets tests prove that refused attempts cost no hash.
@@ -423,84 +284,12 @@ impl PasswordHasher {
             Ok(Err(_)) | Err(_) => Err(overloaded()),
         }
     }
-
-    /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$...`) with a fresh random salt.
-    pub async fn hash(&self, password: &Password) -> AppResult<String> {
-        let pw = SecretString::from(password.expose().to_owned());
-        self.run(move |memory| hash_with(memory, pw.expose_secret().as_bytes()))
-            .await?
-            .map_err(|e| AppError::Internal(e.context("argon2 hash")))
-    }
-
-    /// Verifies `password` against `stored`, or against the dummy hash when there is no account (and
-    /// then answers false whatever happens), so both cases take the same time.
-    pub async fn verify(&self, password: &Password, stored: Option<&str>) -> AppResult<bool> {
-        let pw = SecretString::from(password.expose().to_owned());
-        let exists = stored.is_some();
-        let phc: Arc<str> = match stored {
-            Some(s) => s.into(),
-            None => self.dummy_hash.clone(),
-        };
-        let ok = self
-            .run(move |memory| verify_with(memory, pw.expose_secret().as_bytes(), &phc))
-            .await?;
-        Ok(ok && exists)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use argon2::{PasswordHasher as _, PasswordVerifier as _};
-    use std::sync::Condvar;
-
-    #[test]
-    fn our_hashes_and_the_crates_hashes_verify_each_other() {
-        let mut memory = HashMemory::new();
-        let ours = hash_with(&mut memory, b"correct horse").unwrap();
-        assert!(ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{ours}");
-        let crate_ctx = Argon2::new(Algorithm::Argon2id, Version::V0x13, params());
-        crate_ctx
-            .verify_password(b"correct horse", &PasswordHash::new(&ours).unwrap())
-            .unwrap();
-        assert!(
-            crate_ctx
-                .verify_password(b"correct horsf", &PasswordHash::new(&ours).unwrap())
-                .is_err()
-        );
-
-        let theirs = crate_ctx.hash_password(b"battery staple").unwrap().to_string();
-        assert!(verify_with(&mut memory, b"battery staple", &theirs));
-        assert!(!verify_with(&mut memory, b"battery stapl", &theirs));
-        // Memory reused after a hash of other parameters: still right.
-        let small = Argon2::new(
-            Algorithm::Argon2id,
-            Version::V0x13,
-            Params::new(8, 1, 1, None).unwrap(),
-        )
-        .hash_password(b"x")
-        .unwrap()
-        .to_string();
-        assert!(verify_with(&mut memory, b"x", &small));
-        assert!(verify_with(&mut memory, b"battery staple", &theirs));
-    }
-
-    #[test]
-    fn malformed_stored_hashes_never_match() {
-        let mut memory = HashMemory::new();
-        for stored in [
-            "",
-            "$argon2id$",
-            "plain",
-            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$",
-            // 1 GiB of memory, or a million passes: refused before anything is allocated or run.
-            "$argon2id$v=19$m=1048576,t=2,p=1$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE",
-            "$argon2id$v=19$m=19456,t=1000000,p=1$c2FsdHNhbHRzYWx0$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE",
-        ] {
-            assert!(!verify_with(&mut memory, b"", stored), "{stored}");
-        }
-        assert!(memory.0.is_empty(), "no memory was allocated for any of them");
-    }
+    use std::sync::{Condvar, Mutex};
 
     /// Jobs that block until released, so the test decides when the threads are busy.
     fn blocker(gate: &Arc<(Mutex<bool>, Condvar)>) -> impl FnOnce(&mut HashMemory) + Send + 'static {
@@ -516,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_at_once_and_the_queued_jobs_still_run() {
-        let hasher = Arc::new(PasswordHasher::new(1, Duration::from_secs(10), 10).unwrap());
+        let hasher = Arc::new(Pool::new(1, Duration::from_secs(10), 10, Duration::from_millis(10)).unwrap());
         // Admission believes a hash takes 4 s. One thread: the first job starts at once, the second and
         // third would wait 4 and 8 s (within 10), a fourth 12 s: refused without waiting.
         hasher.shared.hash_micros.store(4_000_000, Ordering::Relaxed);
@@ -550,7 +339,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_that_waited_past_the_timeout_is_refused_then_not_run() {
-        let hasher = Arc::new(PasswordHasher::new(1, Duration::from_millis(20), 10).unwrap());
+        let hasher =
+            Arc::new(Pool::new(1, Duration::from_millis(20), 10, Duration::from_millis(10)).unwrap());
         hasher.shared.hash_micros.store(1, Ordering::Relaxed);
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let first = {

@@ -1,0 +1,137 @@
+//! Where an `AppError` becomes a GraphQL error, and the one module of `extensions.code` values, for
+//! resolver errors and for request-level refusals (the HTTP layer answers those in the same shape).
+//!
+//! Internal causes (SQL, Redis, I/O) are logged here, once, with their cause chain; the client gets a
+//! generic message and the code.
+
+use async_graphql::{ErrorExtensions, ServerError, Value};
+
+use crate::error::AppError;
+use crate::graphql::guard::Refusal;
+
+/// Stable values of `extensions.code`. Documented in README.md and in the schema description.
+pub mod codes {
+    // Resolver errors (one per `AppError` kind).
+    pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+    pub const INVALID_CODE: &str = "INVALID_CODE";
+    pub const TOO_MANY_ATTEMPTS: &str = "TOO_MANY_ATTEMPTS";
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    pub const INVALID_CREDENTIALS: &str = "INVALID_CREDENTIALS";
+    pub const ACCOUNT_LOCKED: &str = "ACCOUNT_LOCKED";
+    pub const INVALID_TOKEN: &str = "INVALID_TOKEN";
+    pub const PHONE_ALREADY_REGISTERED: &str = "PHONE_ALREADY_REGISTERED";
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const FORBIDDEN: &str = "FORBIDDEN";
+    pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
+    pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
+    // Request-level refusals: nothing was executed.
+    pub const GRAPHQL_VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+    pub const QUERY_LIMIT_EXCEEDED: &str = "QUERY_LIMIT_EXCEEDED";
+    pub const BATCH_NOT_SUPPORTED: &str = "BATCH_NOT_SUPPORTED";
+    pub const BAD_REQUEST: &str = "BAD_REQUEST";
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "UNSUPPORTED_MEDIA_TYPE";
+    pub const NOT_ACCEPTABLE: &str = "NOT_ACCEPTABLE";
+    pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
+    pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+}
+
+pub fn code(e: &AppError) -> &'static str {
+    use codes::*;
+    match e {
+        AppError::BadInput { .. } => BAD_USER_INPUT,
+        AppError::InvalidCode => INVALID_CODE,
+        AppError::TooManyAttempts => TOO_MANY_ATTEMPTS,
+        AppError::RateLimited { .. } => RATE_LIMITED,
+        AppError::InvalidCredentials => INVALID_CREDENTIALS,
+        AppError::AccountLocked { .. } => ACCOUNT_LOCKED,
+        AppError::InvalidToken => INVALID_TOKEN,
+        AppError::PhoneAlreadyRegistered => PHONE_ALREADY_REGISTERED,
+        AppError::Unauthenticated => UNAUTHENTICATED,
+        AppError::Forbidden => FORBIDDEN,
+        AppError::Unavailable(_) | AppError::Overloaded { .. } => SERVICE_UNAVAILABLE,
+        AppError::Internal(_) => INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn client_message(e: &AppError) -> String {
+    match e {
+        AppError::BadInput { message, .. } => message.clone(),
+        AppError::InvalidCode => "The code is wrong, has expired, or was already used.".into(),
+        AppError::TooManyAttempts => {
+            "Too many wrong codes: this code can no longer be used. Request a new one.".into()
+        }
+        AppError::RateLimited { retry_after_seconds } => {
+            format!("Too many requests. Try again in {retry_after_seconds} seconds.")
+        }
+        AppError::InvalidCredentials => "The phone number or password is wrong.".into(),
+        AppError::AccountLocked { retry_after_seconds } => format!(
+            "Password sign-in is locked after too many wrong passwords. Try again in \
+             {retry_after_seconds} seconds, or sign in with a code."
+        ),
+        AppError::InvalidToken => "The token is invalid, expired or already used.".into(),
+        AppError::PhoneAlreadyRegistered => "This phone number is already registered.".into(),
+        AppError::Unauthenticated => "Sign in first: a valid access token is required.".into(),
+        AppError::Forbidden => "Only the user may see this.".into(),
+        AppError::Unavailable(_) => "The service is temporarily unavailable. Try again.".into(),
+        AppError::Overloaded { retry_after_seconds } => {
+            format!("The service is busy. Try again in {retry_after_seconds} seconds.")
+        }
+        AppError::Internal(_) => "Internal server error.".into(),
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(e: AppError) -> Self {
+        match &e {
+            AppError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            AppError::Unavailable(cause) => {
+                tracing::warn!(error = ?cause, "dependency unavailable")
+            }
+            _ => {}
+        }
+        let code = code(&e);
+        async_graphql::Error::new(client_message(&e)).extend_with(|_, ext| {
+            ext.set("code", code);
+            match &e {
+                AppError::BadInput { field, reason, .. } => {
+                    ext.set("field", *field);
+                    ext.set("reason", *reason);
+                }
+                AppError::RateLimited { retry_after_seconds }
+                | AppError::AccountLocked { retry_after_seconds }
+                | AppError::Overloaded { retry_after_seconds } => {
+                    ext.set("retryAfterSeconds", *retry_after_seconds);
+                }
+                _ => {}
+            }
+        })
+    }
+}
+
+/// A document the guard refused, as the error of a request that ran nothing.
+pub(crate) fn refusal_error(refusal: Refusal) -> ServerError {
+    let mut error = ServerError::new(refusal.message, None);
+    let ext = error.extensions.get_or_insert_with(Default::default);
+    ext.set("code", codes::QUERY_LIMIT_EXCEEDED);
+    ext.set("limit", refusal.limit);
+    ext.set("max", refusal.max as u64);
+    error
+}
+
+/// Errors from our resolvers always carry a code. Those that do not come from async-graphql itself:
+/// a document that does not parse or validate (no path), or an argument it could not coerce.
+pub fn tag_uncoded(error: &mut ServerError) {
+    let has_code = error.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
+    if has_code {
+        return;
+    }
+    let code = if error.path.is_empty() {
+        codes::GRAPHQL_VALIDATION_FAILED
+    } else {
+        codes::BAD_USER_INPUT
+    };
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", Value::String(code.into()));
+}

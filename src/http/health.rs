@@ -1,0 +1,25 @@
+//! Liveness is `/healthz` (the process answers); readiness is `/readyz`: the stores answer.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::http::HttpState;
+
+pub(super) async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let ready = state.auth.readiness().await;
+    let status = if ready.postgres && ready.redis {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    (
+        status,
+        axum::Json(json!({ "postgres": word(ready.postgres), "redis": word(ready.redis) })),
+    )
+        .into_response()
+}
