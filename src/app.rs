@@ -18,6 +18,7 @@ use crate::http::client_ip::TrustedProxies;
 use crate::http::{HttpState, router};
 use crate::random::random_bytes;
 use crate::services::Keys;
+use crate::services::audit::AuditLog;
 use crate::services::auth::{AuthService, Parts};
 use crate::services::lockout::LockoutService;
 use crate::services::otp::{OtpService, TestNumbers};
@@ -33,6 +34,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct App {
     pub router: axum::Router,
+    /// Renders the Prometheus metrics (served by `main` on METRICS_ADDR).
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub outbox: Arc<Outbox>,
     /// Field resolutions since start.
     pub resolvers: ResolverCounter,
@@ -117,6 +120,7 @@ pub async fn build_outbox(config: &Config, provider: Arc<dyn SmsSender>) -> anyh
 pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::Result<App> {
     config.validate_with(sms.is_none())?;
     let production = config.production();
+    let metrics = crate::ops::metrics::install()?;
 
     let provider = match sms {
         Some(s) => s,
@@ -218,12 +222,14 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             config.otp.registration_token_ttl_seconds,
         ),
         hasher,
+        audit: AuditLog::start(pg.clone()),
         pg: pg.clone(),
         redis: redis.clone(),
     }));
 
     // Ended sessions are deleted hourly, so the tables do not grow without bound.
     let purger = auth.clone();
+    let (purge_pg, retention_days) = (pg.clone(), config.ops.audit_retention_days);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -232,6 +238,11 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
                 Ok(n) if n > 0 => tracing::info!(sessions = n, "purged ended sessions"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = ?e, "purging ended sessions failed"),
+            }
+            match crate::services::audit::purge(&purge_pg, retention_days).await {
+                Ok(n) if n > 0 => tracing::info!(events = n, "purged old audit events"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging audit events failed"),
             }
         }
     });
@@ -262,6 +273,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     );
     Ok(App {
         router,
+        metrics,
         outbox,
         resolvers,
         documents,

@@ -50,6 +50,40 @@ pub struct Config {
     pub sms: SmsConfig,
     #[command(flatten)]
     pub limits: GraphqlLimits,
+    #[command(flatten)]
+    pub ops: OpsConfig,
+}
+
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Operations")]
+pub struct OpsConfig {
+    /// Listener of the Prometheus metrics (`GET /metrics`), apart from the public port: metrics tell
+    /// how the service is being attacked. `off` disables it.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
+
+    /// Log lines as `text` (development) or `json` (production log pipelines). Colours only on a
+    /// terminal, never with NO_COLOR set.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::ops::logging::LogFormat,
+
+    /// Days audit events are kept (deleted by the hourly purge). ASVS 7.1 asks for a retention that
+    /// covers investigations; a year covers a yearly review.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 365)]
+    pub audit_retention_days: u32,
+}
+
+impl OpsConfig {
+    /// The metrics listener's address; None when disabled.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.metrics_addr.eq_ignore_ascii_case("off") || self.metrics_addr.is_empty() {
+            return Ok(None);
+        }
+        self.metrics_addr
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("METRICS_ADDR must be host:port or off"))
+    }
 }
 
 #[derive(Clone, Debug, Args)]
@@ -434,6 +468,15 @@ impl Config {
                 ensure!(sms.twilio_from.is_some(), "SMS_PROVIDER=twilio needs TWILIO_FROM");
             }
         }
+        self.ops.metrics_addr()?;
+        ensure!(
+            self.ops.metrics_addr()? != Some(self.http.listen_addr),
+            "METRICS_ADDR must not be LISTEN_ADDR: metrics stay off the public port"
+        );
+        ensure!(
+            self.ops.audit_retention_days >= 1,
+            "AUDIT_RETENTION_DAYS must be at least 1"
+        );
         ensure!(
             sms.sms_claim_idle_ms > sms.sms_http_timeout_ms + sms.sms_backoff_max_ms,
             "SMS_CLAIM_IDLE_MS must exceed SMS_HTTP_TIMEOUT_MS + SMS_BACKOFF_MAX_MS, or live jobs get claimed twice"
@@ -554,6 +597,16 @@ mod tests {
         let mut c = Config::defaults();
         c.otp.otp_resend_cooldown_seconds = c.otp.otp_window_seconds + 1;
         refused(&c, "OTP_RESEND_COOLDOWN_SECONDS");
+
+        let mut c = Config::defaults();
+        c.ops.metrics_addr = "nowhere".into();
+        refused(&c, "METRICS_ADDR");
+        c.ops.metrics_addr = c.http.listen_addr.to_string();
+        refused(&c, "METRICS_ADDR must not be LISTEN_ADDR");
+        c.ops.metrics_addr = "off".into();
+        c.validate().unwrap();
+        c.ops.audit_retention_days = 0;
+        refused(&c, "AUDIT_RETENTION_DAYS");
 
         let mut c = Config::defaults();
         c.sms.sms_claim_idle_ms = c.sms.sms_http_timeout_ms + c.sms.sms_backoff_max_ms;

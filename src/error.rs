@@ -56,15 +56,27 @@ impl From<sqlx::Error> for AppError {
         match e {
             // Pool exhaustion and connection loss are retryable, not bugs.
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                crate::ops::metrics::store_error("postgres", "unavailable");
                 AppError::Unavailable(anyhow::Error::new(e).context("postgres"))
             }
-            other => AppError::Internal(anyhow::Error::new(other).context("postgres")),
+            other => {
+                crate::ops::metrics::store_error("postgres", "other");
+                AppError::Internal(anyhow::Error::new(other).context("postgres"))
+            }
         }
     }
 }
 
 impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
+        let kind = if e.is_timeout() {
+            "timeout"
+        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            "connection"
+        } else {
+            "other"
+        };
+        crate::ops::metrics::store_error("redis", kind);
         AppError::Unavailable(anyhow::Error::new(e).context("redis"))
     }
 }

@@ -5,11 +5,13 @@
 //! `http` (the edge: routes, server loop, client address), `app` (wiring), `config`, `random` (OS
 //! randomness and opaque tokens).
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod ops;
 pub mod random;
 pub mod services;

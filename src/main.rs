@@ -8,7 +8,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use phone_auth::config::Config;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +30,11 @@ enum Command {
     PrintSchema,
     /// Print a fresh Ed25519 signing key in JWT_SIGNING_KEYS form.
     GenerateKey,
+    /// Operator commands against the live stores (unlock, sessions, user, sms, keys, audit).
+    Admin {
+        #[command(subcommand)]
+        command: phone_auth::admin::AdminCommand,
+    },
     /// Run SMS delivery workers only (no HTTP), for deployments that scale them apart; run the server
     /// with SMS_WORKERS=0 then. Uses SMS_WORKERS workers (at least one).
     Worker,
@@ -51,14 +55,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            init_tracing();
+            phone_auth::ops::logging::init(cli.config.ops.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(serve(cli.config))
         }
+        Command::Admin { command } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(phone_auth::admin::run(&cli.config, command)),
         Command::Worker => {
-            init_tracing();
+            phone_auth::ops::logging::init(cli.config.ops.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -67,14 +75,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-}
-
 async fn worker(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    let handle = phone_auth::ops::metrics::install()?;
+    if let Some(addr) = config.ops.metrics_addr()? {
+        phone_auth::ops::metrics::serve(addr, handle).await?;
+    }
     let provider = phone_auth::app::sms_provider(&config)?;
     let outbox = std::sync::Arc::new(phone_auth::app::build_outbox(&config, provider).await?);
     let workers = phone_auth::services::outbox::spawn_workers(&outbox, config.sms.sms_workers.max(1));
@@ -90,6 +96,9 @@ async fn worker(config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = phone_auth::app::build(&config, None).await?;
+    if let Some(addr) = config.ops.metrics_addr()? {
+        phone_auth::ops::metrics::serve(addr, app.metrics.clone()).await?;
+    }
     let listener = tokio::net::TcpListener::bind(config.http.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;

@@ -27,12 +27,13 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextValidation,
 };
 use async_graphql::parser::types::{
-    BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, Type,
+    BaseType, DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection, Type,
 };
 use async_graphql::{Request, ServerError, ServerResult, ValidationResult, Value, Variables};
 
 use crate::graphql::error::refusal_error;
 use crate::graphql::guard::{DocumentLimits, Refusal, check_document};
+use crate::graphql::{OperationInfo, RequestContext};
 
 /// Longer documents are parsed every time (ours are under 500 bytes; GraphiQL's introspection query is
 /// about 1.7 KiB).
@@ -203,6 +204,42 @@ impl DocumentCache {
 /// The async-graphql extension that puts every request through the cache and the guard before it is
 /// parsed (`prepare_request`: a refused document runs nothing), and skips or remembers validation as
 /// `DocumentCache::prepare` decided. The HTTP layer knows none of this.
+/// Tells the HTTP layer (through `RequestContext::operation`) which operation kind and root field the
+/// request runs, from the document already parsed here.
+fn record_operation(request: &mut Request) {
+    let operation_name = request.operation_name.clone();
+    let Ok(doc) = request.parsed_query() else {
+        return;
+    };
+    let op = match (&doc.operations, operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => Some(&op.node),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name).map(|op| &op.node),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next().map(|op| &op.node),
+        _ => None,
+    };
+    let Some(op) = op else { return };
+    let kind = match op.ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    };
+    let root_field = op.selection_set.node.items.iter().find_map(|s| match &s.node {
+        Selection::Field(f) => Some(f.node.name.node.as_str()),
+        _ => None,
+    });
+    let info = OperationInfo {
+        kind,
+        root_field: crate::ops::metrics::operation_label(root_field),
+    };
+    if let Some(context) = request
+        .data
+        .get(&std::any::TypeId::of::<RequestContext>())
+        .and_then(|d| d.downcast_ref::<RequestContext>())
+    {
+        let _ = context.operation.set(info);
+    }
+}
+
 pub struct DocumentGuard {
     cache: Arc<DocumentCache>,
     limits: Arc<DocumentLimits>,
@@ -242,6 +279,7 @@ impl Extension for DocumentGuardExtension {
         self.cache
             .prepare(&mut request, &self.limits)
             .map_err(refusal_error)?;
+        record_operation(&mut request);
         next.run(ctx, request).await
     }
 

@@ -33,6 +33,15 @@ pub struct RequestContext {
     pub client: String,
     /// The caller (user, session id) once checked: at most one session lookup per request.
     pub viewer: Arc<OnceCell<Option<(User, Uuid)>>>,
+    /// What the document asks for (set when it parsed): for the access log and the metrics.
+    pub operation: Arc<std::sync::OnceLock<OperationInfo>>,
+}
+
+/// The kind and first root field of the operation a request runs.
+#[derive(Clone, Copy, Debug)]
+pub struct OperationInfo {
+    pub kind: &'static str,
+    pub root_field: &'static str,
 }
 
 impl std::fmt::Debug for RequestContext {

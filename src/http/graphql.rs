@@ -21,6 +21,8 @@ use crate::graphql::RequestContext;
 use crate::graphql::error::{codes, tag_uncoded};
 use crate::http::client_ip::budget_key;
 use crate::http::{HttpState, request_error};
+use crate::ops::logging::GraphqlOutcome;
+use crate::services::audit::{CALLER, Caller};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
@@ -185,7 +187,12 @@ async fn execute(
         client: budget_key(client_ip),
         ..RequestContext::default()
     };
-    let mut response = state.schema.execute(request.data(context)).await;
+    let operation = context.operation.clone();
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let caller = Caller::new(client_ip, user_agent);
+    let mut response = CALLER
+        .scope(caller, state.schema.execute(request.data(context)))
+        .await;
     for error in &mut response.errors {
         tag_uncoded(error);
     }
@@ -199,7 +206,23 @@ async fn execute(
     } else {
         StatusCode::OK
     };
+    let info = operation.get().copied();
+    let outcome = GraphqlOutcome {
+        kind: info.map_or("none", |i| i.kind),
+        operation: info.map_or("none", |i| i.root_field),
+        codes: response
+            .errors
+            .iter()
+            .filter_map(|e| e.extensions.as_ref()?.get("code"))
+            .map(|code| match code {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        client_ip,
+    };
     let mut http = GraphQLResponse::from(response).into_response();
+    http.extensions_mut().insert(outcome);
     *http.status_mut() = status;
     let h = http.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));

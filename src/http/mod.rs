@@ -59,6 +59,8 @@ pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize
                 "Internal server error.",
             )
         }))
+        // Outermost: every answer, a panic's included, gets a request id, an access line and metrics.
+        .layer(axum::middleware::from_fn(crate::ops::logging::access_log))
         // One Arc per request instead of a clone of every field (measured: 2% of a request's CPU).
         .with_state(Arc::new(state))
 }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use jsonwebtoken::jwk::JwkSet;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::{OtpCode, Password, PersonName, PhoneNumber, PhonePolicy};
 use crate::error::{AppError, AppResult};
+use crate::services::audit::{AuditLog, AuditRow, CALLER, Caller};
 use crate::services::lockout::LockoutService;
 use crate::services::otp::OtpService;
 use crate::services::password::PasswordHasher;
@@ -28,6 +30,7 @@ pub struct AuthService {
     tokens: TokenService,
     registration: RegistrationTokens,
     hasher: PasswordHasher,
+    audit: AuditLog,
     /// The stores themselves, for readiness only.
     pg: PgPool,
     redis: ConnectionManager,
@@ -43,6 +46,7 @@ pub struct Parts {
     pub tokens: TokenService,
     pub registration: RegistrationTokens,
     pub hasher: PasswordHasher,
+    pub audit: AuditLog,
     pub pg: PgPool,
     pub redis: ConnectionManager,
 }
@@ -86,6 +90,7 @@ impl AuthService {
             tokens: p.tokens,
             registration: p.registration,
             hasher: p.hasher,
+            audit: p.audit,
             pg: p.pg,
             redis: p.redis,
         }
@@ -119,7 +124,10 @@ impl AuthService {
     {
         // Boxed before it is spawned: the flow futures are several KiB, and moving them by value into
         // the task cost ~10% of a wrong `verifyUser` (callgrind, docs/BENCHMARKS.md).
-        tokio::spawn(Box::pin(flow(self.clone())))
+        // In the request's span, so the flow's log lines carry its request id; with its caller, so
+        // its audit events say who asked.
+        let caller = Caller::current();
+        tokio::spawn(CALLER.scope(caller, Box::pin(flow(self.clone())).in_current_span()))
             .await
             .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
     }
@@ -152,11 +160,15 @@ impl AuthService {
         self.sessions.purge_expired().await
     }
 
-    async fn sign_in(&self, user: User) -> AppResult<SignedIn> {
+    /// `method`: how the caller proved who they are (`password`, `code`, `registration`).
+    async fn sign_in(&self, user: User, method: &'static str) -> AppResult<SignedIn> {
+        let audit = AuditRow::new("signed_in")
+            .phone_e164(&user.phone)
+            .detail(serde_json::json!({ "method": method }));
         // Boxed: the session insert's future is ~8.8 KB (sqlx), and unboxed it made every flow that
         // can sign in that large, copied whole on each move, even on paths that never sign in (a wrong
         // code: 16% of its instructions were memcpy, callgrind).
-        let session = Box::pin(self.sessions.create(user.id)).await?;
+        let session = Box::pin(self.sessions.create(user.id, audit)).await?;
         self.signed_in(user, session)
     }
 
@@ -176,6 +188,11 @@ impl AuthService {
     pub async fn generate_code(&self, phone: &PhoneNumber, client: &str) -> AppResult<CodeSent> {
         // Storing the code also queues its SMS (the outbox); workers deliver it.
         let issued = self.otp.issue(phone, client).await?;
+        self.audit.record_bulk(
+            AuditRow::new("code_sent")
+                .phone(phone)
+                .detail(serde_json::json!({ "testNumber": issued.test_number })),
+        );
         Ok(CodeSent {
             expires_in_seconds: issued.expires_in_seconds,
             resend_in_seconds: issued.resend_in_seconds,
@@ -189,12 +206,31 @@ impl AuthService {
         code: &OtpCode,
         client: &str,
     ) -> AppResult<Verified> {
-        self.otp.consume(phone, code, client).await?;
+        let checked = self.otp.consume(phone, code, client).await;
+        let event = match &checked {
+            Ok(()) => Some("code_verified"),
+            Err(AppError::InvalidCode) => Some("code_check_failed"),
+            Err(AppError::TooManyAttempts) => Some("code_burnt"),
+            Err(_) => None,
+        };
+        if let Some(event) = event {
+            self.audit.record_bulk(AuditRow::new(event).phone(phone));
+        }
+        checked?;
         match self.users.find_by_phone(phone).await? {
             Some(user) => {
                 // Proving the phone is a stronger proof than the password: it lifts a password lock.
-                self.lockout.clear(phone).await?;
-                Ok(Verified::SignedIn(self.sign_in(user).await?))
+                if self.lockout.clear(phone).await? {
+                    self.audit
+                        .record(
+                            AuditRow::new("unlocked")
+                                .phone(phone)
+                                .user(user.id)
+                                .detail(serde_json::json!({ "by": "code" })),
+                        )
+                        .await;
+                }
+                Ok(Verified::SignedIn(self.sign_in(user, "code").await?))
             }
             None => Ok(Verified::NewPhone {
                 registration_token: self.registration.create(phone).await?,
@@ -228,7 +264,7 @@ impl AuthService {
             )
             .await?;
         self.lockout.clear(&phone).await?;
-        self.sign_in(user).await
+        self.sign_in(user, "registration").await
     }
 
     /// Password sign-in. Unknown phone and wrong password are the same answer, the same work (a hash
@@ -251,10 +287,15 @@ impl AuthService {
         match outcome {
             Ok(Some(user)) => {
                 self.lockout.clear(phone).await?;
-                self.sign_in(user).await
+                self.sign_in(user, "password").await
             }
             Ok(None) => {
-                if self.lockout.record_failure(phone, reservation).await? {
+                let locked = self.lockout.record_failure(phone, reservation).await?;
+                self.audit
+                    .record(AuditRow::new("sign_in_failed").phone(phone))
+                    .await;
+                if locked {
+                    self.audit.record(AuditRow::new("locked").phone(phone)).await;
                     Err(AppError::AccountLocked {
                         retry_after_seconds: self.lockout.lock_seconds(),
                     })
@@ -295,6 +336,9 @@ impl AuthService {
             .current_user(bearer)
             .await?
             .ok_or(AppError::Unauthenticated)?;
-        self.sessions.revoke(session_id, user.id, all_sessions).await
+        let audit = AuditRow::new("signed_out").phone_e164(&user.phone);
+        self.sessions
+            .revoke(session_id, user.id, all_sessions, audit)
+            .await
     }
 }

@@ -93,12 +93,14 @@ end
 return 0
 ";
 
-// KEYS: attempts, lock, gen. ARGV: lock_seconds. A success: new run, no count, no lock.
+// KEYS: attempts, lock, gen. ARGV: lock_seconds. A success: new run, no count, no lock. Returns 1 if
+// a lock was lifted.
 const CLEAR_LUA: &str = r"
+local was_locked = redis.call('EXISTS', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[1])
-return 0
+return was_locked
 ";
 
 pub struct LockoutService {
@@ -151,9 +153,12 @@ impl LockoutService {
             2 => Err(AppError::RateLimited {
                 retry_after_seconds: 1,
             }),
-            3 => Err(AppError::RateLimited {
-                retry_after_seconds: retry_after_secs(value),
-            }),
+            3 => {
+                crate::ops::metrics::budget_refused("ip_password_attempts");
+                Err(AppError::RateLimited {
+                    retry_after_seconds: retry_after_secs(value),
+                })
+            }
             other => Err(AppError::Internal(anyhow::anyhow!(
                 "lockout reserve script returned {other}"
             ))),
@@ -172,12 +177,16 @@ impl LockoutService {
             .arg(reservation.generation)
             .invoke_async(&mut self.redis.clone())
             .await?;
+        if locked == 1 {
+            metrics::counter!(crate::ops::metrics::LOCKOUTS).increment(1);
+        }
         Ok(locked == 1)
     }
 
-    /// A correct password, or a sign-in by code: clears the count and lifts any lock.
-    pub async fn clear(&self, phone: &PhoneNumber) -> AppResult<()> {
-        let _: i64 = self
+    /// A correct password, or a sign-in by code: clears the count and lifts any lock. Returns whether
+    /// a lock was lifted.
+    pub async fn clear(&self, phone: &PhoneNumber) -> AppResult<bool> {
+        let lifted: i64 = self
             .clear
             .key(self.keys.phone(phone, "pw_attempts"))
             .key(self.keys.phone(phone, "pw_lock"))
@@ -185,7 +194,19 @@ impl LockoutService {
             .arg(self.settings.lock_seconds)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(())
+        if lifted == 1 {
+            metrics::counter!(crate::ops::metrics::UNLOCKS, "by" => "sign_in").increment(1);
+        }
+        Ok(lifted == 1)
+    }
+
+    /// Seconds the phone stays locked for password sign-in; None when it is not locked.
+    pub async fn locked_for(&self, phone: &PhoneNumber) -> AppResult<Option<u64>> {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(self.keys.phone(phone, "pw_lock"))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok((pttl > 0).then(|| retry_after_secs(pttl)))
     }
 
     /// Gives back a reservation whose attempt never got an answer (the hash pool was full): it neither

@@ -1,6 +1,7 @@
 //! Services, one concern each. Each says in its header which Redis keys or tables it owns.
 //! Dependencies point one way: graphql -> services -> domain.
 
+pub mod audit;
 pub mod auth;
 pub mod lockout;
 pub mod otp;

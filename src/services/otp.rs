@@ -266,6 +266,7 @@ impl OtpService {
             .arg(self.outbox.ttl_seconds)
             .invoke_async(&mut self.redis.clone())
             .await?;
+        crate::ops::metrics::issue_outcome(status);
         match status {
             0 => Ok(Issued {
                 code,
@@ -301,6 +302,7 @@ impl OtpService {
             .arg(uuid::Uuid::new_v4().simple().to_string())
             .invoke_async(&mut self.redis.clone())
             .await?;
+        crate::ops::metrics::check_outcome(status);
         match status {
             0 => Ok(()),
             1 => Err(AppError::InvalidCode),

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
 use crate::random::OpaqueToken;
+use crate::services::audit::AuditRow;
 use crate::services::users::User;
 
 pub struct NewSession {
@@ -36,21 +37,25 @@ impl SessionStore {
         }
     }
 
-    pub async fn create(&self, user_id: Uuid) -> AppResult<NewSession> {
+    /// A new session; `audit` (signed in) is written by the same statement.
+    pub async fn create(&self, user_id: Uuid, audit: AuditRow) -> AppResult<NewSession> {
         let session_id = Uuid::new_v4();
         let (token, hash) = new_refresh_token()?;
-        // One statement (so one round trip and one implicit transaction) instead of BEGIN, two
+        let audit = audit.user(user_id).session(session_id);
+        // One statement (so one round trip and one implicit transaction) instead of BEGIN, three
         // INSERTs and COMMIT: every sign-in goes through here.
-        sqlx::query(
-            "with s as (insert into sessions (id, user_id, expires_at) values ($1, $2, $3) returning id)
+        let sql = format!(
+            "with s as (insert into sessions (id, user_id, expires_at) values ($1, $2, $3) returning id),
+             {}
              insert into refresh_tokens (token_hash, session_id) select $4, id from s",
-        )
-        .bind(session_id)
-        .bind(user_id)
-        .bind(OffsetDateTime::now_utc() + self.ttl)
-        .bind(&hash)
-        .execute(&self.pool)
-        .await?;
+            AuditRow::cte(5, "s", None, None)
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(session_id)
+            .bind(user_id)
+            .bind(OffsetDateTime::now_utc() + self.ttl)
+            .bind(&hash);
+        crate::bind_audit!(query, audit).execute(&self.pool).await?;
         Ok(NewSession {
             session_id,
             refresh_token: token,
@@ -73,19 +78,26 @@ impl SessionStore {
         .await?;
         let Some((session_id,)) = used else {
             // Unknown, or already used. A used one is reuse: revoke its session.
-            let reused: Option<(Uuid,)> =
-                sqlx::query_as("select session_id from refresh_tokens where token_hash = $1")
-                    .bind(&hash)
-                    .fetch_optional(&mut *tx)
+            let reused: Option<(Uuid, String)> = sqlx::query_as(
+                "select t.session_id, u.phone from refresh_tokens t
+                 join sessions s on s.id = t.session_id join users u on u.id = s.user_id
+                 where t.token_hash = $1",
+            )
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((sid, phone)) = reused {
+                let sql = format!(
+                    "with r as (update sessions set revoked_at = now(), revoked_reason = 'refresh_token_reuse'
+                     where id = $1 and revoked_at is null returning id, user_id),
+                     {}
+                     select count(*) from r",
+                    AuditRow::cte(2, "r", Some("r.user_id"), Some("r.id"))
+                );
+                let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(sid);
+                crate::bind_audit!(query, AuditRow::new("refresh_reuse_detected").phone_e164(&phone))
+                    .execute(&mut *tx)
                     .await?;
-            if let Some((sid,)) = reused {
-                sqlx::query(
-                    "update sessions set revoked_at = now(), revoked_reason = 'refresh_token_reuse'
-                     where id = $1 and revoked_at is null",
-                )
-                .bind(sid)
-                .execute(&mut *tx)
-                .await?;
                 tx.commit().await?;
                 tracing::warn!(session_id = %sid, "refresh token reused: session revoked");
             }
@@ -103,11 +115,20 @@ impl SessionStore {
             return Err(AppError::InvalidToken);
         };
         let (token, new_hash) = new_refresh_token()?;
-        sqlx::query("insert into refresh_tokens (token_hash, session_id) values ($1, $2)")
+        let sql = format!(
+            "with t as (insert into refresh_tokens (token_hash, session_id) values ($1, $2) returning 1),
+             {}
+             select count(*) from t",
+            AuditRow::cte(3, "t", None, None)
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&new_hash)
-            .bind(session_id)
-            .execute(&mut *tx)
-            .await?;
+            .bind(session_id);
+        let audit = AuditRow::new("token_refreshed")
+            .user(user.id)
+            .session(session_id)
+            .phone_e164(&user.phone);
+        crate::bind_audit!(query, audit).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok((
             user,
@@ -143,26 +164,35 @@ impl SessionStore {
         Ok(done.rows_affected())
     }
 
-    /// Revokes one session, or every live session of the user. Returns how many were revoked.
-    pub async fn revoke(&self, session_id: Uuid, user_id: Uuid, all: bool) -> AppResult<u64> {
-        let result = if all {
-            sqlx::query(
-                "update sessions set revoked_at = now(), revoked_reason = 'logout_all'
-                 where user_id = $1 and revoked_at is null",
-            )
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?
+    /// Revokes one session, or every live session of the user. Returns how many were revoked. The
+    /// sign-out event (`audit`, completed here) is written by the same statement.
+    pub async fn revoke(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+        all: bool,
+        audit: AuditRow,
+    ) -> AppResult<u64> {
+        let (reason, filter) = if all {
+            ("logout_all", "user_id = $2")
         } else {
-            sqlx::query(
-                "update sessions set revoked_at = now(), revoked_reason = 'logout'
-                 where id = $1 and user_id = $2 and revoked_at is null",
-            )
-            .bind(session_id)
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?
+            ("logout", "id = $1 and user_id = $2")
         };
-        Ok(result.rows_affected())
+        let sql = format!(
+            "with r as (update sessions set revoked_at = now(), revoked_reason = '{reason}'
+             where {filter} and revoked_at is null returning id),
+             {}
+             select count(*) from r",
+            AuditRow::cte(3, "(select 1 from r limit 1) as any_revoked", None, None)
+        );
+        let query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .bind(session_id)
+            .bind(user_id);
+        let audit = audit
+            .user(user_id)
+            .session(session_id)
+            .detail(serde_json::json!({ "allSessions": all }));
+        let revoked = crate::bind_audit!(query, audit).fetch_one(&self.pool).await?;
+        Ok(u64::try_from(revoked).unwrap_or(0))
     }
 }

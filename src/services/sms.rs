@@ -41,6 +41,11 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>>
 
 pub trait SmsSender: Send + Sync {
     fn send<'a>(&'a self, message: SmsMessage<'a>) -> SendFuture<'a>;
+
+    /// The provider's name, a metrics label.
+    fn name(&self) -> &'static str {
+        "custom"
+    }
 }
 
 /// Development only: logs the message, code included, at WARN so it is seen. Never in production
@@ -48,6 +53,10 @@ pub trait SmsSender: Send + Sync {
 pub struct LogSender;
 
 impl SmsSender for LogSender {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
     fn send<'a>(&'a self, message: SmsMessage<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             tracing::warn!(
@@ -92,6 +101,10 @@ impl TestSender {
 }
 
 impl SmsSender for TestSender {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+
     fn send<'a>(&'a self, message: SmsMessage<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
@@ -178,6 +191,10 @@ impl WebhookSender {
 }
 
 impl SmsSender for WebhookSender {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
     fn send<'a>(&'a self, message: SmsMessage<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let payload = serde_json::json!({
@@ -243,6 +260,10 @@ impl TwilioSender {
 }
 
 impl SmsSender for TwilioSender {
+    fn name(&self) -> &'static str {
+        "twilio"
+    }
+
     fn send<'a>(&'a self, message: SmsMessage<'a>) -> SendFuture<'a> {
         Box::pin(async move {
             let url = format!(

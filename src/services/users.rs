@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
+use crate::services::audit::AuditRow;
 
 #[derive(Clone, sqlx::FromRow)]
 pub struct User {
@@ -62,6 +63,7 @@ impl UserStore {
     }
 
     /// Creates the account, or answers PHONE_ALREADY_REGISTERED: the unique constraint decides races.
+    /// The sign-up event is written by the same statement (only when the row was created).
     pub async fn create(
         &self,
         phone: &PhoneNumber,
@@ -69,19 +71,27 @@ impl UserStore {
         first_name: Option<&str>,
         last_name: Option<&str>,
     ) -> AppResult<User> {
-        sqlx::query_as::<_, User>(
-            "insert into users (id, phone, password_hash, first_name, last_name) values ($1, $2, $3, $4, $5)
-             on conflict (phone) do nothing
-             returning id, phone, first_name, last_name, created_at",
-        )
-        .bind(Uuid::new_v4())
-        .bind(phone.e164())
-        .bind(password_hash)
-        .bind(first_name)
-        .bind(last_name)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(AppError::PhoneAlreadyRegistered)
+        let id = Uuid::new_v4();
+        let sql = format!(
+            "with u as (insert into users (id, phone, password_hash, first_name, last_name)
+                        values ($1, $2, $3, $4, $5)
+                        on conflict (phone) do nothing
+                        returning id, phone, first_name, last_name, created_at),
+             {}
+             select id, phone, first_name, last_name, created_at from u",
+            AuditRow::cte(6, "u", None, None)
+        );
+        let query = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(phone.e164())
+            .bind(password_hash)
+            .bind(first_name)
+            .bind(last_name);
+        let audit = AuditRow::new("signed_up").phone(phone).user(id);
+        crate::bind_audit!(query, audit)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(AppError::PhoneAlreadyRegistered)
     }
 
     pub async fn find_by_id(&self, id: Uuid) -> AppResult<Option<User>> {

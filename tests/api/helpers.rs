@@ -89,6 +89,7 @@ impl TestApp {
             resolvers,
             outbox,
             documents,
+            ..
         } = build(
             &config,
             test_sender.then(|| sms.clone() as Arc<dyn phone_auth::services::sms::SmsSender>),
@@ -116,6 +117,11 @@ impl TestApp {
             prefix: config.stores.redis_key_prefix.clone(),
             db_name,
         }
+    }
+
+    /// The URL of this test's own database.
+    pub fn database_url(&self) -> String {
+        format!("{}/{}", server_url(), self.db_name)
     }
 
     pub fn url(&self, path: &str) -> String {

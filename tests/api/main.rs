@@ -8,6 +8,7 @@ mod federation;
 mod flow;
 mod hostile;
 mod lockout;
+mod ops;
 mod otp;
 mod outbox;
 mod redis_roundtrips;

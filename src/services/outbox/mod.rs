@@ -335,6 +335,7 @@ impl Outbox {
             if now_ms().saturating_sub(job.created_ms) > self.settings.code_ttl.as_millis() as u64 {
                 tracing::info!(message_id = %job.message_id, "outbox: job older than the code's lifetime: dropped");
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                crate::ops::metrics::sms_job(self.provider.name(), &job.to, "expired");
                 return Some("expired".to_owned());
             }
             let sent = self
@@ -349,20 +350,24 @@ impl Outbox {
             match sent {
                 Ok(()) => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    crate::ops::metrics::sms_job(self.provider.name(), &job.to, "sent");
                     return Some(String::new());
                 }
                 Err(DeliveryError::Permanent(reason)) => {
                     tracing::warn!(message_id = %job.message_id, %reason, "outbox: permanent failure: dead-lettered");
                     self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    crate::ops::metrics::sms_job(self.provider.name(), &job.to, "dead_lettered");
                     return Some(reason);
                 }
                 Err(DeliveryError::Transient(reason)) if attempt >= self.settings.max_attempts => {
                     tracing::warn!(message_id = %job.message_id, %reason, attempt, "outbox: out of retries: dead-lettered");
                     self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    crate::ops::metrics::sms_job(self.provider.name(), &job.to, "dead_lettered");
                     return Some(format!("{reason} (after {attempt} attempts)"));
                 }
                 Err(DeliveryError::Transient(reason)) => {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    crate::ops::metrics::sms_job(self.provider.name(), &job.to, "retried");
                     let wait = self.backoff(attempt);
                     tracing::info!(message_id = %job.message_id, %reason, attempt, ?wait, "outbox: transient failure: retrying");
                     tokio::time::sleep(wait).await;
@@ -436,13 +441,57 @@ impl Outbox {
     }
 }
 
-/// Starts `n` workers on the current runtime.
+/// Starts `n` workers on the current runtime, and (with any worker) the sampler of the outbox gauges.
 pub fn spawn_workers(outbox: &Arc<Outbox>, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
     let host = std::process::id();
-    (0..n)
+    let mut tasks: Vec<_> = (0..n)
         .map(|i| {
             let name = format!("w-{host}-{i}-{}", uuid::Uuid::new_v4().simple());
             tokio::spawn(outbox.clone().run_worker(name))
         })
-        .collect()
+        .collect();
+    if n > 0 {
+        tasks.push(tokio::spawn(outbox.clone().sample_gauges()));
+    }
+    tasks
+}
+
+/// A stream entry as XRANGE returns it: id and field pairs.
+type StreamEntry = (String, Vec<(String, String)>);
+
+impl Outbox {
+    /// Every 10 s: the outbox's depth, the age of its oldest job and the dead letters kept (Prometheus
+    /// scrapes every 15 to 60 s). Three cheap reads (XLEN, XLEN, XRANGE COUNT 1).
+    async fn sample_gauges(self: Arc<Self>) {
+        use crate::ops::metrics::{SMS_DEAD_LETTERS, SMS_OUTBOX_DEPTH, SMS_OUTBOX_OLDEST_AGE, set_gauge};
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            let mut redis = self.redis.clone();
+            let sampled: redis::RedisResult<(u64, u64, Vec<StreamEntry>)> = redis::pipe()
+                .cmd("XLEN")
+                .arg(&self.stream)
+                .cmd("XLEN")
+                .arg(&self.dead)
+                .cmd("XRANGE")
+                .arg(&self.stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut redis)
+                .await;
+            let Ok((depth, dead, oldest)) = sampled else {
+                continue;
+            };
+            set_gauge(SMS_OUTBOX_DEPTH, depth as f64);
+            set_gauge(SMS_DEAD_LETTERS, dead as f64);
+            // A stream id is `<ms>-<seq>`: the oldest job's age without reading its fields.
+            let age = oldest
+                .first()
+                .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+                .map_or(0.0, |ms| now_ms().saturating_sub(ms) as f64 / 1000.0);
+            set_gauge(SMS_OUTBOX_OLDEST_AGE, age);
+        }
+    }
 }

@@ -70,6 +70,7 @@ impl Shared {
 
     fn refusal(&self, ahead: usize) -> AppError {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::ops::metrics::HASH_REFUSALS).increment(1);
         let now = self.started.elapsed().as_millis() as u64;
         let last = self.last_warning_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 1000
@@ -122,6 +123,8 @@ fn worker(shared: Arc<Shared>, side: Arc<WorkerSide>, nice: u8) {
             .compare_exchange(QUEUED, next, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if won && next == STARTED {
+            metrics::histogram!(crate::ops::metrics::HASH_WAIT)
+                .record(queued.enqueued.elapsed().as_secs_f64());
             let start = Instant::now();
             shared.computed.fetch_add(1, Ordering::Relaxed);
             let job = queued.job;
@@ -135,7 +138,8 @@ fn worker(shared: Arc<Shared>, side: Arc<WorkerSide>, nice: u8) {
             shared.record(&side, start.elapsed());
             memory.shrink_to_default();
         }
-        shared.pending.fetch_sub(1, Ordering::AcqRel);
+        let left = shared.pending.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!(crate::ops::metrics::HASH_QUEUE_DEPTH).set(left as f64);
     }
 }
 
@@ -235,6 +239,7 @@ impl Pool {
         let shared = &self.shared;
         let queue_timeout = shared.queue_timeout;
         let ahead = shared.pending.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!(crate::ops::metrics::HASH_QUEUE_DEPTH).set((ahead + 1) as f64);
         if shared.estimated_wait(ahead) > queue_timeout {
             shared.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(shared.refusal(ahead));
@@ -256,6 +261,7 @@ impl Pool {
         }
         let overloaded = || {
             shared.refused.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::ops::metrics::HASH_REFUSALS).increment(1);
             AppError::Overloaded {
                 retry_after_seconds: queue_timeout.as_secs().max(1),
             }

@@ -1,0 +1,276 @@
+//! Prometheus metrics: every name in one place, described once, served on their own listener
+//! (`METRICS_ADDR`, never the public port: they say how the service is attacked).
+//!
+//! Conventions (prometheus.io "Metric and label naming"): `phone_auth_` prefix, base units
+//! (`_seconds`), `_total` for counters. Labels never carry a phone, an IP, a user id or anything a
+//! client chooses freely: an operation label is one of the schema's root fields or `other`, a country
+//! is a calling code. Every error answered over HTTP 200 is counted by its `extensions.code`, so a
+//! Redis outage shows here even though a load balancer sees only 200s.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "phone_auth_http_requests_total";
+pub const GRAPHQL_REQUESTS: &str = "phone_auth_graphql_requests_total";
+pub const GRAPHQL_DURATION: &str = "phone_auth_graphql_request_duration_seconds";
+pub const SMS_JOBS: &str = "phone_auth_sms_jobs_total";
+pub const SMS_OUTBOX_DEPTH: &str = "phone_auth_sms_outbox_depth";
+pub const SMS_OUTBOX_OLDEST_AGE: &str = "phone_auth_sms_outbox_oldest_job_age_seconds";
+pub const SMS_DEAD_LETTERS: &str = "phone_auth_sms_dead_letters";
+pub const CODES_ISSUED: &str = "phone_auth_codes_issued_total";
+pub const CODES_VERIFIED: &str = "phone_auth_codes_verified_total";
+pub const CODE_CHECKS_FAILED: &str = "phone_auth_code_checks_failed_total";
+pub const BUDGET_REFUSALS: &str = "phone_auth_budget_refusals_total";
+pub const LOCKOUTS: &str = "phone_auth_lockouts_total";
+pub const UNLOCKS: &str = "phone_auth_unlocks_total";
+pub const HASH_QUEUE_DEPTH: &str = "phone_auth_hash_queue_depth";
+pub const HASH_WAIT: &str = "phone_auth_hash_wait_seconds";
+pub const HASH_REFUSALS: &str = "phone_auth_hash_refusals_total";
+pub const STORE_ERRORS: &str = "phone_auth_store_errors_total";
+pub const STORE_DURATION: &str = "phone_auth_store_duration_seconds";
+pub const AUDIT_DROPPED: &str = "phone_auth_audit_events_dropped_total";
+
+/// Latency buckets, seconds: from a cached `me` (~0.2 ms) to a request timeout (15 s).
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once (several `App`s in one test process share it) and returns
+/// the handle that renders the exposition text.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Another thread may have won the race: then its recorder is the one installed, and its handle
+    // is the one to use.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        describe();
+        let _ = HANDLE.set(handle);
+    }
+    HANDLE
+        .get()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("another metrics recorder is installed"))
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by status.");
+    describe_counter!(
+        GRAPHQL_REQUESTS,
+        "GraphQL requests by root field (operation) and extensions.code (OK when no error)."
+    );
+    describe_histogram!(
+        GRAPHQL_DURATION,
+        "GraphQL request latency by root field, seconds."
+    );
+    describe_counter!(
+        SMS_JOBS,
+        "SMS delivery jobs by provider, calling code and outcome (sent, retried, dead_lettered, expired)."
+    );
+    describe_gauge!(
+        SMS_OUTBOX_DEPTH,
+        "Jobs in the SMS outbox (queued or being delivered)."
+    );
+    describe_gauge!(
+        SMS_OUTBOX_OLDEST_AGE,
+        "Age of the oldest job in the SMS outbox, seconds."
+    );
+    describe_gauge!(
+        SMS_DEAD_LETTERS,
+        "Dead letters kept in the SMS dead-letter stream."
+    );
+    describe_counter!(CODES_ISSUED, "One-time codes issued (sent or test numbers).");
+    describe_counter!(
+        CODES_VERIFIED,
+        "One-time codes verified: against codes issued, the first sign of SMS pumping."
+    );
+    describe_counter!(CODE_CHECKS_FAILED, "Wrong, expired or burnt code checks.");
+    describe_counter!(
+        BUDGET_REFUSALS,
+        "Requests refused by a budget or a number policy, by budget."
+    );
+    describe_counter!(LOCKOUTS, "Phones locked for password sign-in.");
+    describe_counter!(UNLOCKS, "Password locks lifted, by how (code, admin).");
+    describe_gauge!(HASH_QUEUE_DEPTH, "Password hashes queued or running.");
+    describe_histogram!(HASH_WAIT, "Time a password hash waited for a thread, seconds.");
+    describe_counter!(HASH_REFUSALS, "Sign-ins refused because hashing was saturated.");
+    describe_counter!(STORE_ERRORS, "Store errors by store (postgres, redis) and kind.");
+    describe_histogram!(
+        STORE_DURATION,
+        "Store call latency by store and operation, seconds."
+    );
+    describe_counter!(
+        AUDIT_DROPPED,
+        "High-volume audit events (code sent, failed check) dropped under overload."
+    );
+}
+
+/// The root fields an `operation` label may take; anything else is `other`, so a client cannot grow
+/// the label set.
+const KNOWN_OPERATIONS: &[&str] = &[
+    "generateCode",
+    "verifyUser",
+    "register",
+    "login",
+    "refreshToken",
+    "logout",
+    "me",
+    "_entities",
+    "_service",
+    "__schema",
+    "__type",
+    "__typename",
+    "changePassword",
+    "resetPassword",
+    "requestPhoneChange",
+    "confirmPhoneChange",
+    "mySessions",
+    "revokeSession",
+    "deleteAccount",
+];
+
+pub fn operation_label(root_field: Option<&str>) -> &'static str {
+    match root_field {
+        None => "none",
+        Some(field) => KNOWN_OPERATIONS
+            .iter()
+            .find(|known| **known == field)
+            .copied()
+            .unwrap_or("other"),
+    }
+}
+
+pub fn graphql_request(operation: &'static str, codes: &[String], took: Duration) {
+    if codes.is_empty() {
+        counter!(GRAPHQL_REQUESTS, "operation" => operation, "code" => "OK").increment(1);
+    }
+    for code in codes {
+        counter!(GRAPHQL_REQUESTS, "operation" => operation, "code" => code.clone()).increment(1);
+    }
+    histogram!(GRAPHQL_DURATION, "operation" => operation).record(took.as_secs_f64());
+}
+
+pub fn http_request(status: u16) {
+    counter!(HTTP_REQUESTS, "status" => status.to_string()).increment(1);
+}
+
+pub fn budget_refused(budget: &'static str) {
+    counter!(BUDGET_REFUSALS, "budget" => budget).increment(1);
+}
+
+/// The outcome of the code issue script (`services::otp`): 0 issued, else the budget that refused.
+pub fn issue_outcome(status: i64) {
+    match status {
+        0 => counter!(CODES_ISSUED).increment(1),
+        1 => budget_refused("phone_resend_cooldown"),
+        2 => budget_refused("phone_sends"),
+        3 => budget_refused("ip_code_requests"),
+        4 => budget_refused("service_sms"),
+        5 => budget_refused("outbox_full"),
+        _ => {}
+    }
+}
+
+/// The outcome of the code check script: 0 verified, 1 wrong, 2 wrong and burnt, else a budget.
+pub fn check_outcome(status: i64) {
+    match status {
+        0 => counter!(CODES_VERIFIED).increment(1),
+        1 | 2 => counter!(CODE_CHECKS_FAILED).increment(1),
+        3 => budget_refused("phone_failures"),
+        4 => budget_refused("ip_code_checks"),
+        _ => {}
+    }
+}
+
+pub fn sms_job(provider: &'static str, to: &str, outcome: &'static str) {
+    counter!(SMS_JOBS, "provider" => provider, "country_code" => calling_code(to), "outcome" => outcome)
+        .increment(1);
+}
+
+/// The calling code of an E.164 number (`+44...` -> "44"): a region label of bounded cardinality
+/// (about 230 codes) that names no subscriber.
+fn calling_code(e164: &str) -> String {
+    let digits = e164.trim_start_matches('+');
+    // ITU-T E.164 calling codes are prefix-free: 1 to 3 digits.
+    for len in 1..=3 {
+        if let Some(code) = digits.get(..len)
+            && phonenumber::metadata::DATABASE
+                .by_code(&code.parse::<u16>().unwrap_or(0))
+                .is_some()
+        {
+            return code.to_owned();
+        }
+    }
+    "unknown".to_owned()
+}
+
+pub fn store_error(store: &'static str, kind: &'static str) {
+    counter!(STORE_ERRORS, "store" => store, "kind" => kind).increment(1);
+}
+
+/// Times a store call: `timed("redis", "otp_issue", fut)`.
+pub async fn timed<T>(store: &'static str, operation: &'static str, fut: impl Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = fut.await;
+    histogram!(STORE_DURATION, "store" => store, "operation" => operation)
+        .record(start.elapsed().as_secs_f64());
+    out
+}
+
+/// Serves `GET /metrics` on `addr` (its own listener, in the background).
+pub async fn serve(addr: std::net::SocketAddr, handle: PrometheusHandle) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    tracing::info!(%addr, "metrics at /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
+pub fn set_gauge(name: &'static str, value: f64) {
+    gauge!(name).set(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(operation_label(Some("login")), "login");
+        assert_eq!(operation_label(Some("attackerChosenName")), "other");
+        assert_eq!(operation_label(None), "none");
+        assert_eq!(calling_code("+16502530000"), "1");
+        assert_eq!(calling_code("+442079460000"), "44");
+        assert_eq!(calling_code("+989121234567"), "98");
+        assert_eq!(calling_code("+3584573975"), "358");
+        assert_eq!(calling_code("garbage"), "unknown");
+    }
+}

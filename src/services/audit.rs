@@ -1,0 +1,288 @@
+//! The audit trail: security events in PostgreSQL (`audit_events`, migrations/), kept
+//! `AUDIT_RETENTION_DAYS` (deleted by the hourly purge).
+//!
+//! Two ways in, by what an event is worth:
+//! - account events (signed up, signed in, token refreshed, refresh reuse, signed out) are written by
+//!   the same SQL statement as the change they record (`AuditRow::cte`), so there is never one without
+//!   the other; account events with no change of ours in PostgreSQL (sign-in failed, locked, unlocked)
+//!   go through a bounded queue with backpressure (`record`: the flow waits for room, never drops);
+//! - high-volume code events (code sent, checked, failed, burnt) go through a second bounded queue
+//!   that drops under overload (`record_bulk`, counted in `phone_auth_audit_events_dropped_total`):
+//!   an SMS-pumping flood must not turn into a write flood, nor slow or fail a request.
+//!
+//! One writer task empties both queues in batches (one INSERT of up to 256 rows).
+//!
+//! Who is asking (client IP, user agent) is request-scoped: the HTTP layer sets `CALLER` around the
+//! request, and `AuthService::detached` carries it into the flow's task, so flows do not thread it
+//! through every signature only to log it.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::domain::PhoneNumber;
+use crate::ops::logging::mask_phone;
+
+tokio::task_local! {
+    /// The caller of the request being served (set by the HTTP layer).
+    pub static CALLER: Caller;
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub ip: Option<String>,
+    /// Truncated to 256 characters.
+    pub user_agent: Option<String>,
+}
+
+impl Caller {
+    pub fn new(ip: std::net::IpAddr, user_agent: Option<&str>) -> Self {
+        Caller {
+            ip: Some(ip.to_string()),
+            user_agent: user_agent.map(|ua| ua.chars().take(256).collect()),
+        }
+    }
+
+    /// The caller of the current request, if any.
+    pub fn current() -> Caller {
+        CALLER.try_with(Caller::clone).unwrap_or_default()
+    }
+}
+
+/// One event, ready to insert.
+#[derive(Clone, Debug)]
+pub struct AuditRow {
+    /// When it happened (not when it was written: queued events are written a little later).
+    pub at: time::OffsetDateTime,
+    pub event: &'static str,
+    pub user_id: Option<Uuid>,
+    pub phone_masked: Option<String>,
+    pub phone_digest: Option<Vec<u8>>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub session_id: Option<Uuid>,
+    pub detail: Value,
+}
+
+/// The lookup key of a phone in the trail.
+pub fn phone_digest(e164: &str) -> Vec<u8> {
+    Sha256::digest(format!("phone-auth audit\0{e164}").as_bytes()).to_vec()
+}
+
+impl AuditRow {
+    /// An event of the current request's caller.
+    pub fn new(event: &'static str) -> Self {
+        let caller = Caller::current();
+        AuditRow {
+            at: time::OffsetDateTime::now_utc(),
+            event,
+            user_id: None,
+            phone_masked: None,
+            phone_digest: None,
+            client_ip: caller.ip,
+            user_agent: caller.user_agent,
+            session_id: None,
+            detail: Value::Object(Default::default()),
+        }
+    }
+
+    pub fn phone(mut self, phone: &PhoneNumber) -> Self {
+        self.phone_masked = Some(mask_phone(phone.e164()));
+        self.phone_digest = Some(phone_digest(phone.e164()));
+        self
+    }
+
+    /// A stored E.164 phone (a user's).
+    pub fn phone_e164(mut self, e164: &str) -> Self {
+        self.phone_masked = Some(mask_phone(e164));
+        self.phone_digest = Some(phone_digest(e164));
+        self
+    }
+
+    pub fn user(mut self, user_id: Uuid) -> Self {
+        self.user_id = Some(user_id);
+        self
+    }
+
+    pub fn session(mut self, session_id: Uuid) -> Self {
+        self.session_id = Some(session_id);
+        self
+    }
+
+    pub fn detail(mut self, detail: Value) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    /// A data-modifying CTE that inserts this row inside another statement, once per row of the CTE
+    /// `from` (so only when that change happened): `first` is the number of the first of the nine
+    /// bind parameters it uses (bind them with `bind_audit!`); `user` and `session` replace the bound
+    /// user and session ids with columns of `from` when given.
+    pub fn cte(first: usize, from: &str, user: Option<&str>, session: Option<&str>) -> String {
+        let p: Vec<String> = (first..first + 9).map(|i| format!("${i}")).collect();
+        let user = user.map_or(format!("{}::uuid", p[2]), str::to_owned);
+        let session = session.map_or(format!("{}::uuid", p[7]), str::to_owned);
+        format!(
+            "audit as (insert into audit_events (at, event, user_id, phone_masked, phone_digest, client_ip, \
+             user_agent, session_id, detail) select {}::timestamptz, {}, {user}, {}, {}, {}, {}, {session}, \
+             {}::jsonb from {from})",
+            p[0], p[1], p[3], p[4], p[5], p[6], p[8]
+        )
+    }
+}
+
+/// Binds the eight parameters of `AuditRow::cte` to any sqlx query (`query`, `query_as`,
+/// `query_scalar` have no common trait for `bind`).
+#[macro_export]
+macro_rules! bind_audit {
+    ($query:expr, $row:expr) => {{
+        let row: &$crate::services::audit::AuditRow = &$row;
+        $query
+            .bind(row.at)
+            .bind(row.event)
+            .bind(row.user_id)
+            .bind(row.phone_masked.clone())
+            .bind(row.phone_digest.clone())
+            .bind(row.client_ip.clone())
+            .bind(row.user_agent.clone())
+            .bind(row.session_id)
+            .bind(row.detail.clone())
+    }};
+}
+
+/// Rows per INSERT.
+const BATCH: usize = 256;
+/// Account events waiting at most (a flow waits for room beyond this).
+const ACCOUNT_QUEUE: usize = 4096;
+/// Code events waiting at most (dropped and counted beyond this).
+const BULK_QUEUE: usize = 8192;
+
+#[derive(Clone)]
+pub struct AuditLog {
+    account: mpsc::Sender<AuditRow>,
+    bulk: mpsc::Sender<AuditRow>,
+}
+
+impl AuditLog {
+    /// Starts the writer task on the current runtime.
+    pub fn start(pool: PgPool) -> Self {
+        let (account, account_rx) = mpsc::channel(ACCOUNT_QUEUE);
+        let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
+        tokio::spawn(writer(pool, account_rx, bulk_rx));
+        AuditLog { account, bulk }
+    }
+
+    /// An account event with no PostgreSQL change of its own: waits for room, never dropped.
+    pub async fn record(&self, row: AuditRow) {
+        if self.account.send(row).await.is_err() {
+            tracing::error!("the audit writer has stopped: an account event was not recorded");
+        }
+    }
+
+    /// A high-volume code event: dropped (and counted) when the queue is full, never waited for.
+    pub fn record_bulk(&self, row: AuditRow) {
+        if self.bulk.try_send(row).is_err() {
+            metrics::counter!(crate::ops::metrics::AUDIT_DROPPED).increment(1);
+        }
+    }
+}
+
+async fn writer(pool: PgPool, mut account: mpsc::Receiver<AuditRow>, mut bulk: mpsc::Receiver<AuditRow>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        // Account events first: they are the ones that must not wait behind a flood.
+        tokio::select! {
+            biased;
+            Some(row) = account.recv() => batch.push(row),
+            Some(row) = bulk.recv() => batch.push(row),
+            else => return,
+        }
+        while batch.len() < BATCH {
+            match account.try_recv().or_else(|_| bulk.try_recv()) {
+                Ok(row) => batch.push(row),
+                Err(_) => break,
+            }
+        }
+        // A failed batch is retried (PostgreSQL down): account events must not be lost while the
+        // process lives; backpressure holds new ones meanwhile.
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = insert(&pool, &batch).await {
+            tracing::warn!(error = %e, events = batch.len(), "writing audit events failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        batch.clear();
+    }
+}
+
+/// Writes one event now (admin commands: a short-lived process has no writer task to wait for).
+pub async fn write_now(pool: &PgPool, row: &AuditRow) -> Result<(), sqlx::Error> {
+    insert(pool, std::slice::from_ref(row)).await
+}
+
+async fn insert(pool: &PgPool, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+    let mut qb = sqlx::QueryBuilder::new(
+        "insert into audit_events (at, event, user_id, phone_masked, phone_digest, client_ip, user_agent, session_id, detail) ",
+    );
+    qb.push_values(rows, |mut b, r| {
+        b.push_bind(r.at)
+            .push_bind(r.event)
+            .push_bind(r.user_id)
+            .push_bind(r.phone_masked.clone())
+            .push_bind(r.phone_digest.clone())
+            .push_bind(r.client_ip.clone())
+            .push_bind(r.user_agent.clone())
+            .push_bind(r.session_id)
+            .push_bind(r.detail.clone());
+    });
+    qb.build().execute(pool).await.map(|_| ())
+}
+
+/// Deletes events older than `days`. Returns how many.
+pub async fn purge(pool: &PgPool, days: u32) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("delete from audit_events where at < now() - make_interval(days => $1)")
+        .bind(i32::try_from(days).unwrap_or(i32::MAX))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// An event as `admin audit` prints it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub at: time::OffsetDateTime,
+    pub event: String,
+    pub user_id: Option<Uuid>,
+    pub phone_masked: Option<String>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub session_id: Option<Uuid>,
+    pub detail: Value,
+}
+
+/// The newest `limit` events of a user or a phone, oldest first.
+pub async fn read(
+    pool: &PgPool,
+    user_id: Option<Uuid>,
+    phone: Option<&str>,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let mut rows: Vec<StoredEvent> = sqlx::query_as(
+        "select id, at, event, user_id, phone_masked, client_ip, user_agent, session_id, detail
+         from audit_events
+         where ($1::uuid is null or user_id = $1) and ($2::bytea is null or phone_digest = $2)
+         order by at desc, id desc limit $3",
+    )
+    .bind(user_id)
+    .bind(phone.map(phone_digest))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.reverse();
+    Ok(rows)
+}

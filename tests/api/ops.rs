@@ -1,0 +1,523 @@
+//! Running it: metrics, request ids and access logs (the real binary as a process, so its metrics
+//! recorder and its log output are its own), the audit trail, and the admin commands (each driven
+//! through the binary, as an operator would).
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::stub::{Reply, Stub};
+
+const BIN: &str = env!("CARGO_BIN_EXE_phone-auth");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The service as a child process with its own database and key prefix; stdout collected.
+struct Process {
+    child: Child,
+    addr: String,
+    metrics: String,
+    out: Arc<Mutex<Vec<String>>>,
+    db: String,
+    client: reqwest::Client,
+}
+
+impl Process {
+    async fn start(extra: &[(&str, String)]) -> Process {
+        let (port, metrics_port) = (free_port(), free_port());
+        let db = format!("phone_auth_test_{}", uuid::Uuid::new_v4().simple());
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("APP_ENV", "test")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env("DATABASE_URL", format!("{}/{db}", server_url()))
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
+            .env("OTP_HMAC_SECRET", "test-secret-test-secret-test-secret!")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let p = Process {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            out,
+            db,
+            client: reqwest::Client::new(),
+        };
+        let start = Instant::now();
+        while p.client.get(format!("{}/healthz", p.addr)).send().await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the service did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p
+    }
+
+    async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.client
+            .post(format!("{}/graphql", self.addr))
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn scrape(&self) -> String {
+        self.client
+            .get(&self.metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let db = self.db.clone();
+        // Dropped from a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                use sqlx::Connection as _;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{}/postgres", server_url())).await {
+                    let drop = format!("drop database if exists \"{db}\" with (force)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut c).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// The value of one sample line `name{labels} value`, matching every given label.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const GENERATE: &str = "mutation($p: String!) { generateCode(phone: $p) { phone } }";
+const VERIFY: &str =
+    "mutation($p: String!, $c: String!) { verifyUser(phone: $p, code: $c) { registered registrationToken } }";
+const REGISTER: &str = "mutation($t: String!) { register(input: { registrationToken: $t, password: \"violet-anchor-1987\" }) { accessToken } }";
+const LOGIN: &str = "mutation($p: String!, $w: String!) { login(phone: $p, password: $w) { accessToken } }";
+
+#[tokio::test]
+async fn metrics_count_a_flow_and_logs_carry_the_request_id() {
+    let stub = Stub::start(std::iter::repeat_n(Reply::Status(400), 10)).await;
+    let p = Process::start(&[
+        ("SMS_PROVIDER", "webhook".into()),
+        ("SMS_WEBHOOK_URL", stub.url("/sms")),
+        (
+            "SMS_WEBHOOK_SECRET",
+            "whsec_c2VjcmV0LWtleS1mb3Itc21zLXdlYmhvb2stdGVzdHM=".into(),
+        ),
+        ("SMS_TEST_NUMBERS", "+16502530999:424242".into()),
+    ])
+    .await;
+    let phone = "+16502530999";
+    p.gql(GENERATE, json!({ "p": phone })).await;
+    let again = p.gql(GENERATE, json!({ "p": phone })).await;
+    assert_eq!(again["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+    let wrong = p.gql(VERIFY, json!({ "p": phone, "c": "000000" })).await;
+    assert_eq!(wrong["errors"][0]["extensions"]["code"], "INVALID_CODE");
+    let verified = p.gql(VERIFY, json!({ "p": phone, "c": "424242" })).await;
+    let token = verified["data"]["verifyUser"]["registrationToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let registered = p.gql(REGISTER, json!({ "t": token })).await;
+    assert!(
+        registered["data"]["register"]["accessToken"].is_string(),
+        "{registered}"
+    );
+    for _ in 0..3 {
+        p.gql(LOGIN, json!({ "p": phone, "w": "wrong-password-1" })).await;
+    }
+    let locked = p
+        .gql(LOGIN, json!({ "p": phone, "w": "violet-anchor-1987" }))
+        .await;
+    assert_eq!(locked["errors"][0]["extensions"]["code"], "ACCOUNT_LOCKED");
+    // A real number: its SMS is refused by the provider (400) and dead-lettered.
+    p.gql(GENERATE, json!({ "p": "+16502530001" })).await;
+
+    let start = Instant::now();
+    let metrics = loop {
+        let m = p.scrape().await;
+        if sample(&m, "phone_auth_sms_jobs_total", &[("outcome", "dead_lettered")]) >= 1.0 {
+            break m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no dead letter counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let expect = |name: &str, labels: &[(&str, &str)], want: f64| {
+        assert_eq!(
+            sample(&metrics, name, labels),
+            want,
+            "{name} {labels:?} in\n{metrics}"
+        );
+    };
+    expect("phone_auth_codes_issued_total", &[], 2.0);
+    expect("phone_auth_codes_verified_total", &[], 1.0);
+    expect("phone_auth_code_checks_failed_total", &[], 1.0);
+    expect(
+        "phone_auth_budget_refusals_total",
+        &[("budget", "phone_resend_cooldown")],
+        1.0,
+    );
+    expect("phone_auth_lockouts_total", &[], 1.0);
+    expect(
+        "phone_auth_sms_jobs_total",
+        &[
+            ("provider", "webhook"),
+            ("country_code", "1"),
+            ("outcome", "dead_lettered"),
+        ],
+        1.0,
+    );
+    expect(
+        "phone_auth_graphql_requests_total",
+        &[("operation", "register"), ("code", "OK")],
+        1.0,
+    );
+    expect(
+        "phone_auth_graphql_requests_total",
+        &[("operation", "login"), ("code", "ACCOUNT_LOCKED")],
+        2.0, // the third wrong password locks, and the right one is then refused
+    );
+    expect(
+        "phone_auth_graphql_requests_total",
+        &[("operation", "login"), ("code", "INVALID_CREDENTIALS")],
+        2.0,
+    );
+    assert!(sample(&metrics, "phone_auth_http_requests_total", &[("status", "200")]) >= 9.0);
+    assert!(
+        sample(&metrics, "phone_auth_hash_wait_seconds_count", &[]) >= 4.0,
+        "{metrics}"
+    );
+    assert!(!metrics.contains("6502530"), "no phone in any label");
+    assert!(!metrics.contains("127.0.0.1"), "no IP in any label");
+
+    // Request id: a good one is kept and echoed, and every line of that request carries it.
+    let response = p
+        .client
+        .post(format!("{}/graphql", p.addr))
+        .header("x-request-id", "req-7f3a")
+        .json(&json!({ "query": LOGIN, "variables": { "p": phone, "w": "wrong-password-1" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-7f3a");
+    let forged = p
+        .client
+        .get(format!("{}/healthz", p.addr))
+        .header("x-request-id", "a\"b")
+        .send()
+        .await
+        .unwrap();
+    let fresh = forged.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(fresh.len(), 36, "a refused id is replaced by a UUID: {fresh}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = p.lines();
+    let access: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "phone_auth::access" && v["span"]["request_id"] == "req-7f3a")
+        .collect();
+    assert_eq!(access.len(), 1, "one access line for the request: {lines:#?}");
+    let line = &access[0];
+    assert_eq!(line["operation"], "login");
+    assert_eq!(line["kind"], "mutation");
+    assert_eq!(line["codes"], "ACCOUNT_LOCKED");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["client_ip"], "127.0.0.1");
+    assert!(line["latency_ms"].as_f64().is_some());
+    for l in &lines {
+        assert!(!l.contains("6502530999"), "a phone in clear in the log: {l}");
+        assert!(
+            !l.contains("violet-anchor") && !l.contains("424242"),
+            "a secret in the log: {l}"
+        );
+        assert!(!l.contains('\u{1b}'), "colour escapes in a pipe: {l}");
+    }
+}
+
+async fn audit_events(app: &TestApp) -> Vec<(String, Option<uuid::Uuid>, Option<String>, Value)> {
+    sqlx::query_as("select event, user_id, phone_masked, detail from audit_events order by at, id")
+        .fetch_all(&app.pg)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_audit_trail_holds_a_whole_flow_in_order() {
+    let app = TestApp::spawn_with(|c| c.otp.otp_resend_cooldown_seconds = 0).await;
+    let phone = "+16502530123";
+    let auth = app.sign_up(phone, "violet-anchor-1987").await;
+    let refresh = auth["refreshToken"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        app.gql(LOGIN, json!({ "p": phone, "w": "wrong-password-1" }))
+            .await;
+    }
+    app.generate_code(phone).await;
+    let code = app.last_code(phone);
+    // Signs in by code and lifts the lock.
+    let by_code = app.verify(phone, &code).await;
+    let code_token = by_code["data"]["verifyUser"]["auth"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refreshed = app
+        .gql(
+            "mutation($r: String!) { refreshToken(refreshToken: $r) { accessToken } }",
+            json!({ "r": refresh }),
+        )
+        .await;
+    assert!(refreshed["data"]["refreshToken"]["accessToken"].is_string());
+    app.gql(
+        "mutation($r: String!) { refreshToken(refreshToken: $r) { accessToken } }",
+        json!({ "r": refresh }),
+    )
+    .await; // reuse: the session is revoked
+    app.gql_with(
+        Some(&code_token),
+        "mutation { logout(allSessions: true) { revokedSessions } }",
+        json!({}),
+    )
+    .await;
+
+    // Code events are written off the request path: wait for the writer.
+    let start = Instant::now();
+    let events = loop {
+        let events = audit_events(&app).await;
+        if events.iter().filter(|e| e.0.starts_with("code_")).count() >= 4 {
+            break events;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let names: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    // Account events are in order; code events may be written a little later than the account
+    // events around them, so they are checked apart.
+    let account: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !n.starts_with("code_"))
+        .collect();
+    assert_eq!(
+        account,
+        [
+            "signed_up",
+            "signed_in",
+            "sign_in_failed",
+            "sign_in_failed",
+            "sign_in_failed",
+            "locked",
+            "unlocked",
+            "signed_in",
+            "token_refreshed",
+            "refresh_reuse_detected",
+            "signed_out",
+        ],
+        "{names:?}"
+    );
+    let codes: Vec<&str> = names.iter().copied().filter(|n| n.starts_with("code_")).collect();
+    assert_eq!(
+        codes,
+        ["code_sent", "code_verified", "code_sent", "code_verified"]
+    );
+    let user = events[account_index(&names, "signed_up")].1.unwrap();
+    for (event, user_id, masked, _) in &events {
+        assert_eq!(
+            masked.as_deref(),
+            Some("+1650***0123"),
+            "{event}: the phone, masked"
+        );
+        if !event.starts_with("code_") && !["sign_in_failed", "locked"].contains(&event.as_str()) {
+            assert_eq!(*user_id, Some(user), "{event} names the user");
+        }
+    }
+    let detail = |name: &str, nth: usize| &events.iter().filter(|e| e.0 == name).nth(nth).unwrap().3;
+    assert_eq!(detail("signed_in", 0)["method"], "registration");
+    assert_eq!(detail("signed_in", 1)["method"], "code");
+    assert_eq!(detail("unlocked", 0)["by"], "code");
+    assert_eq!(detail("signed_out", 0)["allSessions"], true);
+    let raw: Vec<(Option<String>,)> = sqlx::query_as("select client_ip from audit_events")
+        .fetch_all(&app.pg)
+        .await
+        .unwrap();
+    assert!(
+        raw.iter().all(|(ip,)| ip.as_deref() == Some("127.0.0.1")),
+        "{raw:?}"
+    );
+}
+
+fn account_index(names: &[&str], name: &str) -> usize {
+    names.iter().position(|n| *n == name).unwrap()
+}
+
+/// Runs `phone-auth admin ...` against the test app's stores.
+fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("admin")
+        .args(args)
+        .env_clear()
+        .env("APP_ENV", "test")
+        .env("DATABASE_URL", app.database_url())
+        .env("REDIS_URL", redis_url())
+        .env("REDIS_KEY_PREFIX", &app.prefix)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn admin_commands_through_the_binary() {
+    let app = TestApp::spawn().await;
+    let phone = "+16502530456";
+    app.sign_up(phone, "violet-anchor-1987").await;
+    for _ in 0..3 {
+        app.gql(LOGIN, json!({ "p": phone, "w": "wrong-password-1" }))
+            .await;
+    }
+
+    let (ok, out) = admin(&app, &["user", "show", phone]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("+1650***0456") && out.contains("1 live") && out.contains("locked for"),
+        "{out}"
+    );
+    assert!(!out.contains(phone), "the phone is masked: {out}");
+
+    let (ok, out) = admin(&app, &["unlock", phone]);
+    assert!(ok && out.contains("lock lifted"), "{out}");
+    let signed_in = app
+        .gql(LOGIN, json!({ "p": phone, "w": "violet-anchor-1987" }))
+        .await;
+    assert!(
+        signed_in["data"]["login"]["accessToken"].is_string(),
+        "{signed_in}"
+    );
+
+    let (ok, out) = admin(&app, &["sessions", "list", "--phone", phone]);
+    assert!(ok && out.contains("2 session(s)"), "{out}");
+    let (ok, out) = admin(&app, &["sessions", "revoke", "--phone", phone]);
+    assert!(ok && out.contains("revoked 2 live session(s)"), "{out}");
+    let (live,): (i64,) = sqlx::query_as("select count(*) from sessions where revoked_at is null")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(live, 0);
+
+    let (ok, out) = admin(&app, &["audit", "--phone", phone]);
+    assert!(
+        ok && out.contains("unlocked") && out.contains("admin_sessions_revoked"),
+        "{out}"
+    );
+
+    // Dead letters: one put there as a worker would.
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}sms:dead", app.prefix))
+        .arg("*")
+        .arg("id")
+        .arg("m-1")
+        .arg("to")
+        .arg("+16502530777")
+        .arg("reason")
+        .arg("HTTP 400")
+        .arg("failed_ms")
+        .arg(0)
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    let (ok, out) = admin(&app, &["sms", "dead-letters", "list"]);
+    assert!(
+        ok && out.contains("1 dead letter(s)") && out.contains("+1650***0777") && out.contains("HTTP 400"),
+        "{out}"
+    );
+    assert!(!out.contains("+16502530777"), "{out}");
+    let (ok, out) = admin(&app, &["sms", "dead-letters", "purge"]);
+    assert!(ok && out.contains("purged 1"), "{out}");
+
+    let (ok, key) = admin(&app, &["keys", "generate"]);
+    assert!(ok && key.trim().contains(':'), "{key}");
+    let (ok, out) = admin(&app, &["keys", "show"]);
+    assert!(!ok && out.contains("JWT_SIGNING_KEYS is not set"), "{out}");
+
+    let (ok, out) = admin(&app, &["user", "delete", phone]);
+    assert!(ok && out.contains("deleted user"), "{out}");
+    let (users,): (i64,) = sqlx::query_as("select count(*) from users")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(users, 0);
+
+    // Bad input: clear messages, non-zero exits, nothing changed.
+    let (ok, out) = admin(&app, &["user", "show", phone]);
+    assert!(!ok && out.contains("no account for +1650***0456"), "{out}");
+    let (ok, out) = admin(&app, &["unlock", "not a phone"]);
+    assert!(!ok && out.contains("not a valid phone number"), "{out}");
+    let (ok, out) = admin(&app, &["sessions", "list", "--user", "nope"]);
+    assert!(!ok && out.contains("is not a user id"), "{out}");
+    let down = Command::new(BIN)
+        .args(["admin", "unlock", phone])
+        .env_clear()
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        !down.status.success() && text.contains("cannot connect to PostgreSQL"),
+        "{text}"
+    );
+}
