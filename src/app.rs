@@ -339,7 +339,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             }),
             documents: documents.clone(),
             trusted_proxies: Arc::new(trusted_proxies),
-            graphiql: !production,
+            graphiql: config.graphiql.unwrap_or(!production),
         },
         Duration::from_secs(config.request_timeout_seconds),
         config.max_body_bytes,

@@ -30,6 +30,10 @@ pub struct Config {
     #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
     pub app_env: AppEnv,
 
+    /// GraphiQL at GET /graphql in a browser (true or false). Unset: on, except when APP_ENV=production.
+    #[arg(long, env = "GRAPHIQL")]
+    pub graphiql: Option<bool>,
+
     /// Address the HTTP server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,

@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use redis::aio::ConnectionManager;
 use serde_json::json;
@@ -43,14 +43,14 @@ pub struct HttpState {
     pub limits: Arc<DocumentLimits>,
     pub documents: Arc<DocumentCache>,
     pub trusted_proxies: Arc<TrustedProxies>,
-    /// GraphiQL at GET /graphql (development and test only).
+    /// GraphiQL at GET /graphql and its assets under /graphiql/ (`GRAPHIQL`; off in production by default).
     pub graphiql: bool,
 }
 
 /// `max_body_bytes`: our largest legitimate request (register with a 128-character password and
 /// names) is under 2 KiB; the default 32 KiB leaves room for hand-written queries.
 pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize) -> Router {
-    Router::new()
+    crate::graphiql::routes(state.graphiql)
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -184,7 +184,7 @@ async fn graphql_get(
                 "Pass the GraphQL query as ?query=...",
             );
         }
-        return Html(graphiql_html()).into_response();
+        return crate::graphiql::page();
     };
     let mut request = match async_graphql::http::parse_query_string(&query) {
         Ok(r) => r,
@@ -337,35 +337,4 @@ async fn openid_configuration(State(state): State<Arc<HttpState>>) -> Response {
         "subject_types_supported": ["public"],
     }))
     .into_response()
-}
-
-fn graphiql_html() -> String {
-    // GraphiQL 4 and React from a CDN (unpkg): the page needs internet access in the browser. The
-    // bearer header is editable in the "Headers" tab.
-    r#"<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>phone-auth GraphiQL</title>
-  <style>body { margin: 0; height: 100vh; } #graphiql { height: 100vh; }</style>
-  <link rel="stylesheet" href="https://unpkg.com/graphiql@4.1.2/graphiql.min.css">
-</head>
-<body>
-  <div id="graphiql">Loading GraphiQL from unpkg.com...</div>
-  <script crossorigin src="https://unpkg.com/react@18.3.1/umd/react.production.min.js"></script>
-  <script crossorigin src="https://unpkg.com/react-dom@18.3.1/umd/react-dom.production.min.js"></script>
-  <script crossorigin src="https://unpkg.com/graphiql@4.1.2/graphiql.min.js"></script>
-  <script>
-    const fetcher = GraphiQL.createFetcher({ url: window.location.pathname });
-    ReactDOM.createRoot(document.getElementById('graphiql')).render(
-      React.createElement(GraphiQL, {
-        fetcher,
-        isHeadersEditorEnabled: true,
-        defaultHeaders: '{\n  "Authorization": "Bearer <accessToken>"\n}',
-      })
-    );
-  </script>
-</body>
-</html>"#
-        .to_owned()
 }

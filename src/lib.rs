@@ -9,6 +9,7 @@ pub mod client_ip;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod server;
