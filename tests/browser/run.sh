@@ -15,6 +15,7 @@ if [[ ! -x "$chromium" ]]; then
     echo "run.sh: no Chromium at $chromium; installing Debian's chromium"
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+    [[ -x "$chromium" ]] || { echo "run.sh: chromium is installed, but $chromium is still missing" >&2; exit 1; }
   else
     echo "run.sh: no Chromium at $chromium. Install Debian's, as root:" >&2
     echo "  apt-get update && apt-get install -y chromium" >&2
