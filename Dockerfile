@@ -3,6 +3,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# GraphiQL's files, embedded by src/graphiql.rs (include_bytes!).
+COPY assets ./assets
 COPY migrations ./migrations
 RUN cargo build --release --locked && strip target/release/phone-auth
 

@@ -266,7 +266,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             schema,
             auth: auth.clone(),
             trusted_proxies,
-            graphiql: !production,
+            graphiql: config.http.graphiql.unwrap_or(!production),
         },
         Duration::from_secs(config.http.request_timeout_seconds),
         config.http.max_body_bytes,

@@ -89,6 +89,10 @@ impl OpsConfig {
 #[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "HTTP")]
 pub struct HttpConfig {
+    /// GraphiQL at GET /graphql in a browser (true or false). Unset: on, except when APP_ENV=production.
+    #[arg(long, env = "GRAPHIQL")]
+    pub graphiql: Option<bool>,
+
     /// Address the HTTP server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 
 use crate::graphql::RequestContext;
 use crate::graphql::error::{codes, tag_uncoded};
@@ -131,7 +131,7 @@ pub(super) async fn graphql_get(
                 "Pass the GraphQL query as ?query=...",
             );
         }
-        return Html(graphiql_html()).into_response();
+        return crate::http::graphiql::page();
     };
     let mut request = match async_graphql::http::parse_query_string(&query) {
         Ok(r) => r,
@@ -229,35 +229,4 @@ async fn execute(
     // Responses carry tokens: never cached by a browser or a proxy.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     http
-}
-
-fn graphiql_html() -> String {
-    // GraphiQL 4 and React from a CDN (unpkg): the page needs internet access in the browser. The
-    // bearer header is editable in the "Headers" tab.
-    r#"<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>phone-auth GraphiQL</title>
-  <style>body { margin: 0; height: 100vh; } #graphiql { height: 100vh; }</style>
-  <link rel="stylesheet" href="https://unpkg.com/graphiql@4.1.2/graphiql.min.css">
-</head>
-<body>
-  <div id="graphiql">Loading GraphiQL from unpkg.com...</div>
-  <script crossorigin src="https://unpkg.com/react@18.3.1/umd/react.production.min.js"></script>
-  <script crossorigin src="https://unpkg.com/react-dom@18.3.1/umd/react-dom.production.min.js"></script>
-  <script crossorigin src="https://unpkg.com/graphiql@4.1.2/graphiql.min.js"></script>
-  <script>
-    const fetcher = GraphiQL.createFetcher({ url: window.location.pathname });
-    ReactDOM.createRoot(document.getElementById('graphiql')).render(
-      React.createElement(GraphiQL, {
-        fetcher,
-        isHeadersEditorEnabled: true,
-        defaultHeaders: '{\n  "Authorization": "Bearer <accessToken>"\n}',
-      })
-    );
-  </script>
-</body>
-</html>"#
-        .to_owned()
 }

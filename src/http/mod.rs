@@ -2,6 +2,7 @@
 //! document cache, error codes) lives in `graphql`; this layer only moves requests in and answers out.
 
 mod discovery;
+mod graphiql;
 mod graphql;
 mod health;
 
@@ -29,14 +30,14 @@ pub struct HttpState {
     pub schema: AuthSchema,
     pub auth: Arc<AuthService>,
     pub trusted_proxies: TrustedProxies,
-    /// GraphiQL at GET /graphql (development and test only).
+    /// GraphiQL at GET /graphql and its assets under /graphiql/ (`GRAPHIQL`; off in production by default).
     pub graphiql: bool,
 }
 
 /// `max_body_bytes`: our largest legitimate request (register with a 128-character password and
 /// names) is under 2 KiB; the default 32 KiB leaves room for hand-written queries.
 pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize) -> Router {
-    Router::new()
+    graphiql::routes(state.graphiql)
         .route("/graphql", get(graphql::graphql_get).post(graphql::graphql_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::readyz))

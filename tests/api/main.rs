@@ -6,6 +6,7 @@ mod helpers;
 
 mod federation;
 mod flow;
+mod graphiql;
 mod hostile;
 mod lockout;
 mod ops;

@@ -122,6 +122,8 @@ class PhoneAuth {
         PATH: process.env.PATH,
         APP_ENV: 'development',
         LISTEN_ADDR: `127.0.0.1:${port}`,
+        // Several servers may run at once: none takes the metrics port.
+        METRICS_ADDR: 'off',
         DATABASE_URL: `${PG_SERVER}/${DB_NAME}`,
         REDIS_URL,
         REDIS_KEY_PREFIX: REDIS_PREFIX,
