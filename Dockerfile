@@ -3,6 +3,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace's other member (the benchmark): cargo needs its manifest; the build leaves it out.
+COPY bench ./bench
 COPY migrations ./migrations
 RUN cargo build --release --locked && strip target/release/phone-auth
 
