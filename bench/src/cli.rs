@@ -19,14 +19,6 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Phone parsing on one core: the server's `PhoneNumber::parse` against the `phonenumber` crate's
-    /// own `parse` + `is_valid` + `number_type` + E.164 formatting (what the server did before), over
-    /// the same fresh valid numbers. No server is started.
-    PhoneParse {
-        /// Distinct numbers parsed per round (two rounds each).
-        #[arg(long, default_value_t = 200_000)]
-        count: u64,
-    },
     /// Internal: the baseline server (a bare axum handler doing one EVALSHA per request).
     BaselineServer {
         #[arg(long)]
