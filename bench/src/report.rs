@@ -15,6 +15,8 @@ pub struct Row {
     pub op: String,
     pub clients: usize,
     pub requests: u64,
+    /// Requests that succeeded.
+    pub ok: u64,
     pub rps: f64,
     pub p50: f64,
     pub p90: f64,
@@ -70,6 +72,7 @@ impl Bench {
                 op: op.clone(),
                 clients,
                 requests: n,
+                ok: stats.ok,
                 rps: n as f64 / secs,
                 p50: ms(percentile(&stats.latencies_us, 50.0)),
                 p90: ms(percentile(&stats.latencies_us, 90.0)),
