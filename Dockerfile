@@ -3,8 +3,10 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-# GraphiQL's files, embedded by src/graphiql.rs (include_bytes!).
+# GraphiQL's files, embedded by src/http/graphiql.rs (include_bytes!).
 COPY assets ./assets
+# The workspace's other member (the benchmark): cargo needs its manifest; the build leaves it out.
+COPY bench ./bench
 COPY migrations ./migrations
 RUN cargo build --release --locked && strip target/release/phone-auth
 

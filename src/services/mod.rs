@@ -36,6 +36,27 @@ impl Keys {
     pub fn other(&self, what: &str) -> String {
         format!("{}{}", self.prefix, what)
     }
+
+    /// The kind of a key made here, its variable part replaced by a placeholder: `{phone}:otp`,
+    /// `ip:<addr>:code_requests` (otp.rs, lockout.rs), `reg:<sha256>` (registration.rs), `sms:outbox`.
+    /// None for a key without this prefix. For audits (the benchmark's TTL check).
+    pub fn kind(&self, key: &str) -> Option<String> {
+        let k = key.strip_prefix(&self.prefix)?;
+        if let Some(rest) = k.strip_prefix('{')
+            && let Some((_, what)) = rest.split_once('}')
+        {
+            return Some(format!("{{phone}}{what}"));
+        }
+        if let Some(rest) = k.strip_prefix("ip:")
+            && let Some((_, what)) = rest.rsplit_once(':')
+        {
+            return Some(format!("ip:<addr>:{what}"));
+        }
+        if k.starts_with("reg:") {
+            return Some("reg:<sha256>".into());
+        }
+        Some(k.to_owned())
+    }
 }
 
 /// Lua helpers shared by the budget scripts, put in front of each script that uses them (Redis scripts

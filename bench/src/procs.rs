@@ -1,5 +1,6 @@
-//! Child processes (the server under test, the baseline server, a private redis-server) and what
-//! /proc says about them: peak RSS, CPU time, per-thread run-queue waits.
+//! Child processes (the server under test, the baseline server, a private redis-server), how they are
+//! started (under a wrapper such as valgrind, loopback only), and what /proc says about them: peak RSS,
+//! CPU time, per-thread run-queue waits.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -73,6 +74,61 @@ impl Drop for ChildGuard {
     }
 }
 
+/// `program`, or `wrapper... program` when a wrapper (valgrind, perf) is given.
+pub fn wrapped(wrapper: &str, program: &std::ffi::OsStr) -> Command {
+    let mut parts = wrapper.split_whitespace();
+    match parts.next() {
+        None => Command::new(program),
+        Some(first) => {
+            let mut c = Command::new(first);
+            c.args(parts).arg(program);
+            c
+        }
+    }
+}
+
+/// How long a server may take to answer its first health check (much longer under a wrapper).
+pub fn ready_within(wrapper: &str) -> Duration {
+    if wrapper.trim().is_empty() {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(300)
+    }
+}
+
+/// Is the wrapper callgrind (whose instrumentation loadgen switches on per measured window)?
+pub fn callgrind(wrapper: &str) -> bool {
+    wrapper.contains("callgrind")
+}
+
+/// `callgrind_control ARGS PID` (quietly).
+pub fn callgrind_control(args: &[&str], pid: u32) {
+    let _ = Command::new("callgrind_control")
+        .args(args)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Refuses a URL whose host is not this machine's loopback.
+pub fn ensure_loopback(url: &str, what: &str) -> anyhow::Result<()> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    let ok = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        ok,
+        "{what} must be on this machine's loopback (127.0.0.1), not {host:?}"
+    );
+    Ok(())
+}
+
 /// A free TCP port on 127.0.0.1 (bind 0, read, release).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -125,6 +181,12 @@ pub async fn start_redis(dir: &Path) -> anyhow::Result<(ChildGuard, String)> {
         }
     }
     anyhow::bail!("could not start redis-server (is it on PATH?)")
+}
+
+pub async fn redis_conn(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?)
 }
 
 fn status_field_kib(pid: u32, field: &str) -> Option<u64> {
@@ -210,4 +272,29 @@ pub fn thread_deltas(before: &ThreadTimes, after: &ThreadTimes) -> Vec<(String, 
         .collect();
     out.sort_by(|a, b| b.1.total_cmp(&a.1));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ensure_loopback;
+
+    #[test]
+    fn only_loopback_urls_are_accepted() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432",
+            "redis://localhost:6379",
+            "redis://[::1]:6379/0",
+            "redis://:secret@127.0.0.2",
+        ] {
+            assert!(ensure_loopback(url, "url").is_ok(), "{url}");
+        }
+        for url in [
+            "postgres://postgres@10.0.0.1:5432",
+            "redis://db.example.com:6379",
+            "redis://[2001:db8::1]:6379",
+            "postgres://127.0.0.1@db.example.com/x",
+        ] {
+            assert!(ensure_loopback(url, "url").is_err(), "{url}");
+        }
+    }
 }

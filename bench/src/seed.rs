@@ -1,5 +1,5 @@
-//! Seeding benchmark users: `count` rows in one `insert ... select ... generate_series` (then `vacuum
-//! (analyze)`), all with ONE
+//! The benchmark database: dropped and created again by `loadgen` at start, and seeded with users:
+//! `count` rows in one `insert ... select ... generate_series` (then `vacuum (analyze)`), all with ONE
 //! argon2id hash computed here (the server's parameters), so a million rows take seconds, not hours.
 //! Shared by `seed_users` (the command) and `loadgen` (which seeds 1,000 then 1,000,000 users).
 //!
@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, Version};
 use phone_auth::services::password::{M_COST_KIB, P_COST, T_COST};
 use sqlx::ConnectOptions as _;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 /// Every seeded user's password.
 pub const SEED_PASSWORD: &str = "loadgen-seed-password-1987";
@@ -43,6 +43,31 @@ pub fn check_database_name(url: &str, any_database: bool) -> anyhow::Result<()> 
         any_database || name.contains("bench"),
         "refusing to seed database {name:?}: its name does not contain \"bench\" (pass --any-database to insist)"
     );
+    Ok(())
+}
+
+/// The URL of `database` on the PostgreSQL server `pg_server` (`postgres://user@host:port`).
+pub fn database_url(pg_server: &str, database: &str) -> String {
+    format!("{}/{database}", pg_server.trim_end_matches('/'))
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<PgConnection> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(options.connect().await?)
+}
+
+/// Drops the benchmark database `database` (its name must contain "bench") and creates it empty.
+pub async fn recreate_database(pg_server: &str, database: &str) -> anyhow::Result<()> {
+    check_database_name(&database_url(pg_server, database), false)?;
+    anyhow::ensure!(
+        database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "the benchmark database name may have only [A-Za-z0-9_]"
+    );
+    let mut admin = connect(&database_url(pg_server, "postgres")).await?;
+    let sql = format!("drop database if exists \"{database}\" with (force)");
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
+    let sql = format!("create database \"{database}\"");
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
     Ok(())
 }
 

@@ -402,3 +402,18 @@ impl Rng {
         if n == 0 { 0 } else { self.next_u64() % n }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&sorted, 50.0), 50);
+        assert_eq!(percentile(&sorted, 99.0), 99);
+        assert_eq!(percentile(&sorted, 100.0), 100);
+        assert_eq!(percentile(&[7], 1.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+}

@@ -1,16 +1,14 @@
 //! Seeds benchmark users into a PostgreSQL database (created and migrated if needed):
 //!
 //! ```sh
-//! cargo run --release --bin seed_users -- --count 1000000
+//! cargo run --release -p phone-auth-bench --bin seed_users -- --count 1000000
 //! ```
 //!
 //! Users 0..count get phones +16502000000 + i and the password in `seed::SEED_PASSWORD`, all sharing one
 //! precomputed argon2id hash. Idempotent: phones already present are skipped.
 
-#[path = "loadgen/seed.rs"]
-mod seed;
-
 use clap::Parser;
+use phone_auth_bench::seed;
 
 #[derive(Parser)]
 #[command(
