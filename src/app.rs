@@ -116,6 +116,7 @@ pub async fn build_outbox(config: &Config, provider: Arc<dyn SmsSender>) -> anyh
 /// Builds the service. `sms` overrides the configured provider (tests pass a `TestSender`).
 pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::Result<App> {
     config.validate_with(sms.is_none())?;
+    config.log_profile(sms.is_none());
     let production = config.production();
 
     let provider = match sms {

@@ -6,7 +6,7 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use phone_auth::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -37,7 +37,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Whether APP_ENV was given or defaulted: Config::validate refuses a forgotten one on the network.
+    cli.config.note_sources(&matches);
     match cli.command.unwrap_or(Command::Serve) {
         Command::PrintSchema => {
             print!("{}", phone_auth::graphql::sdl());
@@ -75,6 +78,7 @@ fn init_tracing() {
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    config.log_profile(true);
     let provider = phone_auth::app::sms_provider(&config)?;
     let outbox = std::sync::Arc::new(phone_auth::app::build_outbox(&config, provider).await?);
     let workers = phone_auth::services::outbox::spawn_workers(&outbox, config.sms.sms_workers.max(1));
