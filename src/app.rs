@@ -147,8 +147,13 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             vec![key]
         }
     };
-    let tokens = TokenService::new(
+    let next_keys = match &tokens_config.jwt_next_keys {
+        Some(spec) => SigningKey::parse_next(spec)?,
+        None => Vec::new(),
+    };
+    let tokens = TokenService::with_next_keys(
         &keys,
+        &next_keys,
         tokens_config.jwt_issuer.clone(),
         tokens_config.jwt_audience.clone(),
         tokens_config.access_token_ttl_seconds,

@@ -218,6 +218,11 @@ pub struct TokenConfig {
     /// all verify (rotation). Required in production; one is generated at start otherwise.
     #[arg(long, env = "JWT_SIGNING_KEYS", hide_env_values = true)]
     pub jwt_signing_keys: Option<SecretString>,
+
+    /// Keys published in the JWKS and accepted, but not signing yet: rotation step 1 (README "Behind a
+    /// gateway"). Same form as JWT_SIGNING_KEYS; a kid may not be in both.
+    #[arg(long, env = "JWT_NEXT_KEYS", hide_env_values = true)]
+    pub jwt_next_keys: Option<SecretString>,
 }
 
 #[derive(Clone, Debug, Args)]
