@@ -813,4 +813,73 @@ mod tests {
         }
         assert!(production().development_conveniences(true).is_empty());
     }
+
+    /// .env.example lists every setting `--help` knows, as `NAME=` or `# NAME=`, and names nothing
+    /// that is not one (RUST_LOG aside: the logger reads it). A setting added without its line fails
+    /// here, on whichever branch adds it.
+    #[test]
+    fn env_example_names_every_setting() {
+        use std::collections::BTreeSet;
+        let command = <Config as clap::Args>::augment_args(clap::Command::new("phone-auth"));
+        let settings: BTreeSet<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        assert!(settings.len() > 60, "{settings:?}");
+        let named: BTreeSet<String> = include_str!("../.env.example")
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim_start_matches('#').trim_start();
+                let (name, _) = line.split_once('=')?;
+                let is_name = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                is_name.then(|| name.to_owned())
+            })
+            .collect();
+        let missing: Vec<_> = settings.difference(&named).collect();
+        assert!(missing.is_empty(), ".env.example lacks {missing:?}");
+        let unknown: Vec<_> = named
+            .difference(&settings)
+            .filter(|n| n.as_str() != "RUST_LOG")
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            ".env.example names {unknown:?}, which are not settings"
+        );
+    }
+
+    /// Every value .env.example sets parses, and is the default (the file says so): as flags, the
+    /// set lines give the same Config as no flag at all.
+    #[test]
+    fn env_example_values_are_the_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut command = <Config as clap::Args>::augment_args(clap::Command::new("phone-auth"));
+        command.build();
+        let mut args = vec!["phone-auth".to_owned()];
+        for line in include_str!("../.env.example").lines() {
+            let Some((name, value)) = line.split_once('=').filter(|_| !line.starts_with('#')) else {
+                continue;
+            };
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == name))
+                .unwrap_or_else(|| panic!("{name} is not a setting"));
+            let long = arg.get_long().expect("every setting has a flag");
+            if arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                args.push(format!("--{long}={}", value.trim_matches('\'')));
+            } else {
+                assert_eq!(value, "false", "{name}: a switch, off by default");
+            }
+        }
+        let parsed = Wrapper::try_parse_from(&args).expect("every value parses").config;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::defaults()));
+    }
 }
