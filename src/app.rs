@@ -119,6 +119,7 @@ pub async fn build_outbox(config: &Config, provider: Arc<dyn SmsSender>) -> anyh
 /// Builds the service. `sms` overrides the configured provider (tests pass a `TestSender`).
 pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::Result<App> {
     config.validate_with(sms.is_none())?;
+    config.log_profile(sms.is_none());
     let production = config.production();
     let metrics = crate::ops::metrics::install()?;
 
@@ -150,8 +151,13 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             vec![key]
         }
     };
-    let tokens = TokenService::new(
+    let next_keys = match &tokens_config.jwt_next_keys {
+        Some(spec) => SigningKey::parse_next(spec)?,
+        None => Vec::new(),
+    };
+    let tokens = TokenService::with_next_keys(
         &keys,
+        &next_keys,
         tokens_config.jwt_issuer.clone(),
         tokens_config.jwt_audience.clone(),
         tokens_config.access_token_ttl_seconds,

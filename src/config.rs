@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "APP_ENV", value_enum, default_value = "development")]
     pub app_env: AppEnv,
 
+    /// True when neither --app-env nor APP_ENV was given (development by default). Set by
+    /// `note_sources` from the parsed command line; a Config built in code says what it means.
+    #[arg(skip)]
+    pub app_env_defaulted: bool,
+
     #[command(flatten)]
     pub http: HttpConfig,
     #[command(flatten)]
@@ -251,6 +256,11 @@ pub struct TokenConfig {
     /// all verify (rotation). Required in production; one is generated at start otherwise.
     #[arg(long, env = "JWT_SIGNING_KEYS", hide_env_values = true)]
     pub jwt_signing_keys: Option<SecretString>,
+
+    /// Keys published in the JWKS and accepted, but not signing yet: rotation step 1 (README "Behind a
+    /// gateway"). Same form as JWT_SIGNING_KEYS; a kid may not be in both.
+    #[arg(long, env = "JWT_NEXT_KEYS", hide_env_values = true)]
+    pub jwt_next_keys: Option<SecretString>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -406,6 +416,58 @@ impl Config {
         self.app_env == AppEnv::Production
     }
 
+    /// Records which settings the command line and environment left at their defaults (clap's derived
+    /// structs do not keep it): today only APP_ENV, which `validate` needs to tell a forgotten profile
+    /// from a chosen one.
+    pub fn note_sources(&mut self, matches: &clap::ArgMatches) {
+        self.app_env_defaulted = matches
+            .value_source("app_env")
+            .is_none_or(|s| s == clap::parser::ValueSource::DefaultValue);
+    }
+
+    /// What this profile runs with that a deployment must not: the start-up log lists them.
+    /// `configured_provider` as in `validate_with`.
+    pub fn development_conveniences(&self, configured_provider: bool) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.production() {
+            return out;
+        }
+        if configured_provider && self.sms.sms_provider == SmsProvider::Log {
+            out.push("log SMS sender (codes are written to the log)");
+        }
+        if self.tokens.jwt_signing_keys.is_none() {
+            out.push("generated JWT signing key (tokens die with the process)");
+        }
+        if self.otp.otp_hmac_secret.is_none() {
+            out.push("random OTP_HMAC_SECRET (pending codes die with the process)");
+        }
+        out.push("GraphiQL, introspection and field suggestions");
+        if !self.sms.sms_test_numbers.trim().is_empty() {
+            out.push("SMS_TEST_NUMBERS (fixed codes, no SMS)");
+        }
+        out
+    }
+
+    /// One line saying which profile runs; outside production, a warning naming the development
+    /// conveniences in force, so a deployment that runs the wrong profile says so at the top of its log.
+    pub fn log_profile(&self, configured_provider: bool) {
+        let profile = format!("{:?}", self.app_env).to_lowercase();
+        if self.production() {
+            tracing::info!(profile = %profile, "profile: production");
+            return;
+        }
+        let source = if self.app_env_defaulted {
+            "APP_ENV is not set, so the default"
+        } else {
+            "chosen by APP_ENV"
+        };
+        tracing::warn!(
+            profile = %profile,
+            "profile: {profile} ({source}); development conveniences in force: {}. Set APP_ENV=production for a deployment",
+            self.development_conveniences(configured_provider).join(", ")
+        );
+    }
+
     /// Every rule that relates one setting to another or to the profile, in one place. Called by
     /// `app::build` and `phone-auth worker` before anything connects.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -447,6 +509,30 @@ impl Config {
             !production || sms.sms_test_numbers.trim().is_empty() || sms.sms_test_numbers_in_production,
             "SMS_TEST_NUMBERS is refused when APP_ENV=production unless SMS_TEST_NUMBERS_IN_PRODUCTION=true"
         );
+        // A range (`+1650254*`) in production gives every real subscriber in it one known code: an
+        // account takeover for anyone who learns it. Production takes exact numbers only (a reviewer's).
+        ensure!(
+            !production
+                || !sms
+                    .sms_test_numbers
+                    .split(',')
+                    .any(|item| item.split(':').next().is_some_and(|n| n.trim().ends_with('*'))),
+            "SMS_TEST_NUMBERS: ranges (+prefix*) are refused when APP_ENV=production; list exact numbers"
+        );
+        // Forgetting APP_ENV must not put the development profile (codes in the log, GraphiQL,
+        // generated keys) on the network. A deployment has to listen on a non-loopback address to be
+        // reached (a container on 0.0.0.0), while `scripts/run` and a developer's machine listen on
+        // 127.0.0.1 by default: so a non-loopback LISTEN_ADDR needs APP_ENV said out loud. A start-up
+        // refusal is noticed before any user is; a warning banner scrolls past in a log nobody reads.
+        ensure!(
+            production || !self.app_env_defaulted || self.http.listen_addr.ip().is_loopback(),
+            "APP_ENV is not set and LISTEN_ADDR={} is not a loopback address: set APP_ENV=production for a \
+             deployment, or APP_ENV=development to serve the development profile on the network on purpose",
+            self.http.listen_addr
+        );
+        if production {
+            check_issuer(&self.tokens.jwt_issuer)?;
+        }
         match sms.sms_provider {
             _ if !configured_provider => {}
             SmsProvider::Log => {}
@@ -459,6 +545,12 @@ impl Config {
                     sms.sms_webhook_secret.is_some(),
                     "SMS_PROVIDER=webhook needs SMS_WEBHOOK_SECRET"
                 );
+                if production {
+                    check_https(
+                        "SMS_WEBHOOK_URL",
+                        sms.sms_webhook_url.as_deref().unwrap_or_default(),
+                    )?;
+                }
             }
             SmsProvider::Twilio => {
                 ensure!(
@@ -470,6 +562,9 @@ impl Config {
                     "SMS_PROVIDER=twilio needs TWILIO_AUTH_TOKEN"
                 );
                 ensure!(sms.twilio_from.is_some(), "SMS_PROVIDER=twilio needs TWILIO_FROM");
+                if production {
+                    check_https("TWILIO_BASE_URL", &sms.twilio_base_url)?;
+                }
             }
         }
         self.ops.metrics_addr()?;
@@ -487,6 +582,43 @@ impl Config {
         );
         Ok(())
     }
+}
+
+/// Production providers get the code itself (and the webhook its signature, Twilio its auth token):
+/// over plain HTTP every hop on the way reads them (ASVS 9.2.1: TLS for every outbound connection).
+fn check_https(name: &str, url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| anyhow::anyhow!("{name} is not a URL"))?;
+    anyhow::ensure!(
+        parsed.scheme() == "https",
+        "{name} must be https:// when APP_ENV=production: the request carries the code"
+    );
+    Ok(())
+}
+
+/// In production the issuer is the address gateways know us by: `iss` of every token and the base of
+/// `jwks_uri`. A loopback one (the development default) is the gateway's own host, not ours, so their
+/// key fetches would fail or, worse, reach whatever listens there.
+fn check_issuer(issuer: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(issuer).map_err(|_| {
+        anyhow::anyhow!("JWT_ISSUER must be a URL when APP_ENV=production (the base of jwks_uri)")
+    })?;
+    let host = parsed
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let local = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback() || ip.is_unspecified(),
+        Err(_) => host.is_empty() || host == "localhost" || host.ends_with(".localhost"),
+    };
+    anyhow::ensure!(
+        !local,
+        "JWT_ISSUER={issuer} is a loopback address: set it to the URL gateways reach this service at when \
+         APP_ENV=production"
+    );
+    Ok(())
 }
 
 impl From<&Config> for crate::services::otp::OtpSettings {
@@ -558,6 +690,7 @@ mod tests {
         c.app_env = AppEnv::Production;
         c.otp.otp_hmac_secret = Some(SecretString::from("x".repeat(32)));
         c.tokens.jwt_signing_keys = Some(SecretString::from("k1:seed"));
+        c.tokens.jwt_issuer = "https://auth.example.com".into();
         c.sms.sms_provider = SmsProvider::Webhook;
         c.sms.sms_webhook_url = Some("https://sms.example/hook".into());
         c.sms.sms_webhook_secret = Some(SecretString::from("whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"));
@@ -631,5 +764,179 @@ mod tests {
         refused(&c, "TWILIO_FROM");
         c.sms.twilio_from = Some("+16502530000".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn production_refuses_a_loopback_issuer() {
+        for issuer in [
+            "http://127.0.0.1:8080",
+            "http://127.1:8080",
+            "https://localhost",
+            "http://LOCALHOST.:8080/",
+            "http://app.localhost",
+            "http://[::1]:8080",
+            "http://[::ffff:127.0.0.1]",
+            "http://0.0.0.0:8080",
+            "not a url",
+        ] {
+            let mut c = production();
+            c.tokens.jwt_issuer = issuer.into();
+            refused(&c, "JWT_ISSUER");
+        }
+        let mut c = production();
+        c.tokens.jwt_issuer = "http://phone-auth:8080".into();
+        c.validate().expect("a cluster-internal issuer is fine");
+        let mut c = Config::defaults();
+        c.tokens.jwt_issuer = "http://127.0.0.1:8080".into();
+        c.validate().expect("development keeps the loopback default");
+    }
+
+    #[test]
+    fn production_refuses_plain_http_providers() {
+        let mut c = production();
+        c.sms.sms_webhook_url = Some("http://sms.example/hook".into());
+        refused(&c, "SMS_WEBHOOK_URL must be https");
+        c.app_env = AppEnv::Development;
+        c.validate().expect("development may post to a local stub");
+
+        let mut c = production();
+        c.sms.sms_provider = SmsProvider::Twilio;
+        c.sms.twilio_account_sid = Some("AC1".into());
+        c.sms.twilio_auth_token = Some(SecretString::from("t"));
+        c.sms.twilio_from = Some("+16502530000".into());
+        c.validate().expect("the default Twilio URL is https");
+        c.sms.twilio_base_url = "http://api.twilio.com".into();
+        refused(&c, "TWILIO_BASE_URL must be https");
+    }
+
+    #[test]
+    fn production_refuses_test_number_ranges() {
+        let mut c = production();
+        c.sms.sms_test_numbers_in_production = true;
+        c.sms.sms_test_numbers = "+16502530999:424242, +1650254*:135790".into();
+        refused(&c, "ranges");
+        c.sms.sms_test_numbers = "+16502530999:424242,+16502530998:135790".into();
+        c.validate().expect("exact numbers are allowed");
+        let mut c = Config::defaults();
+        c.sms.sms_test_numbers = "+1650254*:135790".into();
+        c.validate().expect("development takes ranges (load tests)");
+    }
+
+    #[test]
+    fn a_network_listener_needs_app_env_said() {
+        let mut c = Config::defaults();
+        c.app_env_defaulted = true;
+        c.validate().expect("scripts/run: loopback, APP_ENV unset");
+        c.http.listen_addr = "0.0.0.0:8080".parse().unwrap();
+        refused(&c, "APP_ENV is not set");
+        c.http.listen_addr = "[::]:8080".parse().unwrap();
+        refused(&c, "APP_ENV is not set");
+        c.app_env_defaulted = false;
+        c.validate().expect("APP_ENV=development given: on purpose");
+    }
+
+    /// `note_sources` tells a defaulted APP_ENV from a given one.
+    #[test]
+    fn app_env_source() {
+        use clap::{CommandFactory, FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let parse = |args: &[&str]| {
+            let m = Wrapper::command().get_matches_from(args);
+            let mut c = Wrapper::from_arg_matches(&m).unwrap().config;
+            c.note_sources(&m);
+            c
+        };
+        let given = parse(&["phone-auth", "--app-env", "development"]);
+        assert!(!given.app_env_defaulted);
+        if std::env::var_os("APP_ENV").is_none() {
+            assert!(parse(&["phone-auth"]).app_env_defaulted);
+        }
+    }
+
+    #[test]
+    fn the_start_up_line_names_the_conveniences() {
+        let dev = Config::defaults().development_conveniences(true).join(", ");
+        for c in [
+            "log SMS sender",
+            "generated JWT signing key",
+            "random OTP_HMAC_SECRET",
+            "GraphiQL",
+        ] {
+            assert!(dev.contains(c), "{dev}");
+        }
+        assert!(production().development_conveniences(true).is_empty());
+    }
+
+    /// .env.example lists every setting `--help` knows, as `NAME=` or `# NAME=`, and names nothing
+    /// that is not one (RUST_LOG aside: the logger reads it). A setting added without its line fails
+    /// here, on whichever branch adds it.
+    #[test]
+    fn env_example_names_every_setting() {
+        use std::collections::BTreeSet;
+        let command = <Config as clap::Args>::augment_args(clap::Command::new("phone-auth"));
+        let settings: BTreeSet<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        assert!(settings.len() > 60, "{settings:?}");
+        let named: BTreeSet<String> = include_str!("../.env.example")
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim_start_matches('#').trim_start();
+                let (name, _) = line.split_once('=')?;
+                let is_name = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                is_name.then(|| name.to_owned())
+            })
+            .collect();
+        let missing: Vec<_> = settings.difference(&named).collect();
+        assert!(missing.is_empty(), ".env.example lacks {missing:?}");
+        let unknown: Vec<_> = named
+            .difference(&settings)
+            .filter(|n| n.as_str() != "RUST_LOG")
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            ".env.example names {unknown:?}, which are not settings"
+        );
+    }
+
+    /// Every value .env.example sets parses, and is the default (the file says so): as flags, the
+    /// set lines give the same Config as no flag at all.
+    #[test]
+    fn env_example_values_are_the_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut command = <Config as clap::Args>::augment_args(clap::Command::new("phone-auth"));
+        command.build();
+        let mut args = vec!["phone-auth".to_owned()];
+        for line in include_str!("../.env.example").lines() {
+            let Some((name, value)) = line.split_once('=').filter(|_| !line.starts_with('#')) else {
+                continue;
+            };
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == name))
+                .unwrap_or_else(|| panic!("{name} is not a setting"));
+            let long = arg.get_long().expect("every setting has a flag");
+            if arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                args.push(format!("--{long}={}", value.trim_matches('\'')));
+            } else {
+                assert_eq!(value, "false", "{name}: a switch, off by default");
+            }
+        }
+        let parsed = Wrapper::try_parse_from(&args).expect("every value parses").config;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::defaults()));
     }
 }

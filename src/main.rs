@@ -6,7 +6,7 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use phone_auth::config::Config;
 
 #[derive(Parser)]
@@ -41,7 +41,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Whether APP_ENV was given or defaulted: Config::validate refuses a forgotten one on the network.
+    cli.config.note_sources(&matches);
     match cli.command.unwrap_or(Command::Serve) {
         Command::PrintSchema => {
             print!("{}", phone_auth::graphql::sdl());
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    config.log_profile(true);
     let handle = phone_auth::ops::metrics::install()?;
     if let Some(addr) = config.ops.metrics_addr()? {
         phone_auth::ops::metrics::serve(addr, handle).await?;

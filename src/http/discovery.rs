@@ -10,9 +10,17 @@ use serde_json::json;
 
 use crate::http::HttpState;
 
+/// How long verifiers may cache the JWKS: fetching it on every token would put us on every request
+/// path of every gateway. A key must therefore be published this long before it signs (JWT_NEXT_KEYS,
+/// README "Behind a gateway").
+pub const JWKS_MAX_AGE_SECONDS: u64 = 300;
+
 pub(super) async fn jwks(State(state): State<Arc<HttpState>>) -> Response {
     (
-        [(header::CACHE_CONTROL, "public, max-age=300")],
+        [(
+            header::CACHE_CONTROL,
+            format!("public, max-age={JWKS_MAX_AGE_SECONDS}"),
+        )],
         axum::Json(state.auth.jwks().clone()),
     )
         .into_response()

@@ -1,10 +1,15 @@
 //! Access tokens: JWTs signed with Ed25519 (EdDSA), short-lived (900 s), carrying iss, aud, sub (user
 //! id), sid (session id), iat and exp, and nothing personal (no phone).
 //!
-//! Keys come from configuration as `kid:seed` pairs, newest first: the newest signs, all verify, and all
-//! are published as a JWKS so that gateways and other services can verify tokens without calling us.
-//! A token signed with a previous key therefore stays valid until it expires, and rotation is: add the
-//! new key in front, wait one access-token lifetime, drop the old one.
+//! Keys come from configuration as `kid:seed` pairs. JWT_SIGNING_KEYS, newest first: the first signs,
+//! all verify. JWT_NEXT_KEYS: published and accepted, never used to sign. All are published as a JWKS
+//! so that gateways and other services verify tokens without calling us; they cache it (we say for
+//! `discovery::JWKS_MAX_AGE_SECONDS`, 300 s), so a key must be published that long before it signs, or
+//! they refuse the tokens it signs until their cache expires. Rotation is therefore three steps: add
+//! the new key to JWT_NEXT_KEYS and wait at least the JWKS cache time; move it first in
+//! JWT_SIGNING_KEYS (the old one after it, still accepted) and wait at least one access-token lifetime;
+//! drop the old key. A next key is accepted as well as published: while step 2 rolls across instances,
+//! the updated ones sign with it and the others must accept what they sign.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -60,8 +65,21 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
-    /// Parses `kid:seed,kid:seed` (seed: 32 bytes, base64url or base64).
+    /// Parses JWT_SIGNING_KEYS, `kid:seed,kid:seed` (seed: 32 bytes, base64url or base64); at least one.
     pub fn parse_list(spec: &SecretString) -> anyhow::Result<Vec<SigningKey>> {
+        let keys = Self::parse_setting("JWT_SIGNING_KEYS", spec)?;
+        if keys.is_empty() {
+            anyhow::bail!("JWT_SIGNING_KEYS is empty");
+        }
+        Ok(keys)
+    }
+
+    /// Parses JWT_NEXT_KEYS, same form; may be empty (no rotation under way).
+    pub fn parse_next(spec: &SecretString) -> anyhow::Result<Vec<SigningKey>> {
+        Self::parse_setting("JWT_NEXT_KEYS", spec)
+    }
+
+    fn parse_setting(name: &str, spec: &SecretString) -> anyhow::Result<Vec<SigningKey>> {
         let mut keys = Vec::new();
         for item in spec
             .expose_secret()
@@ -71,25 +89,22 @@ impl SigningKey {
         {
             let (kid, seed) = item
                 .split_once(':')
-                .ok_or_else(|| anyhow::anyhow!("JWT_SIGNING_KEYS: each key is kid:base64url-seed"))?;
+                .ok_or_else(|| anyhow::anyhow!("{name}: each key is kid:base64url-seed"))?;
             let bytes = URL_SAFE_NO_PAD
                 .decode(seed.trim_end_matches('='))
                 .or_else(|_| URL_SAFE.decode(seed))
                 .or_else(|_| base64::engine::general_purpose::STANDARD.decode(seed))
-                .map_err(|_| anyhow::anyhow!("JWT_SIGNING_KEYS: key {kid:?} is not base64"))?;
+                .map_err(|_| anyhow::anyhow!("{name}: key {kid:?} is not base64"))?;
             let seed: [u8; 32] = bytes
                 .try_into()
-                .map_err(|_| anyhow::anyhow!("JWT_SIGNING_KEYS: key {kid:?} must be 32 bytes"))?;
+                .map_err(|_| anyhow::anyhow!("{name}: key {kid:?} must be 32 bytes"))?;
             if kid.is_empty() || keys.iter().any(|k: &SigningKey| k.kid == kid) {
-                anyhow::bail!("JWT_SIGNING_KEYS: key ids must be non-empty and distinct");
+                anyhow::bail!("{name}: key ids must be non-empty and distinct");
             }
             keys.push(SigningKey {
                 kid: kid.to_owned(),
                 seed,
             });
-        }
-        if keys.is_empty() {
-            anyhow::bail!("JWT_SIGNING_KEYS is empty");
         }
         Ok(keys)
     }
@@ -129,9 +144,28 @@ impl TokenService {
         audience: String,
         ttl_seconds: u64,
     ) -> anyhow::Result<Self> {
+        Self::with_next_keys(keys, &[], issuer, audience, ttl_seconds)
+    }
+
+    /// `keys` sign (the first) and verify; `next` are published and verify, and never sign. A kid in
+    /// both lists is refused: a verifier could not tell which key a token names.
+    pub fn with_next_keys(
+        keys: &[SigningKey],
+        next: &[SigningKey],
+        issuer: String,
+        audience: String,
+        ttl_seconds: u64,
+    ) -> anyhow::Result<Self> {
+        if let Some(dup) = next.iter().find(|n| keys.iter().any(|k| k.kid == n.kid)) {
+            anyhow::bail!(
+                "JWT_NEXT_KEYS: key id {:?} is also in JWT_SIGNING_KEYS; once a next key signs, remove it \
+                 from JWT_NEXT_KEYS",
+                dup.kid
+            );
+        }
         let mut verifying = HashMap::new();
         let mut jwks = JwkSet { keys: Vec::new() };
-        for key in keys {
+        for key in keys.iter().chain(next) {
             let mut jwk = Jwk::from_encoding_key(&key.encoding_key(), Algorithm::EdDSA)
                 .map_err(|e| anyhow::anyhow!("signing key {:?}: {e}", key.kid))?;
             jwk.common.key_id = Some(key.kid.clone());
@@ -244,6 +278,87 @@ mod tests {
         assert!(service(&[&new]).verify(&after).is_ok());
         // Once the old key is dropped its tokens are refused.
         assert!(service(&[&new]).verify(&before).is_err());
+    }
+
+    fn with_next(keys: &[&SigningKey], next: &[&SigningKey]) -> anyhow::Result<TokenService> {
+        let copy = |keys: &[&SigningKey]| -> Vec<SigningKey> {
+            keys.iter()
+                .map(|k| SigningKey {
+                    kid: k.kid.clone(),
+                    seed: k.seed,
+                })
+                .collect()
+        };
+        TokenService::with_next_keys(&copy(keys), &copy(next), "iss".into(), "aud".into(), 900)
+    }
+
+    fn kid_of(token: &str) -> String {
+        jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+    }
+
+    /// Rotation step 1: a next key is published (after the signing keys) but does not sign.
+    #[test]
+    fn a_next_key_is_published_and_does_not_sign() {
+        let current = SigningKey::generate().unwrap();
+        let next = SigningKey::generate().unwrap();
+        let s = with_next(&[&current], &[&next]).unwrap();
+        let kids: Vec<_> = s
+            .jwks()
+            .keys
+            .iter()
+            .map(|k| k.common.key_id.clone().unwrap())
+            .collect();
+        assert_eq!(kids, [current.kid.clone(), next.kid.clone()]);
+        let token = s.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        assert_eq!(kid_of(&token), current.kid);
+        assert!(s.verify(&token).is_ok());
+    }
+
+    /// A token signed by a next key (forged here with that key) is accepted as soon as the key is
+    /// published: during step 2 the instances already updated sign with it, and the others, which
+    /// still list it as next, must accept their tokens. A key in neither list is refused.
+    #[test]
+    fn a_token_signed_by_a_next_key_is_accepted() {
+        let current = SigningKey::generate().unwrap();
+        let next = SigningKey::generate().unwrap();
+        let stranger = SigningKey::generate().unwrap();
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let forged = service(&[&next]).issue(user, session).unwrap();
+        assert_eq!(kid_of(&forged), next.kid);
+        let v = with_next(&[&current], &[&next]).unwrap().verify(&forged).unwrap();
+        assert_eq!((v.user_id, v.session_id), (user, session));
+        assert!(service(&[&current]).verify(&forged).is_err(), "not yet published");
+        let other = service(&[&stranger]).issue(user, session).unwrap();
+        assert!(with_next(&[&current], &[&next]).unwrap().verify(&other).is_err());
+    }
+
+    #[test]
+    fn a_kid_in_both_lists_is_refused() {
+        let current = SigningKey::generate().unwrap();
+        let other = SigningKey::generate().unwrap();
+        let twin = SigningKey {
+            kid: current.kid.clone(),
+            seed: other.seed,
+        };
+        let err = with_next(&[&current], &[&other, &twin]).err().expect("refused");
+        assert!(err.to_string().contains("JWT_NEXT_KEYS"), "{err}");
+        let err = with_next(&[&current], &[&current]).err().expect("refused");
+        assert!(err.to_string().contains(&current.kid), "{err}");
+    }
+
+    #[test]
+    fn next_key_list_parsing() {
+        assert!(
+            SigningKey::parse_next(&SecretString::from(String::new()))
+                .unwrap()
+                .is_empty()
+        );
+        let k = SigningKey::generate().unwrap().to_config();
+        assert_eq!(SigningKey::parse_next(&SecretString::from(k)).unwrap().len(), 1);
+        let err = SigningKey::parse_next(&SecretString::from("a:short".to_owned()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("JWT_NEXT_KEYS"), "{err}");
     }
 
     #[test]

@@ -108,3 +108,77 @@ async fn jwks_publishes_every_configured_key() {
     .unwrap();
     assert_eq!(header["kid"], new_kid, "the newest key signs");
 }
+
+/// Rotation step 1 (README "Behind a gateway"): a JWT_NEXT_KEYS key is in the JWKS before it signs,
+/// tokens are still signed with the first signing key, a token signed by the next key is accepted (the
+/// instances that moved to step 2 sign with it), and a kid in both lists stops the start.
+#[tokio::test]
+async fn next_key_is_published_before_it_signs() {
+    use phone_auth::services::tokens::{SigningKey, TokenService};
+    let current = SigningKey::generate().unwrap().to_config();
+    let next = SigningKey::generate().unwrap().to_config();
+    let (current_spec, next_spec) = (current.clone(), next.clone());
+    let app = TestApp::spawn_with(|c| {
+        c.tokens.jwt_signing_keys = Some(current_spec.into());
+        c.tokens.jwt_next_keys = Some(next_spec.into());
+    })
+    .await;
+    let jwks: Value = app.get_json("/.well-known/jwks.json").await;
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    let current_kid = current.split(':').next().unwrap();
+    let next_kid = next.split(':').next().unwrap();
+    assert_eq!(kids, [current_kid, next_kid]);
+
+    let token = app.sign_up(PHONE, PASSWORD).await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let segment = |i: usize| -> Value {
+        serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                token.split('.').nth(i).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(segment(0)["kid"], current_kid, "the first signing key signs");
+
+    // The same session's token, forged with the next key, as an instance in step 2 would sign it.
+    let claims = segment(1);
+    let sign_with = |spec: &str| {
+        TokenService::new(
+            &SigningKey::parse_list(&spec.to_owned().into()).unwrap(),
+            claims["iss"].as_str().unwrap().to_owned(),
+            claims["aud"].as_str().unwrap().to_owned(),
+            900,
+        )
+        .unwrap()
+        .issue(
+            claims["sub"].as_str().unwrap().parse().unwrap(),
+            claims["sid"].as_str().unwrap().parse().unwrap(),
+        )
+        .unwrap()
+    };
+    let by_next = sign_with(&next);
+    let me = app.me(Some(&by_next)).await;
+    assert_eq!(me["data"]["me"]["id"], claims["sub"], "{me}");
+    let stranger = sign_with(&SigningKey::generate().unwrap().to_config());
+    let me = app.me(Some(&stranger)).await;
+    assert!(me["data"]["me"].is_null(), "{me}");
+
+    let mut config = crate::helpers::test_config();
+    config.tokens.jwt_signing_keys = Some(current.clone().into());
+    config.tokens.jwt_next_keys = Some(format!("{next},{current}").into());
+    let sender = std::sync::Arc::new(phone_auth::services::sms::TestSender::default());
+    let Err(refused) = phone_auth::app::build(&config, Some(sender)).await else {
+        panic!("started with a kid in both lists");
+    };
+    assert!(refused.to_string().contains("JWT_NEXT_KEYS"), "{refused}");
+}

@@ -817,6 +817,7 @@ async fn slow_clients_are_cut_off() {
 async fn production_hides_the_schema() {
     let app = TestApp::spawn_with(|c| {
         c.app_env = phone_auth::config::AppEnv::Production;
+        c.tokens.jwt_issuer = "https://auth.example.com".into();
         c.tokens.jwt_signing_keys = Some(
             phone_auth::services::tokens::SigningKey::generate()
                 .unwrap()

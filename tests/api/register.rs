@@ -59,6 +59,41 @@ async fn password_policy() {
     assert_code(&app.login(PHONE, &truncated).await, "INVALID_CREDENTIALS");
 }
 
+/// NIST SP 800-63B 5.1.1.2: the password is normalised (NFKC) before the policy checks it, and sign-in
+/// normalises the same way. Fullwidth `12345678` is the common `12345678`.
+#[tokio::test]
+async fn password_is_checked_after_normalisation() {
+    let app = TestApp::spawn().await;
+    let token = app.registration_token(PHONE).await;
+    for (pw, reason) in [
+        (
+            "\u{ff11}\u{ff12}\u{ff13}\u{ff14}\u{ff15}\u{ff16}\u{ff17}\u{ff18}",
+            "TOO_COMMON",
+        ),
+        ("a\u{301}e\u{301}i\u{301}o\u{301}", "TOO_SHORT"),
+    ] {
+        let r = app.register(&token, pw).await;
+        assert_code(&r, "BAD_USER_INPUT");
+        assert_eq!(r["errors"][0]["extensions"]["field"], "password");
+        assert_eq!(r["errors"][0]["extensions"]["reason"], reason, "{pw}");
+    }
+    let n: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "no account was made");
+    // Typed with fullwidth letters at registration, in ASCII at sign-in: one password.
+    let r = app
+        .register(
+            &token,
+            "\u{ff56}\u{ff49}\u{ff4f}\u{ff4c}\u{ff45}\u{ff54}-anchor-1987",
+        )
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let login = app.login(PHONE, "violet-anchor-1987").await;
+    assert!(login["errors"].is_null(), "{login}");
+}
+
 #[tokio::test]
 async fn names_are_validated() {
     let app = TestApp::spawn().await;
