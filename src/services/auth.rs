@@ -3,10 +3,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jsonwebtoken::jwk::JwkSet;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::domain::{OtpCode, Password, PersonName, PhoneNumber, PhonePolicy};
@@ -31,6 +33,33 @@ pub struct AuthService {
     /// The stores themselves, for readiness only.
     pg: PgPool,
     redis: ConnectionManager,
+    /// Detached flows still running: shutdown waits for them (`wait_detached`).
+    flows: Arc<FlowCount>,
+}
+
+/// How many detached flows run, and a wake-up for whoever waits for none.
+#[derive(Default)]
+struct FlowCount {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a detached flow's task: dropped when the flow ends, however it ends.
+struct FlowGuard(Arc<FlowCount>);
+
+impl FlowGuard {
+    fn new(count: &Arc<FlowCount>) -> Self {
+        count.running.fetch_add(1, Ordering::SeqCst);
+        FlowGuard(count.clone())
+    }
+}
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// The services a flow is composed from (what `AuthService::new` takes).
@@ -88,6 +117,7 @@ impl AuthService {
             hasher: p.hasher,
             pg: p.pg,
             redis: p.redis,
+            flows: Arc::default(),
         }
     }
 
@@ -119,9 +149,37 @@ impl AuthService {
     {
         // Boxed before it is spawned: the flow futures are several KiB, and moving them by value into
         // the task cost ~10% of a wrong `verifyUser` (callgrind, docs/BENCHMARKS.md).
-        tokio::spawn(Box::pin(flow(self.clone())))
-            .await
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
+        let guard = FlowGuard::new(&self.flows);
+        let flow = Box::pin(flow(self.clone()));
+        tokio::spawn(async move {
+            let _guard = guard;
+            flow.await
+        })
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
+    }
+
+    /// Waits until no detached flow runs, at most `within`; false if some still ran then. Called at
+    /// shutdown, after the HTTP server stopped, so that flows whose client left still release what
+    /// they hold (a reserved password attempt, a consumed code's registration token).
+    pub async fn wait_detached(&self, within: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let idle = self.flows.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.flows.running.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
+    }
+
+    /// Detached flows running now.
+    pub fn detached_running(&self) -> usize {
+        self.flows.running.load(Ordering::SeqCst)
     }
 
     /// Whether PostgreSQL and Redis answer within 2 s each.

@@ -52,6 +52,7 @@ pub fn test_config() -> Config {
     c.otp.otp_hmac_secret = Some(SecretString::from("test-secret-test-secret-test-secret!"));
     c.tokens.jwt_signing_keys = None;
     c.stores.redis_url = SecretString::from(redis_url());
+    c.http.shutdown_drain_seconds = 0;
     // All tests come from 127.0.0.1: per-IP and service-wide budgets are raised here and tested on
     // their own (hostile.rs).
     c.ip.ip_max_code_requests = 100_000;
@@ -89,6 +90,7 @@ impl TestApp {
             resolvers,
             outbox,
             documents,
+            ..
         } = build(
             &config,
             test_sender.then(|| sms.clone() as Arc<dyn phone_auth::services::sms::SmsSender>),

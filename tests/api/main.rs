@@ -4,15 +4,18 @@
 
 mod helpers;
 
+mod durability;
 mod federation;
 mod flow;
 mod hostile;
 mod lockout;
 mod otp;
 mod outbox;
+mod private_redis;
 mod redis_roundtrips;
 mod register;
 mod schema;
 mod sessions;
+mod shutdown;
 mod stub;
 mod transport;

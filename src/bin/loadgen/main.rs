@@ -919,6 +919,7 @@ fn baseline_server(listen: SocketAddr, redis_url: &str, prefix: &str) -> anyhow:
         let mut secret = vec![0u8; 32];
         rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut secret)
             .map_err(|e| anyhow::anyhow!("os rng: {e}"))?;
+        let cipher = phone_auth::services::outbox::CodeCipher::from_secret(&secret);
         let otp = phone_auth::services::otp::OtpService::new(
             redis.clone(),
             phone_auth::services::Keys::new(prefix),
@@ -931,6 +932,7 @@ fn baseline_server(listen: SocketAddr, redis_url: &str, prefix: &str) -> anyhow:
                 ),
                 max_len: 10_000_000,
                 ttl_seconds: phone_auth::services::outbox::outbox_ttl_seconds(300),
+                cipher,
             },
         );
         let state = BaselineState {
