@@ -14,6 +14,7 @@ use crate::private_redis::PrivateRedis;
 /// A complete production profile pointed at `redis` (the SMS sender is the test's).
 fn production(c: &mut Config, redis: &PrivateRedis) {
     c.app_env = AppEnv::Production;
+    c.stores.redis_durability_check = DurabilityCheck::Refuse;
     c.stores.redis_url = SecretString::from(redis.url.clone());
     c.tokens.jwt_signing_keys = Some(SecretString::from(
         phone_auth::services::tokens::SigningKey::generate()
@@ -45,7 +46,11 @@ async fn production_refuses_a_redis_that_would_lose_locks() {
     assert!(err.contains("REDIS_DURABILITY_CHECK=warn"), "{err}");
 
     // Outside production it is a warning only, and with `warn` production starts too.
-    let app = TestApp::spawn_with(|c| c.stores.redis_url = SecretString::from(redis.url.clone())).await;
+    let app = TestApp::spawn_with(|c| {
+        c.stores.redis_url = SecretString::from(redis.url.clone());
+        c.stores.redis_durability_check = DurabilityCheck::Refuse;
+    })
+    .await;
     assert_eq!(app.get_json::<serde_json::Value>("/readyz").await["redis"], "ok");
     drop(app);
     let app = TestApp::spawn_with(|c| {
