@@ -15,15 +15,16 @@ use crate::graphql::build_schema;
 use crate::graphql::documents::{DocumentCache, DocumentGuard};
 use crate::graphql::metrics::ResolverCounter;
 use crate::http::client_ip::TrustedProxies;
-use crate::http::{HttpState, router};
+use crate::http::{Draining, HttpState, router};
 use crate::random::random_bytes;
 use crate::services::Keys;
 use crate::services::audit::AuditLog;
 use crate::services::auth::{AuthService, Parts};
 use crate::services::lockout::LockoutService;
 use crate::services::otp::{OtpService, TestNumbers};
-use crate::services::outbox::{Outbox, spawn_workers};
+use crate::services::outbox::{CodeCipher, Outbox, spawn_workers};
 use crate::services::password::PasswordHasher;
+use crate::services::redis_server;
 use crate::services::registration::RegistrationTokens;
 use crate::services::sessions::SessionStore;
 use crate::services::sms::{LogSender, SmsSender, TwilioSender, WebhookSender, http_client};
@@ -44,6 +45,8 @@ pub struct App {
     pub auth: Arc<AuthService>,
     pub pg: PgPool,
     pub redis: ConnectionManager,
+    /// Set at SIGTERM (`serve`): /readyz answers 503 from then on.
+    pub draining: Draining,
 }
 
 /// Creates the database named in `url` if it does not exist (connecting to the server's `postgres`
@@ -103,14 +106,21 @@ pub fn sms_provider(config: &Config) -> anyhow::Result<Arc<dyn SmsSender>> {
     })
 }
 
-/// The SMS outbox and its delivery settings (used by the server and by `phone-auth worker`).
-pub async fn build_outbox(config: &Config, provider: Arc<dyn SmsSender>) -> anyhow::Result<Outbox> {
+/// The SMS outbox and its delivery settings (used by the server and by `phone-auth worker`). `secret`
+/// is `OTP_HMAC_SECRET` (or the server's generated one): the codes in the jobs are sealed under a key
+/// derived from it, so a worker process needs the server's secret.
+pub async fn build_outbox(
+    config: &Config,
+    provider: Arc<dyn SmsSender>,
+    secret: &SecretSlice<u8>,
+) -> anyhow::Result<Outbox> {
     let keys = Keys::new(config.stores.redis_key_prefix.clone());
     Outbox::new(
         config.stores.redis_url.expose_secret(),
         &keys,
         config.into(),
         provider,
+        CodeCipher::from_secret(secret.expose_secret()),
     )
     .await
     .context("cannot set up the SMS outbox")
@@ -176,16 +186,6 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         tracing::warn!("SMS_TEST_NUMBERS is set: those numbers get a fixed code and no SMS");
     }
     let stores = &config.stores;
-    let db_url = stores.database_url.expose_secret();
-    ensure_database(db_url).await?;
-    let pg = PgPoolOptions::new()
-        .max_connections(stores.database_max_connections)
-        .acquire_timeout(Duration::from_millis(stores.database_acquire_timeout_ms))
-        .connect(db_url)
-        .await
-        .context("cannot connect to PostgreSQL")?;
-    MIGRATOR.run(&pg).await.context("migrations failed")?;
-
     // One multiplexed connection that reconnects by itself: it pipelines concurrent commands over one
     // socket, about 5x the throughput of a bb8 pool measured on this machine (docs/BENCHMARKS.md), and
     // unlike bb8-redis (whose `has_broken` always says false) it recovers after a Redis restart.
@@ -197,8 +197,21 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     let redis = ConnectionManager::new_with_config(redis_client, redis_config)
         .await
         .context("cannot connect to Redis")?;
+    // Before anything is written: a Redis that would lose locks and budgets, or a Cluster, is found
+    // at start, not after a restart.
+    redis_server::check(&redis, production, stores.redis_durability_check).await?;
 
-    let outbox = Arc::new(build_outbox(config, provider).await?);
+    let db_url = stores.database_url.expose_secret();
+    ensure_database(db_url).await?;
+    let pg = PgPoolOptions::new()
+        .max_connections(stores.database_max_connections)
+        .acquire_timeout(Duration::from_millis(stores.database_acquire_timeout_ms))
+        .connect(db_url)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    MIGRATOR.run(&pg).await.context("migrations failed")?;
+
+    let outbox = Arc::new(build_outbox(config, provider, &otp_secret).await?);
     let key_names = Keys::new(stores.redis_key_prefix.clone());
     let hashing = &config.hashing;
     let hasher = PasswordHasher::new(
@@ -267,12 +280,14 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     let documents = Arc::new(DocumentCache::new(256));
     let guard = DocumentGuard::new(documents.clone(), (&config.limits).into());
     let schema = build_schema(auth.clone(), production, resolvers.clone(), guard);
+    let draining = Draining::default();
     let router = router(
         HttpState {
             schema,
             auth: auth.clone(),
             trusted_proxies,
             graphiql: config.http.graphiql.unwrap_or(!production),
+            draining: draining.clone(),
         },
         Duration::from_secs(config.http.request_timeout_seconds),
         config.http.max_body_bytes,
@@ -286,5 +301,6 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         auth,
         pg,
         redis,
+        draining,
     })
 }

@@ -23,6 +23,16 @@ pub enum SmsProvider {
     Twilio,
 }
 
+/// What a production start does with a Redis that would lose the service's state on a restart or under
+/// memory pressure (`services::redis_server`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityCheck {
+    /// Refuse to start, naming what is wrong.
+    Refuse,
+    /// Start with a loud warning (durability ensured where the service cannot see it).
+    Warn,
+}
+
 /// Every setting, in groups (`--help` shows one heading per group). Cross-setting rules are in
 /// `validate`, the one place that compares settings.
 #[derive(Clone, Debug, Args)]
@@ -114,6 +124,15 @@ pub struct HttpConfig {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Seconds between SIGTERM and closing the listener, during which /readyz answers 503 while every
+    /// request is still served (with `Connection: close`, so keep-alive clients move on): the load
+    /// balancer stops sending first instead of finding the port closed. Kubernetes takes a terminating
+    /// pod out of its endpoints while it sends SIGTERM, and kube-proxy and ingress controllers follow
+    /// within a few seconds; balancers that rely on the health check need their probe period times its
+    /// failure threshold (raise this for them). 0: close at once (tests).
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 5)]
+    pub shutdown_drain_seconds: u64,
+
     /// Proxies whose X-Forwarded-For is believed, comma-separated CIDRs (e.g. 10.0.0.0/8). Empty: the
     /// client address is the socket's, and X-Forwarded-For is ignored.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
@@ -157,6 +176,13 @@ pub struct StoreConfig {
     /// Prefix of every Redis key this service writes (lets several deployments or tests share one Redis).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "phone-auth:")]
     pub redis_key_prefix: String,
+
+    /// With APP_ENV=production, a Redis without `maxmemory-policy noeviction`, or without the
+    /// append-only file and without a replica, refuses the start (`refuse`) or is a loud warning
+    /// (`warn`): eviction or a restart would lift password locks and reset the throttling budgets
+    /// NIST SP 800-63B 5.2.2 asks for. Other profiles only warn.
+    #[arg(long, env = "REDIS_DURABILITY_CHECK", value_enum, default_value = "refuse")]
+    pub redis_durability_check: DurabilityCheck,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -320,9 +346,12 @@ pub struct SmsConfig {
     #[arg(long, env = "SMS_WORKERS", default_value_t = 2)]
     pub sms_workers: usize,
 
-    /// Delivery attempts of one message before it is dead-lettered.
-    #[arg(long, env = "SMS_MAX_ATTEMPTS", default_value_t = 5)]
-    pub sms_max_attempts: u32,
+    /// Delivery attempts of one message at most before it is dead-lettered. Unset (the default): a
+    /// transient failure is retried for as long as the code lives, and the job is then dropped as
+    /// expired; a fixed count gave up 3-8 s into a 300 s code when a provider answered 503 for 25 s.
+    /// Set it only to cap what a provider that bills failed calls can cost.
+    #[arg(long, env = "SMS_MAX_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sms_max_attempts: Option<u32>,
 
     /// First retry waits up to this, doubling each time (full jitter), milliseconds.
     #[arg(long, env = "SMS_BACKOFF_BASE_MS", default_value_t = 500)]
@@ -656,7 +685,7 @@ impl From<&Config> for crate::services::outbox::OutboxSettings {
         crate::services::outbox::OutboxSettings {
             max_len: s.sms_outbox_max_len,
             dead_max_len: s.sms_dead_letter_max_len,
-            max_attempts: s.sms_max_attempts.max(1),
+            max_attempts: s.sms_max_attempts,
             backoff_base: Duration::from_millis(s.sms_backoff_base_ms),
             backoff_max: Duration::from_millis(s.sms_backoff_max_ms),
             claim_idle: Duration::from_millis(s.sms_claim_idle_ms),

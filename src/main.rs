@@ -86,7 +86,13 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         phone_auth::ops::metrics::serve(addr, handle).await?;
     }
     let provider = phone_auth::app::sms_provider(&config)?;
-    let outbox = std::sync::Arc::new(phone_auth::app::build_outbox(&config, provider).await?);
+    // The codes in the jobs are sealed under a key derived from the server's secret: a generated one
+    // would open none of them.
+    let secret = config.otp.otp_hmac_secret.as_ref().context(
+        "phone-auth worker needs OTP_HMAC_SECRET, the server's: the codes in the SMS jobs are encrypted under a key derived from it",
+    )?;
+    let secret = secrecy::SecretSlice::from(secrecy::ExposeSecret::expose_secret(secret).as_bytes().to_vec());
+    let outbox = std::sync::Arc::new(phone_auth::app::build_outbox(&config, provider, &secret).await?);
     let workers = phone_auth::services::outbox::spawn_workers(&outbox, config.sms.sms_workers.max(1));
     tracing::info!(workers = workers.len(), "SMS delivery workers running");
     shutdown_signal().await;
@@ -98,6 +104,12 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long shutdown waits for detached flows (`AuthService::detached`) once the HTTP server stopped.
+/// The longest flow waits for a hashing thread (HASH_QUEUE_TIMEOUT_MS, 2 s), hashes (under 1 s on
+/// one core), and talks to the stores (each call bounded by its timeout, 2-3 s): 15 s covers it with
+/// room, and fits the 30 s Kubernetes grants between SIGTERM and SIGKILL along with the drain.
+const DETACHED_FLOWS_GRACE: Duration = Duration::from_secs(15);
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = phone_auth::app::build(&config, None).await?;
     if let Some(addr) = config.ops.metrics_addr()? {
@@ -108,7 +120,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
     let header_timeout = Duration::from_secs(config.http.header_read_timeout_seconds);
-    phone_auth::http::server::serve(listener, app.router, header_timeout, shutdown_signal()).await?;
+    let drain = Duration::from_secs(config.http.shutdown_drain_seconds);
+    let draining = app.draining.clone();
+    // SIGTERM: first /readyz says 503 for the drain period while every request is still served, so
+    // the load balancer stops sending; then the listener closes and requests in flight finish.
+    let shutdown = async move {
+        shutdown_signal().await;
+        draining.start();
+        tracing::info!(?drain, "shutting down: draining (/readyz answers 503)");
+        tokio::time::sleep(drain).await;
+        tracing::info!("drained: closing the listener");
+    };
+    phone_auth::http::server::serve(listener, app.router, header_timeout, shutdown).await?;
+    let running = app.auth.detached_running();
+    if running > 0 {
+        tracing::info!(flows = running, "waiting for detached flows to finish");
+    }
+    if !app.auth.wait_detached(DETACHED_FLOWS_GRACE).await {
+        tracing::warn!(
+            flows = app.auth.detached_running(),
+            "shutdown: detached flows still running after {DETACHED_FLOWS_GRACE:?}; stopping them"
+        );
+    }
     tracing::info!("shut down");
     Ok(())
 }

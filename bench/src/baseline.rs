@@ -149,6 +149,7 @@ pub fn baseline_server(listen: SocketAddr, redis_url: &str, prefix: &str) -> any
             stream_key: phone_auth::services::outbox::Outbox::stream_key(&keys),
             max_len: config.sms.sms_outbox_max_len,
             ttl_seconds: phone_auth::services::outbox::outbox_ttl_seconds(config.otp.otp_ttl_seconds),
+            cipher: phone_auth::services::outbox::CodeCipher::from_secret(&secret),
         };
         let otp = OtpService::new(
             redis.clone(),

@@ -9,7 +9,15 @@ use serde_json::json;
 
 use crate::http::HttpState;
 
+/// 503 while draining (shutting down): a load balancer stops sending before the listener closes.
 pub(super) async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    if state.draining.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+    }
     let ready = state.auth.readiness().await;
     let status = if ready.postgres && ready.redis {
         StatusCode::OK

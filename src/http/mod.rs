@@ -10,6 +10,7 @@ pub mod client_ip;
 pub mod server;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,17 +27,34 @@ use crate::graphql::error::codes;
 use crate::http::client_ip::TrustedProxies;
 use crate::services::auth::AuthService;
 
+/// Set at SIGTERM: `/readyz` answers 503 and every response says `Connection: close`, while requests
+/// are still served, until the listener closes (`SHUTDOWN_DRAIN_SECONDS` later).
+#[derive(Clone, Default, Debug)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 pub struct HttpState {
     pub schema: AuthSchema,
     pub auth: Arc<AuthService>,
     pub trusted_proxies: TrustedProxies,
     /// GraphiQL at GET /graphql and its assets under /graphiql/ (`GRAPHIQL`; off in production by default).
     pub graphiql: bool,
+    pub draining: Draining,
 }
 
 /// `max_body_bytes`: our largest legitimate request (register with a 128-character password and
 /// names) is under 2 KiB; the default 32 KiB leaves room for hand-written queries.
 pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize) -> Router {
+    let draining = state.draining.clone();
     graphiql::routes(state.graphiql)
         .route("/graphql", get(graphql::graphql_get).post(graphql::graphql_post))
         .route("/healthz", get(|| async { "ok" }))
@@ -59,6 +77,20 @@ pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize
                 codes::INTERNAL_SERVER_ERROR,
                 "Internal server error.",
             )
+        }))
+        // While draining, clients close their keep-alive connections after this response: by the time
+        // the listener closes, few idle connections are left to close under a client about to use one.
+        .layer(axum::middleware::map_response(move |mut res: Response| {
+            let draining = draining.is_draining();
+            async move {
+                if draining {
+                    res.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                res
+            }
         }))
         // Outermost: every answer, a panic's included, gets a request id, an access line and metrics.
         .layer(axum::middleware::from_fn(crate::ops::logging::access_log))

@@ -3,10 +3,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jsonwebtoken::jwk::JwkSet;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -34,6 +36,33 @@ pub struct AuthService {
     /// The stores themselves, for readiness only.
     pg: PgPool,
     redis: ConnectionManager,
+    /// Detached flows still running: shutdown waits for them (`wait_detached`).
+    flows: Arc<FlowCount>,
+}
+
+/// How many detached flows run, and a wake-up for whoever waits for none.
+#[derive(Default)]
+struct FlowCount {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by a detached flow's task: dropped when the flow ends, however it ends.
+struct FlowGuard(Arc<FlowCount>);
+
+impl FlowGuard {
+    fn new(count: &Arc<FlowCount>) -> Self {
+        count.running.fetch_add(1, Ordering::SeqCst);
+        FlowGuard(count.clone())
+    }
+}
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// The services a flow is composed from (what `AuthService::new` takes).
@@ -93,6 +122,7 @@ impl AuthService {
             audit: p.audit,
             pg: p.pg,
             redis: p.redis,
+            flows: Arc::default(),
         }
     }
 
@@ -127,9 +157,37 @@ impl AuthService {
         // In the request's span, so the flow's log lines carry its request id; with its caller, so
         // its audit events say who asked.
         let caller = Caller::current();
-        tokio::spawn(CALLER.scope(caller, Box::pin(flow(self.clone())).in_current_span()))
-            .await
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
+        let guard = FlowGuard::new(&self.flows);
+        let flow = CALLER.scope(caller, Box::pin(flow(self.clone())).in_current_span());
+        tokio::spawn(async move {
+            let _guard = guard;
+            flow.await
+        })
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?
+    }
+
+    /// Waits until no detached flow runs, at most `within`; false if some still ran then. Called at
+    /// shutdown, after the HTTP server stopped, so that flows whose client left still release what
+    /// they hold (a reserved password attempt, a consumed code's registration token).
+    pub async fn wait_detached(&self, within: std::time::Duration) -> bool {
+        let wait = async {
+            loop {
+                let idle = self.flows.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.flows.running.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
+    }
+
+    /// Detached flows running now.
+    pub fn detached_running(&self) -> usize {
+        self.flows.running.load(Ordering::SeqCst)
     }
 
     /// Whether PostgreSQL and Redis answer within 2 s each.

@@ -13,8 +13,9 @@
 //! per-IP and global counters cannot, so under Redis Cluster those two would move to a script of their
 //! own, pipelined in front (we run a single primary, where one script is one atomic step).
 //!
-//! The code itself is never stored: only its HMAC under a server secret, so a Redis dump does not
-//! reveal live codes. Issuing and checking are each one Lua script, that is one atomic step and one
+//! The code itself is never stored: only its HMAC under a server secret, and in its SMS job only sealed
+//! (`outbox::CodeCipher`, a key derived from the same secret), so a Redis dump or AOF does not reveal
+//! live codes. Issuing and checking are each one Lua script, that is one atomic step and one
 //! round trip: of many parallel correct submissions exactly one consumes the code.
 
 use hmac::{Hmac, Mac};
@@ -237,6 +238,16 @@ impl OtpService {
             None => (OtpCode::generate()?, false),
         };
         let s = &self.settings;
+        let message_id = uuid::Uuid::new_v4().to_string();
+        // A test number gets no job, so nothing to seal.
+        let sealed = if test_number {
+            String::new()
+        } else {
+            self.outbox
+                .cipher
+                .seal(&message_id, phone.e164(), code.expose())
+                .map_err(AppError::Internal)?
+        };
         let (status, pttl): (i64, i64) = self
             .issue
             .key(self.keys.phone(phone, "otp"))
@@ -254,7 +265,7 @@ impl OtpService {
             .arg(s.sms_max_per_hour)
             // Only a real SMS spends the service-wide budget and gets a delivery job.
             .arg(if test_number { "0" } else { "1" })
-            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(&message_id)
             .arg(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -262,7 +273,7 @@ impl OtpService {
             )
             .arg(self.outbox.max_len)
             .arg(phone.e164())
-            .arg(code.expose())
+            .arg(sealed)
             .arg(self.outbox.ttl_seconds)
             .invoke_async(&mut self.redis.clone())
             .await?;

@@ -52,6 +52,10 @@ pub fn test_config() -> Config {
     c.otp.otp_hmac_secret = Some(SecretString::from("test-secret-test-secret-test-secret!"));
     c.tokens.jwt_signing_keys = None;
     c.stores.redis_url = SecretString::from(redis_url());
+    c.http.shutdown_drain_seconds = 0;
+    // The shared Redis runs without the AOF, and tests never reconfigure it: the production-profile
+    // tests start on it with a warning. durability.rs checks the refusal on private servers.
+    c.stores.redis_durability_check = phone_auth::config::DurabilityCheck::Warn;
     // All tests come from 127.0.0.1: per-IP and service-wide budgets are raised here and tested on
     // their own (hostile.rs).
     c.ip.ip_max_code_requests = 100_000;

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod durability;
 mod federation;
 mod flow;
 mod graphiql;
@@ -12,9 +13,11 @@ mod lockout;
 mod ops;
 mod otp;
 mod outbox;
+mod private_redis;
 mod redis_roundtrips;
 mod register;
 mod schema;
 mod sessions;
+mod shutdown;
 mod stub;
 mod transport;

@@ -234,7 +234,7 @@ async fn out_of_retries_is_dead_lettered() {
     let app = TestApp::spawn_with_provider(
         |c| {
             webhook(&stub)(c);
-            c.sms.sms_max_attempts = 3;
+            c.sms.sms_max_attempts = Some(3);
         },
         false,
     )
@@ -390,4 +390,188 @@ async fn a_job_older_than_its_code_is_dropped() {
     assert_eq!(app.outbox.stats.expired.load(Ordering::Relaxed), 1);
     assert!(stub.received().is_empty(), "an expired code is not sent");
     assert_eq!(dead_letters(&app).await[0]["reason"], "expired");
+}
+
+/// Every field of every entry of a stream of this test, as strings (Redis may hand a field such as
+/// "123456" back as an integer: compare what it says, whatever its type).
+async fn stream_fields(app: &TestApp, stream: &str) -> Vec<Vec<(String, String)>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{}{stream}", app.prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            e.map
+                .iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                        redis::Value::SimpleString(s) => s.clone(),
+                        redis::Value::Int(i) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (k.clone(), text)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// While its SMS waits for delivery, the code is in Redis only sealed: no field of the job holds it,
+/// in any form. The worker opens it and the provider gets the right code.
+#[tokio::test]
+async fn a_queued_job_holds_no_code_in_clear() {
+    let app = TestApp::spawn_with(|c| c.sms.sms_workers = 0).await;
+    let r = app.request_code(PHONE).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let queued = stream_fields(&app, "sms:outbox").await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let fields: Vec<&str> = queued[0].iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        fields.contains(&"sealed") && !fields.contains(&"code"),
+        "{fields:?}"
+    );
+
+    let _worker = tokio::spawn(app.outbox.clone().run_worker("after".into()));
+    app.wait_outbox_empty().await;
+    let code = app.last_code(PHONE);
+    for (name, value) in &queued[0] {
+        assert!(
+            !value.contains(&code),
+            "the queued job's field {name} = {value:?} holds the code {code}"
+        );
+    }
+    let v = app.verify(PHONE, &code).await;
+    assert!(v["errors"].is_null(), "the delivered code is the stored one: {v}");
+}
+
+/// A job sealed under another key (OTP_HMAC_SECRET rotated while it waited) cannot be opened: it is
+/// dead-lettered with its reason, and nothing is sent.
+#[tokio::test]
+async fn a_job_sealed_under_another_key_is_dead_lettered() {
+    let app = TestApp::spawn_with(|c| c.sms.sms_workers = 0).await;
+    let r = app.request_code(PHONE).await;
+    assert!(r["errors"].is_null(), "{r}");
+
+    let mut rotated = test_config();
+    rotated.stores.redis_key_prefix = app.prefix.clone();
+    let secret = secrecy::SecretSlice::from(b"a-rotated-secret-a-rotated-secret-!".to_vec());
+    let sender = std::sync::Arc::new(phone_auth::services::sms::TestSender::default());
+    let outbox = std::sync::Arc::new(
+        phone_auth::app::build_outbox(&rotated, sender.clone(), &secret)
+            .await
+            .unwrap(),
+    );
+    let _worker = tokio::spawn(outbox.clone().run_worker("rotated".into()));
+    app.wait_outbox_empty().await;
+    assert_eq!(sender.count(PHONE), 0, "nothing sent");
+    assert_eq!(outbox.stats.dead.load(Ordering::Relaxed), 1);
+    assert_eq!(outbox.stats.delivered.load(Ordering::Relaxed), 0);
+    let dead = dead_letters(&app).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["reason"].contains("undecryptable"), "{dead:?}");
+    assert_eq!(dead[0]["to"], PHONE);
+}
+
+/// Short delivery settings for the outage tests: a code lives `ttl` seconds, retries back off from
+/// 100 ms up to 1 s, and no attempt count is set (the code's lifetime bounds the retries).
+fn outage(stub: &Stub, ttl: u64) -> impl FnOnce(&mut phone_auth::config::Config) + '_ {
+    move |c| {
+        webhook(stub)(c);
+        c.otp.otp_ttl_seconds = ttl;
+        c.sms.sms_backoff_base_ms = 100;
+        c.sms.sms_backoff_max_ms = 1000;
+        c.sms.sms_claim_idle_ms = 5000;
+    }
+}
+
+/// The provider answers 503 for 4 s, well within a code's 30 s: every job is delivered once, none
+/// dead-lettered, and jobs queued while others wait out their backoff are tried at once, not after.
+#[tokio::test]
+async fn a_provider_outage_within_the_codes_lifetime_loses_nothing() {
+    let stub = Stub::start([]).await;
+    let app = TestApp::spawn_with_provider(
+        |c| {
+            outage(&stub, 30)(c);
+            c.sms.sms_workers = 1;
+        },
+        false,
+    )
+    .await;
+    stub.fail_for(Duration::from_secs(4), 503);
+    let phones: Vec<String> = (0..10).map(|i| format!("+165025307{i:02}")).collect();
+    for phone in &phones[..6] {
+        let r = app.request_code(phone).await;
+        assert!(r["errors"].is_null(), "{r}");
+    }
+    // The first six are now retrying; four more arrive meanwhile.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut asked = Vec::new();
+    for phone in &phones[6..] {
+        asked.push((phone.clone(), std::time::Instant::now()));
+        let r = app.request_code(phone).await;
+        assert!(r["errors"].is_null(), "{r}");
+    }
+    app.wait_outbox_empty().await;
+    let got = stub.received();
+    for phone in &phones {
+        let to_phone: Vec<_> = got
+            .iter()
+            .filter(|r| serde_json::from_str::<Value>(&r.body).unwrap()["to"] == phone.as_str())
+            .collect();
+        let delivered = to_phone.iter().filter(|r| r.status == 200).count();
+        assert_eq!(
+            delivered,
+            1,
+            "{phone}: {} tries, {delivered} delivered",
+            to_phone.len()
+        );
+        assert!(
+            to_phone[0].status == 503,
+            "{phone} was first tried during the outage"
+        );
+    }
+    for (phone, at) in asked {
+        let first = got
+            .iter()
+            .find(|r| serde_json::from_str::<Value>(&r.body).unwrap()["to"] == phone.as_str())
+            .unwrap();
+        let waited = first.at.duration_since(at);
+        assert!(
+            waited < Duration::from_millis(1500),
+            "{phone} waited {waited:?} for its first try: behind the others' backoff"
+        );
+    }
+    assert!(dead_letters(&app).await.is_empty(), "none dead-lettered");
+    assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 10);
+    assert_eq!(app.outbox.stats.dead.load(Ordering::Relaxed), 0);
+    assert_eq!(app.outbox.stats.expired.load(Ordering::Relaxed), 0);
+}
+
+/// A code that expires during the outage is dropped as expired once its next try would come too late,
+/// and never sent.
+#[tokio::test]
+async fn a_code_that_expires_during_an_outage_is_dropped_not_sent() {
+    let stub = Stub::start([]).await;
+    let app = TestApp::spawn_with_provider(outage(&stub, 2), false).await;
+    stub.fail_for(Duration::from_secs(4), 503);
+    let r = app.request_code(PHONE).await;
+    assert!(r["errors"].is_null(), "{r}");
+    app.wait_outbox_empty().await;
+    assert_eq!(app.outbox.stats.expired.load(Ordering::Relaxed), 1);
+    assert_eq!(app.outbox.stats.dead.load(Ordering::Relaxed), 0);
+    let dead = dead_letters(&app).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["reason"].starts_with("expired"), "{dead:?}");
+    // Past the outage, still nothing was delivered.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let got = stub.received();
+    assert!(got.len() >= 2, "retried while the code lived: {}", got.len());
+    assert!(got.iter().all(|r| r.status == 503), "an expired code was sent");
+    assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 0);
 }

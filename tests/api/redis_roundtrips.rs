@@ -318,8 +318,13 @@ async fn generate(app: &TestApp, phone: &str) -> serde_json::Value {
     .await
 }
 
-/// The code of the newest job queued for `phone` (no worker runs in this test).
+/// The code of the newest job queued for `phone` (no worker runs in this test), opened as a worker
+/// would: the job holds it sealed under a key derived from the test's OTP_HMAC_SECRET.
 async fn queued_code(app: &TestApp, phone: &str) -> String {
+    let secret = test_config().otp.otp_hmac_secret.expect("the tests set a secret");
+    let cipher = phone_auth::services::outbox::CodeCipher::from_secret(
+        secrecy::ExposeSecret::expose_secret(&secret).as_bytes(),
+    );
     let jobs: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("{}sms:outbox", app.prefix))
         .arg("-")
@@ -331,6 +336,6 @@ async fn queued_code(app: &TestApp, phone: &str) -> String {
         .iter()
         .rev()
         .find(|j| j.get::<String>("to").as_deref() == Some(phone))
-        .and_then(|j| j.get::<String>("code"))
+        .and_then(|j| cipher.open(&j.get::<String>("id")?, phone, &j.get::<String>("sealed")?))
         .expect("a queued job")
 }

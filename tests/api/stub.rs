@@ -17,6 +17,9 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: String,
+    /// What the stub answered (for `Hang`, what it would have: 200).
+    pub status: u16,
+    pub at: std::time::Instant,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +37,8 @@ struct Inner {
     received: Vec<Received>,
     in_flight: usize,
     max_in_flight: usize,
+    /// Until then, every request is answered with this status (an outage), before the script.
+    failing: Option<(std::time::Instant, u16)>,
 }
 
 #[derive(Clone, Default)]
@@ -45,14 +50,23 @@ pub struct Stub {
 async fn handle(State(stub): State<Stub>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
     let reply = {
         let mut inner = stub.inner.lock().unwrap();
+        let reply = match inner.failing {
+            Some((until, status)) if std::time::Instant::now() < until => Reply::Status(status),
+            _ => inner.script.pop_front().unwrap_or(Reply::Status(200)),
+        };
         inner.received.push(Received {
             path: uri.path().to_owned(),
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
+            status: match reply {
+                Reply::Status(s) => s,
+                Reply::Hang | Reply::Slow(_) => 200,
+            },
+            at: std::time::Instant::now(),
         });
         inner.in_flight += 1;
         inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-        inner.script.pop_front().unwrap_or(Reply::Status(200))
+        reply
     };
     let status = match reply {
         Reply::Status(s) => StatusCode::from_u16(s).unwrap(),
@@ -81,6 +95,11 @@ impl Stub {
             .with_state(stub.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         stub
+    }
+
+    /// From now on, answers `status` to every request for `outage` (then the script, then 200s).
+    pub fn fail_for(&self, outage: Duration, status: u16) {
+        self.inner.lock().unwrap().failing = Some((std::time::Instant::now() + outage, status));
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,8 +1,22 @@
 //! The one definition of an SMS delivery job: the fields `generateCode`'s script writes (through the
 //! Lua snippet below, which `services::otp` embeds in its script) and the parse the workers read them
 //! back with. Nothing else knows the stream's field names.
+//!
+//! The code travels sealed (`CodeCipher`): XChaCha20-Poly1305 (RFC 8439 with the 24-byte nonce of
+//! draft-irtf-cfrg-xchacha), a random nonce per job, the message id and the phone as associated data.
+//! A stream entry, an AOF or an RDB of a persistent Redis keeps a job's `to` after the job is deleted,
+//! and until the rewrite its code too: sealed, that code is useless to whoever reads the file, as the
+//! README's Security table promises ("codes stored only as an HMAC", ASVS 2.7.x / 6.2.x). The
+//! associated data binds the sealed code to its job: it cannot be moved to another job or another
+//! phone (someone who can write to Redis cannot redirect a victim's code to their own number).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead as _, Payload};
+use chacha20poly1305::{KeyInit as _, XChaCha20Poly1305, XNonce};
 use redis::streams::StreamId;
+
+use crate::random::random_bytes;
 
 /// Lua functions put in front of a script that appends jobs (`otp`'s issue script). KEYS and ARGV
 /// stay the caller's; these take them as parameters.
@@ -11,21 +25,110 @@ local function outbox_full(stream, max_len)
   return redis.call('XLEN', stream) >= tonumber(max_len)
 end
 
--- Appends a job and renews the stream's TTL (see `outbox_ttl_seconds`).
-local function outbox_append(stream, ttl, id, to, code, created_ms)
-  redis.call('XADD', stream, '*', 'id', id, 'to', to, 'code', code, 'created_ms', created_ms)
+-- Appends a job and renews the stream's TTL (see `outbox_ttl_seconds`). `sealed` is the code
+-- encrypted by `CodeCipher::seal`, never the code.
+local function outbox_append(stream, ttl, id, to, sealed, created_ms)
+  redis.call('XADD', stream, '*', 'id', id, 'to', to, 'sealed', sealed, 'created_ms', created_ms)
   redis.call('EXPIRE', stream, ttl)
 end
 ";
 
-/// What a script needs to append jobs to the outbox: its key, its cap and its TTL. Handed out by
-/// `Outbox::appender`, so the code service appends where the workers read.
+/// HKDF-SHA256 (RFC 5869) `info` of the outbox key. The code HMAC keeps `OTP_HMAC_SECRET` itself as
+/// its key (changing it would void every pending code at a rolling deploy); the outbox key is
+/// HKDF-Expand(HKDF-Extract(secret), this label), a key no other use of the secret produces. A worker
+/// process derives the same key from the same setting, so no second secret has to be distributed.
+const OUTBOX_KEY_INFO: &[u8] = b"phone-auth/v1/sms-outbox-code-encryption";
+const NONCE_LEN: usize = 24;
+
+/// Seals codes into jobs (the code service) and opens them (the workers). One key, derived from
+/// `OTP_HMAC_SECRET`; rotating that secret makes older jobs unreadable: they are dead-lettered, never
+/// sent (`Outbox::deliver`).
+#[derive(Clone)]
+pub struct CodeCipher {
+    aead: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for CodeCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeCipher(..)")
+    }
+}
+
+fn associated_data(message_id: &str, to: &str) -> Vec<u8> {
+    // A 0 byte between the two: neither a UUID nor an E.164 number contains one.
+    let mut aad = Vec::with_capacity(message_id.len() + 1 + to.len());
+    aad.extend_from_slice(message_id.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(to.as_bytes());
+    aad
+}
+
+impl CodeCipher {
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let mut key = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(None, secret)
+            .expand(OUTBOX_KEY_INFO, &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let aead = XChaCha20Poly1305::new_from_slice(&key).expect("the key is 32 bytes");
+        key.fill(0);
+        CodeCipher { aead }
+    }
+
+    /// `base64url(nonce || ciphertext || tag)`. A 24-byte random nonce: collisions are negligible for
+    /// any number of jobs one key will ever seal (2^96 birthday bound), so no counter is needed.
+    pub fn seal(&self, message_id: &str, to: &str, code: &str) -> anyhow::Result<String> {
+        let nonce = random_bytes::<NONCE_LEN>()?;
+        let aad = associated_data(message_id, to);
+        let sealed = self
+            .aead
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: code.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("sealing the code failed"))?;
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// The code, or None when it was sealed under another key (the secret was rotated), for another
+    /// job, or altered.
+    pub fn open(&self, message_id: &str, to: &str, sealed: &str) -> Option<String> {
+        let bytes = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        if bytes.len() <= NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let nonce = XNonce::try_from(nonce).ok()?;
+        let aad = associated_data(message_id, to);
+        let code = self
+            .aead
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .ok()?;
+        String::from_utf8(code).ok()
+    }
+}
+
+/// What a script needs to append jobs to the outbox: its key, its cap, its TTL and the cipher of the
+/// codes. Handed out by `Outbox::appender`, so the code service appends where the workers read, sealed
+/// under the key they open with.
 #[derive(Clone, Debug)]
 pub struct Appender {
     pub stream_key: String,
     /// Jobs the outbox holds at most: a full outbox refuses new codes rather than trimming.
     pub max_len: u64,
     pub ttl_seconds: u64,
+    pub cipher: CodeCipher,
 }
 
 /// A job read back from the stream.
@@ -34,7 +137,8 @@ pub(super) struct Job {
     /// The message's id (a UUID): the idempotency key providers dedupe on.
     pub message_id: String,
     pub to: String,
-    pub code: String,
+    /// The code, sealed (`CodeCipher`); only `Outbox::deliver` opens it.
+    pub sealed: String,
     pub created_ms: u64,
 }
 
@@ -45,9 +149,41 @@ impl Job {
         Some(Job {
             message_id: field("id")?,
             to: field("to")?,
-            code: field("code")?,
+            // A job written before codes were sealed has `code` instead: it reads as a job whose code
+            // cannot be opened, and is dead-lettered rather than left pending for ever.
+            sealed: field("sealed").unwrap_or_default(),
             created_ms: field("created_ms")?.parse().ok()?,
             stream_id: entry.id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_code_opens_only_with_its_key_and_its_job() {
+        let cipher = CodeCipher::from_secret(b"0123456789abcdef0123456789abcdef");
+        let sealed = cipher.seal("id-1", "+16502530000", "980442").unwrap();
+        assert!(!sealed.contains("980442"));
+        assert_eq!(
+            cipher.open("id-1", "+16502530000", &sealed).as_deref(),
+            Some("980442")
+        );
+        assert_eq!(cipher.open("id-2", "+16502530000", &sealed), None, "another job");
+        assert_eq!(
+            cipher.open("id-1", "+16502530001", &sealed),
+            None,
+            "another phone"
+        );
+        let rotated = CodeCipher::from_secret(b"another-secret-another-secret-xx");
+        assert_eq!(rotated.open("id-1", "+16502530000", &sealed), None, "another key");
+        assert_eq!(cipher.open("id-1", "+16502530000", "980442"), None, "not sealed");
+        assert_ne!(
+            sealed,
+            cipher.seal("id-1", "+16502530000", "980442").unwrap(),
+            "a fresh nonce per job"
+        );
     }
 }

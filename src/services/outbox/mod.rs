@@ -3,24 +3,29 @@
 //! consumer group.
 //!
 //! Keys (bounded by length, and with a TTL like every key of the service):
-//! - `sms:outbox` jobs {id, to, code, created_ms}; at most `max_len` (a full outbox refuses new codes
-//!   with SERVICE_UNAVAILABLE rather than trimming undelivered jobs); consumer group `sms-workers`.
+//! - `sms:outbox` jobs {id, to, sealed, created_ms} (`sealed`: the code encrypted, see `job.rs`; never
+//!   the code in clear); at most `max_len` (a full outbox refuses new codes with SERVICE_UNAVAILABLE
+//!   rather than trimming undelivered jobs); consumer group `sms-workers`.
 //!   TTL `outbox_ttl(code lifetime)`, renewed by every new job: when it lapses, no job has been added
 //!   for twice a code's lifetime (at least an hour), so every job left is one that would be dropped
 //!   as expired anyway. Workers recreate the stream and group when it is gone.
 //! - `sms:dead`   dead letters {id, to, reason, failed_ms} (never the code); trimmed to `dead_max_len`;
 //!   TTL `DEAD_LETTER_TTL_SECONDS` (7 days), renewed by every new dead letter.
 //!
-//! A worker reads up to 16 jobs at a time and hands them to the provider concurrently (a provider's
+//! A worker reads up to 16 jobs at a time and runs each delivery as a task of its own (a provider's
 //! HTTP API answers in tens to hundreds of milliseconds: one message at a time would cap a worker at a
-//! few messages a second); the jobs that end together are finished by one script.
+//! few messages a second), up to `MAX_IN_FLIGHT` at once; it reads again as soon as there is room, so
+//! no job waits for another's backoff. The jobs that end together are finished by one script.
 //!
 //! Delivery is at least once: a job is acknowledged and deleted (so its code leaves Redis) only after
 //! the provider accepted it or it was dead-lettered. Transient failures are retried in the worker with
-//! exponential backoff and full jitter; before each retry the worker re-claims the job (XCLAIM JUSTID),
-//! which proves it still owns it and resets its idle time. A job whose worker died stays pending and is
-//! claimed by another worker once idle for `claim_idle` (XAUTOCLAIM). The job id (a UUID) is the
-//! idempotency key providers can dedupe on. A job older than the code's lifetime is dropped, not sent.
+//! exponential backoff and full jitter for as long as the code lives (a 25 s provider outage must not
+//! cost the codes sent during it; `max_attempts`, unset by default, can bound the calls too); before
+//! each retry the worker re-claims the job (XCLAIM JUSTID), which proves it still owns it and resets its
+//! idle time. A job whose worker died stays pending and is claimed by another worker once idle for
+//! `claim_idle` (XAUTOCLAIM). The job id (a UUID) is the idempotency key providers can dedupe on. A job
+//! older than the code's lifetime, or whose next retry would come after it, is dropped, not sent. A
+//! job whose code cannot be opened (the secret was rotated) is dead-lettered, never sent.
 //!
 //! Connections: every command but the blocking read goes over one shared `ConnectionManager`
 //! (multiplexed, reconnects by itself). A blocking read (XREADGROUP BLOCK) must never hold up a shared
@@ -34,12 +39,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::FutureExt as _;
-use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use rand::RngExt;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 
 use crate::services::Keys;
 use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
@@ -47,8 +52,8 @@ use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
 mod job;
 
 pub(crate) use job::APPEND_LUA;
-pub use job::Appender;
 use job::Job;
+pub use job::{Appender, CodeCipher};
 
 pub const GROUP: &str = "sms-workers";
 
@@ -56,7 +61,8 @@ pub const GROUP: &str = "sms-workers";
 pub struct OutboxSettings {
     pub max_len: u64,
     pub dead_max_len: u64,
-    pub max_attempts: u32,
+    /// Calls to the provider per job at most; None: as many as fit in the code's lifetime.
+    pub max_attempts: Option<u32>,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub claim_idle: Duration,
@@ -102,8 +108,18 @@ end
 return #ids
 ";
 
-/// Jobs one worker reads, and delivers concurrently, at a time.
+/// Jobs one worker reads at a time.
 const BATCH: usize = 16;
+
+/// Deliveries one worker runs at once, retries waiting out their backoff included. A waiting retry
+/// costs a timer and a few hundred bytes; 256 per worker holds more than a code lifetime's worth of the
+/// default service-wide budget (1,000 SMS an hour is about 83 per 300 s), so a provider outage does not
+/// leave new jobs unread behind retries.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// A delivery's end, sent to the worker's finisher: the job and `Some("")` delivered, `Some(reason)`
+/// dead-lettered (or dropped as expired), `None` taken over by another worker.
+type Ended = (Job, Option<String>);
 
 /// Creates the stream (if missing) and the consumer group (if missing), and gives a stream without a
 /// TTL one.
@@ -131,6 +147,7 @@ pub struct Outbox {
     dead: String,
     settings: OutboxSettings,
     provider: Arc<dyn SmsSender>,
+    cipher: CodeCipher,
     finish: Script,
     ensure: Script,
     pub stats: OutboxStats,
@@ -149,6 +166,7 @@ impl Outbox {
         keys: &Keys,
         settings: OutboxSettings,
         provider: Arc<dyn SmsSender>,
+        cipher: CodeCipher,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(redis_url)?;
         let config = ConnectionManagerConfig::new()
@@ -162,6 +180,7 @@ impl Outbox {
             dead: Self::dead_key(keys),
             settings,
             provider,
+            cipher,
             finish: Script::new(FINISH_LUA),
             ensure: Script::new(ENSURE_GROUP_LUA),
             stats: OutboxStats::default(),
@@ -184,6 +203,7 @@ impl Outbox {
             stream_key: self.stream.clone(),
             max_len: self.settings.max_len,
             ttl_seconds: outbox_ttl_seconds(self.settings.code_ttl.as_secs()),
+            cipher: self.cipher.clone(),
         }
     }
 
@@ -210,20 +230,52 @@ impl Outbox {
         Ok(())
     }
 
-    /// Runs one worker until the task is dropped. `name` must be unique among live workers.
+    /// Runs one worker until the task is dropped (its deliveries are dropped with it; their jobs stay
+    /// pending and are claimed by another worker). `name` must be unique among live workers.
+    ///
+    /// Two halves run side by side in this one task: the reader, which reads jobs while there is room
+    /// and starts a delivery task for each, and the finisher, which acknowledges whatever deliveries
+    /// ended, together. Neither is ever cancelled mid-command (a cancelled XREADGROUP would strand
+    /// the entries Redis handed out), and the finisher does not wait for the reader's blocking read.
     pub async fn run_worker(self: Arc<Self>, name: String) {
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel::<Ended>();
+        tokio::join!(self.clone().read_loop(name, ended_tx), self.finish_loop(ended_rx));
+    }
+
+    async fn read_loop(self: Arc<Self>, name: String, ended: mpsc::UnboundedSender<Ended>) {
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        // Dropped with the worker: its deliveries stop with it.
+        let mut deliveries = JoinSet::new();
         let mut last_claim = std::time::Instant::now() - self.settings.claim_idle;
         let mut reader: Option<MultiplexedConnection> = None;
         loop {
-            if last_claim.elapsed() >= self.settings.claim_idle / 2 {
-                last_claim = std::time::Instant::now();
-                if let Err(e) = self.claim_stale(&name).await {
-                    tracing::warn!(error = %e, worker = %name, "outbox: reclaiming stale jobs failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+            while deliveries.try_join_next().is_some() {}
+            // Wait for one free slot, then take as many more as are free, up to a batch.
+            let Ok(first) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut permits = vec![first];
+            while permits.len() < BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
                 }
             }
-            match self.read_new(&name, &mut reader).await {
-                Ok(jobs) => self.deliver_all(&name, jobs).await,
+            if last_claim.elapsed() >= self.settings.claim_idle / 2 {
+                last_claim = std::time::Instant::now();
+                match self.claim_stale(&name, permits.len()).await {
+                    Ok(jobs) => self.start(&name, jobs, &mut permits, &mut deliveries, &ended),
+                    Err(e) => {
+                        tracing::warn!(error = %e, worker = %name, "outbox: reclaiming stale jobs failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                if permits.is_empty() {
+                    continue;
+                }
+            }
+            match self.read_new(&name, &mut reader, permits.len()).await {
+                Ok(jobs) => self.start(&name, jobs, &mut permits, &mut deliveries, &ended),
                 Err(e)
                     if e.downcast_ref::<redis::RedisError>()
                         .is_some_and(|e| e.code() == Some("NOGROUP")) =>
@@ -244,12 +296,47 @@ impl Outbox {
         }
     }
 
+    /// Starts one delivery task per job, each holding one of `permits` until it ends.
+    fn start(
+        self: &Arc<Self>,
+        name: &str,
+        jobs: Vec<Job>,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+        deliveries: &mut JoinSet<()>,
+        ended: &mpsc::UnboundedSender<Ended>,
+    ) {
+        for job in jobs {
+            let Some(permit) = permits.pop() else {
+                // Never: a read asks for at most as many jobs as there are permits. Left pending, the
+                // job would be claimed later.
+                tracing::error!(message_id = %job.message_id, "outbox: a job read without a slot");
+                continue;
+            };
+            let (this, name, ended) = (self.clone(), name.to_owned(), ended.clone());
+            deliveries.spawn(async move {
+                let outcome = this.deliver(&name, &job).await;
+                drop(permit);
+                let _ = ended.send((job, outcome));
+            });
+        }
+    }
+
+    /// Finishes the deliveries that ended, all those that ended together in one call.
+    async fn finish_loop(self: Arc<Self>, mut ended: mpsc::UnboundedReceiver<Ended>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while ended.recv_many(&mut batch, MAX_IN_FLIGHT).await > 0 {
+            self.finish(&batch).await;
+            batch.clear();
+        }
+    }
+
     /// Reads new jobs on this worker's own connection (opened on first use, dropped after an error so
     /// that the next read reconnects).
     async fn read_new(
         &self,
         name: &str,
         reader: &mut Option<MultiplexedConnection>,
+        count: usize,
     ) -> anyhow::Result<Vec<Job>> {
         let conn = match reader {
             Some(conn) => conn,
@@ -257,7 +344,7 @@ impl Outbox {
         };
         let options = StreamReadOptions::default()
             .group(GROUP, name)
-            .count(BATCH)
+            .count(count)
             .block(self.settings.block.as_millis() as usize);
         let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
             .arg(&options)
@@ -283,7 +370,8 @@ impl Outbox {
             .collect())
     }
 
-    async fn claim_stale(&self, name: &str) -> anyhow::Result<()> {
+    /// Claims up to `count` jobs left pending by a worker that died.
+    async fn claim_stale(&self, name: &str, count: usize) -> anyhow::Result<Vec<Job>> {
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(GROUP)
@@ -291,58 +379,58 @@ impl Outbox {
             .arg(self.settings.claim_idle.as_millis() as u64)
             .arg("0-0")
             .arg("COUNT")
-            .arg(BATCH)
+            .arg(count)
             .query_async(&mut self.redis.clone())
             .await?;
         let jobs: Vec<Job> = reply.claimed.into_iter().filter_map(Job::parse).collect();
         for job in &jobs {
             tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
         }
-        self.deliver_all(name, jobs).await;
-        Ok(())
-    }
-
-    /// Delivers `jobs` concurrently. Each time some have ended, those are finished together in one
-    /// call (so a job waiting out a retry's backoff does not hold back its batch's acknowledgements).
-    async fn deliver_all(&self, name: &str, jobs: Vec<Job>) {
-        let mut running: FuturesUnordered<_> = jobs
-            .iter()
-            .map(|job| async move { (job, self.deliver(name, job).await) })
-            .collect();
-        let mut ended = Vec::with_capacity(jobs.len());
-        while let Some(first) = running.next().await {
-            ended.push(first);
-            while let Some(Some(next)) = running.next().now_or_never() {
-                ended.push(next);
-            }
-            self.finish(&ended).await;
-            ended.clear();
-        }
+        Ok(jobs)
     }
 
     /// Delivers one job to its end: `Some("")` delivered, `Some(reason)` to be dead-lettered (or
     /// dropped as expired), `None` if another worker took the job over (it finishes it).
     async fn deliver(&self, name: &str, job: &Job) -> Option<String> {
+        let Some(code) = self.cipher.open(&job.message_id, &job.to, &job.sealed) else {
+            tracing::warn!(message_id = %job.message_id, "outbox: the code cannot be decrypted (OTP_HMAC_SECRET changed?): dead-lettered");
+            self.stats.dead.fetch_add(1, Ordering::Relaxed);
+            crate::ops::metrics::sms_job(self.provider.name(), &job.to, "dead_lettered");
+            return Some(
+                "undecryptable: the code was sealed under another key (OTP_HMAC_SECRET changed?)".to_owned(),
+            );
+        };
         let body = render(
             &self.settings.template,
             &self.settings.app_name,
-            &job.code,
+            &code,
             self.settings.code_ttl.as_secs(),
             self.settings.webotp_domain.as_deref(),
         );
+        // The code is useless once it has expired: that, not a count, bounds the retries.
+        let deadline_ms = job
+            .created_ms
+            .saturating_add(self.settings.code_ttl.as_millis() as u64);
+        let expired = |why: String| {
+            tracing::info!(message_id = %job.message_id, %why, "outbox: the code expired before it could be sent: dropped");
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            crate::ops::metrics::sms_job(self.provider.name(), &job.to, "expired");
+            Some(why)
+        };
         let mut attempt = 1u32;
         loop {
-            if now_ms().saturating_sub(job.created_ms) > self.settings.code_ttl.as_millis() as u64 {
-                tracing::info!(message_id = %job.message_id, "outbox: job older than the code's lifetime: dropped");
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                crate::ops::metrics::sms_job(self.provider.name(), &job.to, "expired");
-                return Some("expired".to_owned());
+            if now_ms() >= deadline_ms {
+                return expired(if attempt == 1 {
+                    "expired".to_owned()
+                } else {
+                    format!("expired (after {} attempts)", attempt - 1)
+                });
             }
             let sent = self
                 .provider
                 .send(SmsMessage {
                     to: &job.to,
-                    code: &job.code,
+                    code: &code,
                     body: &body,
                     message_id: &job.message_id,
                 })
@@ -359,16 +447,22 @@ impl Outbox {
                     crate::ops::metrics::sms_job(self.provider.name(), &job.to, "dead_lettered");
                     return Some(reason);
                 }
-                Err(DeliveryError::Transient(reason)) if attempt >= self.settings.max_attempts => {
+                Err(DeliveryError::Transient(reason))
+                    if self.settings.max_attempts.is_some_and(|max| attempt >= max) =>
+                {
                     tracing::warn!(message_id = %job.message_id, %reason, attempt, "outbox: out of retries: dead-lettered");
                     self.stats.dead.fetch_add(1, Ordering::Relaxed);
                     crate::ops::metrics::sms_job(self.provider.name(), &job.to, "dead_lettered");
                     return Some(format!("{reason} (after {attempt} attempts)"));
                 }
                 Err(DeliveryError::Transient(reason)) => {
+                    let wait = self.backoff(attempt);
+                    if now_ms().saturating_add(wait.as_millis() as u64) >= deadline_ms {
+                        // The next try would come after the code expired.
+                        return expired(format!("expired (after {attempt} attempts; last: {reason})"));
+                    }
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     crate::ops::metrics::sms_job(self.provider.name(), &job.to, "retried");
-                    let wait = self.backoff(attempt);
                     tracing::info!(message_id = %job.message_id, %reason, attempt, ?wait, "outbox: transient failure: retrying");
                     tokio::time::sleep(wait).await;
                     if !self.still_mine(name, job, wait).await {
@@ -411,7 +505,7 @@ impl Outbox {
     }
 
     /// Acknowledges and deletes the ended jobs, dead-lettering those with a reason (see `FINISH_LUA`).
-    async fn finish(&self, ended: &[(&Job, Option<String>)]) {
+    async fn finish(&self, ended: &[Ended]) {
         let count = ended.iter().filter(|(_, reason)| reason.is_some()).count();
         if count == 0 {
             return;
