@@ -61,9 +61,12 @@ impl UserStore {
         Ok(row.map(|r| (r.user, r.password_hash)))
     }
 
-    /// Creates the account, or answers PHONE_ALREADY_REGISTERED: the unique constraint decides races.
+    /// Creates the account `id`, or answers PHONE_ALREADY_REGISTERED: the unique constraint decides
+    /// races. If the phone's account is this very `id` (a registration retried after its answer was
+    /// lost), it is completed with this request's password and names, as the client last asked.
     pub async fn create(
         &self,
+        id: Uuid,
         phone: &PhoneNumber,
         password_hash: &str,
         first_name: Option<&str>,
@@ -71,10 +74,13 @@ impl UserStore {
     ) -> AppResult<User> {
         sqlx::query_as::<_, User>(
             "insert into users (id, phone, password_hash, first_name, last_name) values ($1, $2, $3, $4, $5)
-             on conflict (phone) do nothing
+             on conflict (phone) do update
+               set password_hash = excluded.password_hash, first_name = excluded.first_name,
+                   last_name = excluded.last_name
+               where users.id = excluded.id
              returning id, phone, first_name, last_name, created_at",
         )
-        .bind(Uuid::new_v4())
+        .bind(id)
         .bind(phone.e164())
         .bind(password_hash)
         .bind(first_name)

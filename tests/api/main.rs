@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod faults;
 mod federation;
 mod flow;
 mod hostile;
