@@ -240,8 +240,14 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Keys { .. } => unreachable!("answered above"),
         AdminCommand::Unlock { phone } => {
             let phone = stores.phone(&phone)?;
-            let lockout = LockoutService::new(stores.redis.clone(), stores.keys.clone(), config.into());
-            let lifted = lockout.clear(&phone).await.map_err(store_error)?;
+            let lockout = LockoutService::new(
+                stores.redis.clone(),
+                stores.keys.clone(),
+                config.into(),
+                // Unused: admin commands reserve no attempt.
+                Duration::from_secs(1),
+            );
+            let lifted = lockout.clear(&phone, None).await.map_err(store_error)?;
             stores
                 .audit(
                     admin_row("unlocked")
@@ -305,7 +311,13 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                 .bind(user.id)
                 .fetch_one(&stores.pg)
                 .await?;
-                let lockout = LockoutService::new(stores.redis.clone(), stores.keys.clone(), config.into());
+                let lockout = LockoutService::new(
+                    stores.redis.clone(),
+                    stores.keys.clone(),
+                    config.into(),
+                    // Unused: admin commands reserve no attempt.
+                    Duration::from_secs(1),
+                );
                 let locked = lockout.locked_for(&phone).await.map_err(store_error)?;
                 println!("id:        {}", user.id);
                 println!("phone:     {}", mask_phone(&user.phone));

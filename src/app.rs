@@ -221,6 +221,15 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         Duration::from_millis(hashing.hash_queue_timeout_ms),
         hashing.hash_thread_nice,
     )?;
+    // A reserved password attempt holds its place for this long if its end is never recorded (a
+    // Redis reply lost to the timeout, the process stopped mid-login). It must outlast the longest a
+    // login can hold it, or a slow burst could compute more hashes than the lock allows: the reserve
+    // reply (Redis timeout), the account lookup (PostgreSQL acquire timeout; the lookup is one indexed
+    // row), the hash (queue wait plus the grace of a started hash) and the outcome script (Redis
+    // timeout). At the defaults: 2 + 3 + 4 + 2 = 11 s.
+    let lockout_lease =
+        Duration::from_millis(2 * stores.redis_timeout_ms + stores.database_acquire_timeout_ms)
+            + hasher.longest_wait();
     let auth = Arc::new(AuthService::new(Parts {
         phone_policy,
         otp: OtpService::new(
@@ -231,7 +240,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             test_numbers,
             outbox.appender(),
         ),
-        lockout: LockoutService::new(redis.clone(), key_names.clone(), config.into()),
+        lockout: LockoutService::new(redis.clone(), key_names.clone(), config.into(), lockout_lease),
         users: UserStore::new(pg.clone()),
         sessions: SessionStore::new(pg.clone(), tokens_config.session_ttl_seconds),
         tokens,

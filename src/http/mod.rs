@@ -65,6 +65,18 @@ pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize
             get(discovery::openid_configuration),
         )
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                if declared_too_large(req.headers(), max_body_bytes) {
+                    return request_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        codes::PAYLOAD_TOO_LARGE,
+                        "The request body is too large.",
+                    );
+                }
+                next.run(req).await
+            },
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
@@ -96,6 +108,18 @@ pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize
         .layer(axum::middleware::from_fn(crate::ops::logging::access_log))
         // One Arc per request instead of a clone of every field (measured: 2% of a request's CPU).
         .with_state(Arc::new(state))
+}
+
+/// Whether the request announces a body over the limit (`Content-Length`). Such a request is refused
+/// from its head, before any of the body is read: reading first (the body limit alone) held the
+/// connection of a client that announced 10 MiB and sent nothing for the whole request timeout, then
+/// answered 408 (RFC 9110 15.5.14 allows 413 to close the connection without reading on).
+fn declared_too_large(headers: &axum::http::HeaderMap, max_body_bytes: usize) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > max_body_bytes as u64)
 }
 
 /// A request-level failure (nothing was executed), in the GraphQL response shape.

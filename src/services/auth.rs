@@ -266,7 +266,7 @@ impl AuthService {
     ) -> AppResult<Verified> {
         let checked = self.otp.consume(phone, code, client).await;
         let event = match &checked {
-            Ok(()) => Some("code_verified"),
+            Ok(_) => Some("code_verified"),
             Err(AppError::InvalidCode) => Some("code_check_failed"),
             Err(AppError::TooManyAttempts) => Some("code_burnt"),
             Err(_) => None,
@@ -274,27 +274,40 @@ impl AuthService {
         if let Some(event) = event {
             self.audit.record_bulk(AuditRow::new(event).phone(phone));
         }
-        checked?;
-        match self.users.find_by_phone(phone).await? {
-            Some(user) => {
-                // Proving the phone is a stronger proof than the password: it lifts a password lock.
-                if self.lockout.clear(phone).await? {
-                    self.audit
-                        .record(
-                            AuditRow::new("unlocked")
-                                .phone(phone)
-                                .user(user.id)
-                                .detail(serde_json::json!({ "by": "code" })),
-                        )
-                        .await;
+        let consumed = checked?;
+        let outcome = async {
+            match self.users.find_by_phone(phone).await? {
+                Some(user) => {
+                    // Proving the phone is a stronger proof than the password: it lifts a password lock.
+                    if self.lockout.clear(phone, None).await? {
+                        self.audit
+                            .record(
+                                AuditRow::new("unlocked")
+                                    .phone(phone)
+                                    .user(user.id)
+                                    .detail(serde_json::json!({ "by": "code" })),
+                            )
+                            .await;
+                    }
+                    Ok(Verified::SignedIn(self.sign_in(user, "code").await?))
                 }
-                Ok(Verified::SignedIn(self.sign_in(user, "code").await?))
+                None => Ok(Verified::NewPhone {
+                    registration_token: self.registration.create(phone).await?,
+                    expires_in_seconds: self.registration.ttl_seconds(),
+                }),
             }
-            None => Ok(Verified::NewPhone {
-                registration_token: self.registration.create(phone).await?,
-                expires_in_seconds: self.registration.ttl_seconds(),
-            }),
         }
+        .await;
+        if outcome.is_err() {
+            // The user got nothing for their code (a store failed after it was checked): give it back,
+            // so that a retry with the same code works.
+            match self.otp.restore(phone, code, &consumed).await {
+                Ok(true) => {}
+                Ok(false) => tracing::info!("a consumed code was not given back: newer code, or expired"),
+                Err(e) => tracing::warn!(error = ?e, "could not give back a consumed code"),
+            }
+        }
+        outcome
     }
 
     #[tracing::instrument(skip_all)]
@@ -311,18 +324,39 @@ impl AuthService {
         self.hasher.check_capacity()?;
         self.registration.present(registration_token).await?;
         let hash = self.hasher.hash(password).await?;
-        let phone = self.registration.consume(registration_token).await?;
-        let user = self
-            .users
-            .create(
-                &phone,
-                &hash,
-                first_name.map(PersonName::as_str),
-                last_name.map(PersonName::as_str),
-            )
-            .await?;
-        self.lockout.clear(&phone).await?;
-        self.sign_in(user, "registration").await
+        // The token is used up only once the user is signed in: a store failure before that gives it
+        // back, and a retry after a lost answer finds the account it made (registration.rs).
+        let claim = self.registration.claim(registration_token).await?;
+        let outcome = async {
+            let user = self
+                .users
+                .create(
+                    claim.user_id,
+                    &claim.phone,
+                    &hash,
+                    first_name.map(PersonName::as_str),
+                    last_name.map(PersonName::as_str),
+                )
+                .await?;
+            self.lockout.clear(&claim.phone, None).await?;
+            self.sign_in(user, "registration").await
+        }
+        .await;
+        match &outcome {
+            // The token's work is done (or can never be: another account has the phone).
+            Ok(_) | Err(AppError::PhoneAlreadyRegistered) => {
+                if let Err(e) = self.registration.finish(&claim).await {
+                    // Left to its claim lease and TTL; it can only complete this same account.
+                    tracing::warn!(error = ?e, "could not use up a registration token");
+                }
+            }
+            Err(_) => {
+                if let Err(e) = self.registration.unclaim(&claim).await {
+                    tracing::warn!(error = ?e, "could not give back a registration token");
+                }
+            }
+        }
+        outcome
     }
 
     /// Password sign-in. Unknown phone and wrong password are the same answer, the same work (a hash
@@ -344,11 +378,11 @@ impl AuthService {
         .await;
         match outcome {
             Ok(Some(user)) => {
-                self.lockout.clear(phone).await?;
+                self.lockout.clear(phone, Some(&reservation)).await?;
                 self.sign_in(user, "password").await
             }
             Ok(None) => {
-                let locked = self.lockout.record_failure(phone, reservation).await?;
+                let locked = self.lockout.record_failure(phone, &reservation).await?;
                 self.audit
                     .record(AuditRow::new("sign_in_failed").phone(phone))
                     .await;
@@ -363,7 +397,7 @@ impl AuthService {
             }
             Err(e) => {
                 // The attempt never got an answer (queue full, store down): it must not count.
-                let _ = self.lockout.release(phone, reservation).await;
+                let _ = self.lockout.release(phone, &reservation).await;
                 Err(e)
             }
         }

@@ -3,27 +3,38 @@
 //! policy, within NIST SP 800-63B 5.2.2's limit of 100 consecutive failures).
 //!
 //! Keys (phone hash tag, all with a TTL):
-//! - `{phone}:pw_attempts` failures of the current run plus attempts in flight; TTL = lock_seconds,
-//!   renewed on each reservation
+//! - `{phone}:pw_fails`    sorted set of the evaluated wrong passwords of the current run (member: the
+//!   attempt's id, score: when); TTL = lock_seconds, renewed by each wrong password (never by a refusal)
+//! - `{phone}:pw_inflight` sorted set of the attempts in flight (member: the attempt's id, score: when
+//!   its lease ends, ms); pruned by each reservation; TTL = the lease, renewed by each reservation
 //! - `{phone}:pw_lock`     present while locked; TTL = lock_seconds
-//! - `{phone}:pw_gen`      the run number, bumped by each success (`clear`); TTL = lock_seconds
 //! - `ip:<addr>:password_attempts` per-IP budget across phones; TTL = IP window (300 s)
 //!
 //! An attempt is *reserved* atomically before any hash is computed: the reservation refuses once
-//! failures plus in-flight attempts reach the limit, so a burst of 30 parallel wrong passwords computes
+//! failures plus attempts in flight reach the limit, so a burst of 30 parallel wrong passwords computes
 //! at most 3 hashes and leaves the phone locked. Counted per phone whether or not an account exists, so
-//! an unknown phone and a wrong password look the same.
+//! an unknown phone and a wrong password look the same. Only an evaluated wrong password counts toward
+//! the lock: an attempt refused for hashing overload, or whose store failed, is released.
 //!
-//! A reservation carries the run it was made in. A success starts a new run; a failure that resolves
-//! after that still counts (in the new run), and a stale release is ignored, so attempts in flight
-//! across a success can neither be forgotten nor eat into the new run's count.
+//! A reservation is a *lease*: it ends by itself (`lease`, longer than the longest a login can hold
+//! it: see `app.rs`), so a reservation whose end was never recorded (Redis answered after the client's
+//! timeout, the process stopped mid-login) cannot hold the phone's last attempts for longer than the
+//! lease. Before leases, such a stray reservation refused every later login with RATE_LIMITED, and
+//! each refusal renewed it for an hour.
+//!
+//! Each attempt has its own id, so every script here is idempotent (a rerun after a dropped
+//! connection changes nothing: `rerun_if_dropped`) and attempts in flight across a success are
+//! handled: a success clears the failures and the lock; a failure that resolves after that counts in
+//! the new run, and a release only ever removes its own attempt.
+
+use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
-use crate::services::{Keys, budget_script, retry_after_secs};
+use crate::services::{Keys, budget_script, rerun_if_dropped, retry_after_secs};
 
 #[derive(Clone, Debug)]
 pub struct LockoutSettings {
@@ -33,73 +44,68 @@ pub struct LockoutSettings {
     pub ip_max_attempts: u32,
 }
 
-/// A reserved attempt: must be ended with `record_failure`, `clear` (success) or `release`.
-#[derive(Clone, Copy, Debug)]
+/// A reserved attempt: must be ended with `record_failure`, `clear` (success) or `release`; if it is
+/// not, its lease ends it.
+#[derive(Clone, Debug)]
 pub struct Reservation {
-    generation: i64,
+    id: String,
 }
 
-// KEYS: attempts, lock, ip budget, gen. ARGV: max, lock_seconds, ip max, ip window.
-// Returns {status, value}: {0, gen} reserved; {1, pttl} locked; {2, 0} the limit is taken by attempts
-// still in flight (none of them has failed yet: retry in a moment); {3, pttl} IP over budget.
+// KEYS: fails, inflight, lock, ip budget. ARGV: max, lock_seconds, ip max, ip window, attempt id,
+// lease ms. Returns {status, value}: {0, 0} reserved; {1, pttl} locked; {2, 0} the limit is taken by
+// attempts still in flight (none of them has failed yet: retry in a moment); {3, pttl} IP over budget.
+// A refusal extends nothing.
 const RESERVE_LUA: &str = r"
-local pttl = redis.call('PTTL', KEYS[2])
+if redis.call('ZSCORE', KEYS[2], ARGV[5]) then
+  -- This very attempt is reserved: a rerun after a dropped connection answers as the first run.
+  return {0, 0}
+end
+local pttl = redis.call('PTTL', KEYS[3])
 if pttl > 0 then
   return {1, pttl}
 end
 if pttl == -1 then
-  -- A lock key without a TTL cannot come from us; treat it as locked and repair it.
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  -- A lock key without a TTL cannot come from us; treat it as locked and bound it.
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
   return {1, tonumber(ARGV[2]) * 1000}
 end
-local ip_wait = over_budget(KEYS[3], ARGV[3], ARGV[4])
+local ip_wait = over_budget(KEYS[4], ARGV[3], ARGV[4])
 if ip_wait then
   return {3, ip_wait}
 end
-local n = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if n > tonumber(ARGV[1]) then
-  redis.call('DECR', KEYS[1])
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then
   return {2, 0}
 end
-return {0, tonumber(redis.call('GET', KEYS[4]) or '0')}
+local lease = tonumber(ARGV[6])
+redis.call('ZADD', KEYS[2], now + lease, ARGV[5])
+redis.call('PEXPIRE', KEYS[2], lease)
+return {0, 0}
 ";
 
-// KEYS: attempts, lock, gen. ARGV: max, lock_seconds, reservation gen.
-// A failure of the current run is already counted by its reservation; one from an earlier run is
-// counted now. Reaching the limit sets the lock. Returns 1 if locked.
+// KEYS: fails, inflight, lock. ARGV: max, lock_seconds, attempt id. The attempt was a wrong password:
+// it leaves the attempts in flight and joins the failures (once, whatever the run it was reserved in).
+// Reaching the limit sets the lock. Returns 1 if locked.
 const FAIL_LUA: &str = r"
-local n
-if tonumber(redis.call('GET', KEYS[3]) or '0') == tonumber(ARGV[3]) then
-  n = tonumber(redis.call('GET', KEYS[1]) or '0')
-else
-  n = redis.call('INCR', KEYS[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-if n >= tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[1], now_ms(), ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
   return 1
 end
 return 0
 ";
 
-// KEYS: attempts, gen. ARGV: reservation gen. Gives back a reservation whose attempt never ran.
-const RELEASE_LUA: &str = r"
-if tonumber(redis.call('GET', KEYS[2]) or '0') == tonumber(ARGV[1])
-   and tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
-  redis.call('DECR', KEYS[1])
-end
-return 0
-";
-
-// KEYS: attempts, lock, gen. ARGV: lock_seconds. A success: new run, no count, no lock. Returns 1 if
-// a lock was lifted.
+// KEYS: fails, inflight, lock. ARGV: the succeeding attempt's id, or '' (a sign-in by code or a
+// registration). A success: a new run, no failures, no lock. Returns 1 if a lock was lifted.
 const CLEAR_LUA: &str = r"
-local was_locked = redis.call('EXISTS', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], ARGV[1])
+local was_locked = redis.call('EXISTS', KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[3])
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
 return was_locked
 ";
 
@@ -107,21 +113,22 @@ pub struct LockoutService {
     redis: ConnectionManager,
     keys: Keys,
     settings: LockoutSettings,
+    lease_ms: u64,
     reserve: Script,
     fail: Script,
-    release: Script,
     clear: Script,
 }
 
 impl LockoutService {
-    pub fn new(redis: ConnectionManager, keys: Keys, settings: LockoutSettings) -> Self {
+    /// `lease`: how long a reservation holds its place if its end is never recorded.
+    pub fn new(redis: ConnectionManager, keys: Keys, settings: LockoutSettings, lease: Duration) -> Self {
         LockoutService {
             redis,
             keys,
             settings,
+            lease_ms: (lease.as_millis() as u64).max(1),
             reserve: budget_script(RESERVE_LUA),
-            fail: Script::new(FAIL_LUA),
-            release: Script::new(RELEASE_LUA),
+            fail: budget_script(FAIL_LUA),
             clear: Script::new(CLEAR_LUA),
         }
     }
@@ -130,22 +137,31 @@ impl LockoutService {
         self.settings.lock_seconds
     }
 
+    fn key(&self, phone: &PhoneNumber, what: &str) -> String {
+        self.keys.phone(phone, what)
+    }
+
     /// Reserves one password attempt for `phone`, or answers ACCOUNT_LOCKED / RATE_LIMITED.
     pub async fn reserve(&self, phone: &PhoneNumber, client: &str) -> AppResult<Reservation> {
-        let (status, value): (i64, i64) = self
-            .reserve
-            .key(self.keys.phone(phone, "pw_attempts"))
-            .key(self.keys.phone(phone, "pw_lock"))
-            .key(self.keys.other(&format!("ip:{client}:password_attempts")))
-            .key(self.keys.phone(phone, "pw_gen"))
-            .arg(self.settings.max_failures)
-            .arg(self.settings.lock_seconds)
-            .arg(self.settings.ip_max_attempts)
-            .arg(self.settings.ip_window_seconds)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (status, value): (i64, i64) = rerun_if_dropped(|| async {
+            self.reserve
+                .key(self.key(phone, "pw_fails"))
+                .key(self.key(phone, "pw_inflight"))
+                .key(self.key(phone, "pw_lock"))
+                .key(self.keys.other(&format!("ip:{client}:password_attempts")))
+                .arg(self.settings.max_failures)
+                .arg(self.settings.lock_seconds)
+                .arg(self.settings.ip_max_attempts)
+                .arg(self.settings.ip_window_seconds)
+                .arg(&id)
+                .arg(self.lease_ms)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
         match status {
-            0 => Ok(Reservation { generation: value }),
+            0 => Ok(Reservation { id }),
             1 => Err(AppError::AccountLocked {
                 retry_after_seconds: retry_after_secs(value),
             }),
@@ -166,34 +182,38 @@ impl LockoutService {
     }
 
     /// The reserved attempt was a wrong password. Returns whether the phone is now locked.
-    pub async fn record_failure(&self, phone: &PhoneNumber, reservation: Reservation) -> AppResult<bool> {
-        let locked: i64 = self
-            .fail
-            .key(self.keys.phone(phone, "pw_attempts"))
-            .key(self.keys.phone(phone, "pw_lock"))
-            .key(self.keys.phone(phone, "pw_gen"))
-            .arg(self.settings.max_failures)
-            .arg(self.settings.lock_seconds)
-            .arg(reservation.generation)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+    pub async fn record_failure(&self, phone: &PhoneNumber, reservation: &Reservation) -> AppResult<bool> {
+        let locked: i64 = rerun_if_dropped(|| async {
+            self.fail
+                .key(self.key(phone, "pw_fails"))
+                .key(self.key(phone, "pw_inflight"))
+                .key(self.key(phone, "pw_lock"))
+                .arg(self.settings.max_failures)
+                .arg(self.settings.lock_seconds)
+                .arg(&reservation.id)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
         if locked == 1 {
             metrics::counter!(crate::ops::metrics::LOCKOUTS).increment(1);
         }
         Ok(locked == 1)
     }
 
-    /// A correct password, or a sign-in by code: clears the count and lifts any lock. Returns whether
-    /// a lock was lifted.
-    pub async fn clear(&self, phone: &PhoneNumber) -> AppResult<bool> {
-        let lifted: i64 = self
-            .clear
-            .key(self.keys.phone(phone, "pw_attempts"))
-            .key(self.keys.phone(phone, "pw_lock"))
-            .key(self.keys.phone(phone, "pw_gen"))
-            .arg(self.settings.lock_seconds)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+    /// A correct password (`reservation`: its attempt), or a sign-in by code or a registration (None):
+    /// clears the failures and lifts any lock. Returns whether a lock was lifted.
+    pub async fn clear(&self, phone: &PhoneNumber, reservation: Option<&Reservation>) -> AppResult<bool> {
+        let lifted: i64 = rerun_if_dropped(|| async {
+            self.clear
+                .key(self.key(phone, "pw_fails"))
+                .key(self.key(phone, "pw_inflight"))
+                .key(self.key(phone, "pw_lock"))
+                .arg(reservation.map_or("", |r| r.id.as_str()))
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
         if lifted == 1 {
             metrics::counter!(crate::ops::metrics::UNLOCKS, "by" => "sign_in").increment(1);
         }
@@ -203,22 +223,23 @@ impl LockoutService {
     /// Seconds the phone stays locked for password sign-in; None when it is not locked.
     pub async fn locked_for(&self, phone: &PhoneNumber) -> AppResult<Option<u64>> {
         let pttl: i64 = redis::cmd("PTTL")
-            .arg(self.keys.phone(phone, "pw_lock"))
+            .arg(self.key(phone, "pw_lock"))
             .query_async(&mut self.redis.clone())
             .await?;
         Ok((pttl > 0).then(|| retry_after_secs(pttl)))
     }
 
-    /// Gives back a reservation whose attempt never got an answer (the hash pool was full): it neither
-    /// failed nor succeeded, so it must not count.
-    pub async fn release(&self, phone: &PhoneNumber, reservation: Reservation) -> AppResult<()> {
-        let _: i64 = self
-            .release
-            .key(self.keys.phone(phone, "pw_attempts"))
-            .key(self.keys.phone(phone, "pw_gen"))
-            .arg(reservation.generation)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+    /// Gives back a reservation whose attempt never got an answer (the hash pool was full, a store
+    /// failed): it neither failed nor succeeded, so it must not count.
+    pub async fn release(&self, phone: &PhoneNumber, reservation: &Reservation) -> AppResult<()> {
+        let _: i64 = rerun_if_dropped(|| async {
+            redis::cmd("ZREM")
+                .arg(self.key(phone, "pw_inflight"))
+                .arg(&reservation.id)
+                .query_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
         Ok(())
     }
 }

@@ -111,6 +111,29 @@ pub(crate) fn budget_script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{BUDGET_LUA}{body}"))
 }
 
+/// Runs one Redis call, and once more if it failed on a dropped connection (`is_connection_dropped`:
+/// broken pipe, reset, refused, end of stream). After a Redis restart or a killed connection, the first
+/// command on the shared `ConnectionManager` fails that way (the connection was already closed when it
+/// was sent) and only then does the manager reconnect: without a second try, the first request on
+/// each instance answered SERVICE_UNAVAILABLE.
+///
+/// The error cannot prove that the command never ran (a connection dropped after Redis executed a
+/// script but before its reply came back fails the same way), so this is only for calls that are
+/// safe to run twice: each caller says why. Timeouts are never rerun (the command may still run).
+pub(crate) async fn rerun_if_dropped<T, F, Fut>(call: F) -> redis::RedisResult<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    match call().await {
+        Err(e) if e.is_connection_dropped() => {
+            tracing::info!(error = %e, "Redis connection dropped; running the command once more");
+            call().await
+        }
+        other => other,
+    }
+}
+
 /// Converts a Redis PTTL in milliseconds into whole seconds to wait, never less than one.
 pub(crate) fn retry_after_secs(pttl_ms: i64) -> u64 {
     if pttl_ms <= 0 {

@@ -27,7 +27,7 @@ use sha2::Sha256;
 use crate::domain::{OtpCode, PhoneNumber};
 use crate::error::{AppError, AppResult};
 use crate::services::outbox::{APPEND_LUA, Appender};
-use crate::services::{BUDGET_LUA, Keys, budget_script, retry_after_secs};
+use crate::services::{BUDGET_LUA, Keys, budget_script, rerun_if_dropped, retry_after_secs};
 
 #[derive(Clone, Debug)]
 pub struct OtpSettings {
@@ -113,6 +113,10 @@ impl TestNumbers {
 // checked at start-up), the service-wide count is taken first and given back on refusal: fewer
 // commands and keys per code than a key per limit (see docs/BENCHMARKS.md).
 const ISSUE_LUA: &str = r"
+if redis.call('ZSCORE', KEYS[2], ARGV[10]) then
+  -- This very send is stored: a rerun after a dropped connection (see rerun_if_dropped).
+  return {0, 0}
+end
 local ip_wait = over_budget(KEYS[3], ARGV[6], ARGV[7])
 if ip_wait then
   return {3, ip_wait}
@@ -154,8 +158,10 @@ end
 return {0, 0}
 ";
 
-// Returns {status, pttl_ms}: 0 correct (code consumed), 1 invalid (wrong, expired, used, none),
-// 2 burnt by this wrong try, 3 phone over its failure budget for the window, 4 IP over its budget.
+// Returns {status, pttl_ms, tries, expires_at_ms, newest_send}: 0 correct (code consumed), 1 invalid
+// (wrong, expired, used, none), 2 burnt by this wrong try, 3 phone over its failure budget for the
+// window, 4 IP over its budget. A consumed code also returns what `RESTORE_LUA` needs to give it back:
+// its tries, when it expires, and the score of the newest send (which tells a newer code apart).
 const CHECK_LUA: &str = r"
 local ip_wait = over_budget(KEYS[3], ARGV[5], ARGV[6])
 if ip_wait then
@@ -172,8 +178,11 @@ if not h then
   return {1, 0}
 end
 if h == ARGV[1] then
+  local tries = tonumber(redis.call('HGET', KEYS[1], 'tries') or '0')
+  local expires_at = now + redis.call('PTTL', KEYS[1])
+  local newest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
   redis.call('DEL', KEYS[1])
-  return {0, 0}
+  return {0, 0, tries, expires_at, tonumber(newest[2] or '0')}
 end
 sliding_add(KEYS[2], ARGV[7], window, now)
 if redis.call('HINCRBY', KEYS[1], 'tries', 1) >= tonumber(ARGV[2]) then
@@ -182,6 +191,33 @@ if redis.call('HINCRBY', KEYS[1], 'tries', 1) >= tonumber(ARGV[2]) then
 end
 return {1, 0}
 ";
+
+// KEYS: otp, otp_sends. ARGV: h, tries, expires_at_ms, newest_send (as the check returned them).
+// Gives a consumed code back, with its tries and its expiry, unless a newer code was issued since
+// (the newest send changed, or a code is pending), or it has expired meanwhile. Returns 1 if restored.
+const RESTORE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if tonumber(newest[2] or '0') ~= tonumber(ARGV[4]) then
+  return 0
+end
+local left = tonumber(ARGV[3]) - now_ms()
+if left <= 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'h', ARGV[1], 'tries', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], left)
+return 1
+";
+
+/// A code that `consume` used up, with what `restore` needs to give it back.
+pub struct Consumed {
+    tries: i64,
+    expires_at_ms: i64,
+    newest_send: i64,
+}
 
 pub struct OtpService {
     redis: ConnectionManager,
@@ -194,6 +230,7 @@ pub struct OtpService {
     outbox: Appender,
     issue: Script,
     check: Script,
+    restore: Script,
 }
 
 impl OtpService {
@@ -215,6 +252,7 @@ impl OtpService {
             test_numbers,
             issue: redis::Script::new(&format!("{BUDGET_LUA}{APPEND_LUA}{ISSUE_LUA}")),
             check: budget_script(CHECK_LUA),
+            restore: budget_script(RESTORE_LUA),
         }
     }
 
@@ -238,45 +276,49 @@ impl OtpService {
             None => (OtpCode::generate()?, false),
         };
         let s = &self.settings;
-        let message_id = uuid::Uuid::new_v4().to_string();
+        // Drawn once: a rerun (below) sends the same send id, which the script recognises.
+        let send_id = uuid::Uuid::new_v4().to_string();
+        let queued_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         // A test number gets no job, so nothing to seal.
         let sealed = if test_number {
             String::new()
         } else {
             self.outbox
                 .cipher
-                .seal(&message_id, phone.e164(), code.expose())
+                .seal(&send_id, phone.e164(), code.expose())
                 .map_err(AppError::Internal)?
         };
-        let (status, pttl): (i64, i64) = self
-            .issue
-            .key(self.keys.phone(phone, "otp"))
-            .key(self.keys.phone(phone, "otp_sends"))
-            .key(self.keys.other(&format!("ip:{client}:code_requests")))
-            .key(self.keys.other("sms:hour"))
-            .key(&self.outbox.stream_key)
-            .arg(self.mac(phone, &code))
-            .arg(s.ttl_seconds)
-            .arg(s.resend_cooldown_seconds)
-            .arg(s.max_sends_per_window)
-            .arg(s.window_seconds)
-            .arg(s.ip_max_code_requests)
-            .arg(s.ip_window_seconds)
-            .arg(s.sms_max_per_hour)
-            // Only a real SMS spends the service-wide budget and gets a delivery job.
-            .arg(if test_number { "0" } else { "1" })
-            .arg(&message_id)
-            .arg(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            )
-            .arg(self.outbox.max_len)
-            .arg(phone.e164())
-            .arg(sealed)
-            .arg(self.outbox.ttl_seconds)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+        // Rerun on a dropped connection: safe, a rerun of a script that did run finds its send id in
+        // otp_sends and answers as the first run did (one code, one SMS job).
+        let (status, pttl): (i64, i64) = rerun_if_dropped(|| async {
+            self.issue
+                .key(self.keys.phone(phone, "otp"))
+                .key(self.keys.phone(phone, "otp_sends"))
+                .key(self.keys.other(&format!("ip:{client}:code_requests")))
+                .key(self.keys.other("sms:hour"))
+                .key(&self.outbox.stream_key)
+                .arg(self.mac(phone, &code))
+                .arg(s.ttl_seconds)
+                .arg(s.resend_cooldown_seconds)
+                .arg(s.max_sends_per_window)
+                .arg(s.window_seconds)
+                .arg(s.ip_max_code_requests)
+                .arg(s.ip_window_seconds)
+                .arg(s.sms_max_per_hour)
+                // Only a real SMS spends the service-wide budget and gets a delivery job.
+                .arg(if test_number { "0" } else { "1" })
+                .arg(&send_id)
+                .arg(queued_at_ms)
+                .arg(self.outbox.max_len)
+                .arg(phone.e164())
+                .arg(&sealed)
+                .arg(self.outbox.ttl_seconds)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
         crate::ops::metrics::issue_outcome(status);
         match status {
             0 => Ok(Issued {
@@ -295,15 +337,18 @@ impl OtpService {
         }
     }
 
-    /// Checks `code` against the pending code of `phone` and consumes it if it matches.
+    /// Checks `code` against the pending code of `phone` and consumes it if it matches. Not rerun on
+    /// a dropped connection: a rerun of a check that did run would find the code gone (INVALID_CODE)
+    /// or count a wrong try twice; SERVICE_UNAVAILABLE is the honest answer.
     #[tracing::instrument(skip(self, code))]
-    pub async fn consume(&self, phone: &PhoneNumber, code: &OtpCode, client: &str) -> AppResult<()> {
+    pub async fn consume(&self, phone: &PhoneNumber, code: &OtpCode, client: &str) -> AppResult<Consumed> {
         let s = &self.settings;
-        let (status, pttl): (i64, i64) = self
+        let out: Vec<i64> = self
             .check
             .key(self.keys.phone(phone, "otp"))
             .key(self.keys.phone(phone, "otp_fails"))
             .key(self.keys.other(&format!("ip:{client}:code_checks")))
+            .key(self.keys.phone(phone, "otp_sends"))
             .arg(self.mac(phone, code))
             .arg(s.max_attempts)
             .arg(s.max_failures_per_window)
@@ -313,17 +358,40 @@ impl OtpService {
             .arg(uuid::Uuid::new_v4().simple().to_string())
             .invoke_async(&mut self.redis.clone())
             .await?;
-        crate::ops::metrics::check_outcome(status);
-        match status {
-            0 => Ok(()),
-            1 => Err(AppError::InvalidCode),
-            2 => Err(AppError::TooManyAttempts),
-            3 | 4 => Err(AppError::RateLimited {
+        crate::ops::metrics::check_outcome(out.first().copied().unwrap_or(-1));
+        match out[..] {
+            [0, _, tries, expires_at_ms, newest_send] => Ok(Consumed {
+                tries,
+                expires_at_ms,
+                newest_send,
+            }),
+            [1, _] => Err(AppError::InvalidCode),
+            [2, _] => Err(AppError::TooManyAttempts),
+            [3 | 4, pttl] => Err(AppError::RateLimited {
                 retry_after_seconds: retry_after_secs(pttl),
             }),
-            other => Err(AppError::Internal(anyhow::anyhow!(
-                "otp check script returned {other}"
+            _ => Err(AppError::Internal(anyhow::anyhow!(
+                "otp check script returned {out:?}"
             ))),
         }
+    }
+
+    /// Gives back a code that `consume` used up when the flow after it failed (the user got nothing
+    /// for it): same tries, same expiry; not if a newer code was issued since. Returns whether it did.
+    pub async fn restore(&self, phone: &PhoneNumber, code: &OtpCode, consumed: &Consumed) -> AppResult<bool> {
+        // Rerun on a dropped connection: safe, a restored code exists and is not restored twice.
+        let restored: i64 = rerun_if_dropped(|| async {
+            self.restore
+                .key(self.keys.phone(phone, "otp"))
+                .key(self.keys.phone(phone, "otp_sends"))
+                .arg(self.mac(phone, code))
+                .arg(consumed.tries)
+                .arg(consumed.expires_at_ms)
+                .arg(consumed.newest_send)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(restored == 1)
     }
 }

@@ -1,10 +1,23 @@
 //! Registration tokens in Redis: proof, handed out by verifyUser, that the holder received the code
 //! sent to a phone that has no account yet. Single use, bound to that phone.
 //!
-//! Keys: `reg:<sha256 of token>` -> hash {p: E.164 phone, n: times presented}; TTL = 600 s. The token
-//! itself (256 random bits, base64url) is never stored. A token may be presented at most
-//! `MAX_PRESENTATIONS` times (each costs a password hash before it is used up), so one verified phone
-//! cannot drive the hash pool without bound.
+//! Keys: `reg:<sha256 of token>` -> hash {p: E.164 phone, n: times presented, u: the id of the account
+//! it makes, c / ce: the registration that holds it and until when (ms)}; TTL = 600 s. The token itself
+//! (256 random bits, base64url) is never stored. A token may be presented at most `MAX_PRESENTATIONS`
+//! times (each costs a password hash before it is used up), so one verified phone cannot drive the
+//! hash pool without bound.
+//!
+//! Creating the account (PostgreSQL) and using the token up (Redis) cannot be one transaction, so a
+//! registration *claims* the token (of racing uses, exactly one holds it), creates the account with
+//! the id the token names, and only then deletes the token. If PostgreSQL fails, the claim is given
+//! back and the token is as it was. If the account was created but the answer was lost (or the
+//! session insert failed), a retry with the same token finds the account that token made (same id)
+//! and completes it as a sign-in. A claim whose registration stopped without a word (the process
+//! ended) lapses after `CLAIM_LEASE_MS`.
+//!
+//! Every call here is rerun once on a dropped connection (`rerun_if_dropped`), as each is safe to run
+//! twice: a claim carries its id, unclaim and finish are idempotent, a token is created under a fresh
+//! random key, and a presentation counted twice only errs on the safe side.
 
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -12,7 +25,7 @@ use redis::aio::ConnectionManager;
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
 use crate::random::OpaqueToken;
-use crate::services::Keys;
+use crate::services::{Keys, budget_script, rerun_if_dropped};
 
 /// A register call that fails after the hash (a race lost, the store down) may be retried; a few
 /// presentations cover that, and bound the argon2 work one token can cause.
@@ -37,14 +50,47 @@ end
 return p
 ";
 
-// Uses the token up: of racing uses, exactly one gets the phone.
-const CONSUME_LUA: &str = r"
+/// How long a claim holds the token if its registration never ends it: longer than the account
+/// insert, the lockout clear and the session insert take (each bounded by the 3 s PostgreSQL acquire
+/// timeout or the 2 s Redis timeout by default), short enough that a user whose registration died
+/// with its process can retry within the token's lifetime.
+pub const CLAIM_LEASE_MS: u64 = 30_000;
+
+// KEYS: token. ARGV: claim id, lease ms, a new account id. Claims the token unless another live
+// registration holds it; names the account id once. Returns {phone, account id}, or nil.
+const CLAIM_LUA: &str = r"
 local p = redis.call('HGET', KEYS[1], 'p')
-if p then
-  redis.call('DEL', KEYS[1])
+if not p then
+  return false
 end
-return p
+local now = now_ms()
+local holder = redis.call('HGET', KEYS[1], 'c')
+if holder and holder ~= ARGV[1] and tonumber(redis.call('HGET', KEYS[1], 'ce')) > now then
+  return false
+end
+local u = redis.call('HGET', KEYS[1], 'u')
+if not u then
+  u = ARGV[3]
+end
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'ce', now + tonumber(ARGV[2]), 'u', u)
+return {p, u}
 ";
+
+// KEYS: token. ARGV: claim id. Gives the token back (its account was not made, or not signed in to).
+const UNCLAIM_LUA: &str = r"
+if redis.call('HGET', KEYS[1], 'c') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'c', 'ce')
+end
+return 0
+";
+
+/// A claimed token: the phone it is bound to and the id of the account it makes.
+pub struct Claim {
+    pub phone: PhoneNumber,
+    pub user_id: uuid::Uuid,
+    id: String,
+    key: String,
+}
 
 pub struct RegistrationTokens {
     redis: ConnectionManager,
@@ -52,7 +98,8 @@ pub struct RegistrationTokens {
     ttl_seconds: u64,
     create: Script,
     present: Script,
-    consume: Script,
+    claim: Script,
+    unclaim: Script,
 }
 
 impl RegistrationTokens {
@@ -63,7 +110,8 @@ impl RegistrationTokens {
             ttl_seconds,
             create: Script::new(CREATE_LUA),
             present: Script::new(PRESENT_LUA),
-            consume: Script::new(CONSUME_LUA),
+            claim: budget_script(CLAIM_LUA),
+            unclaim: Script::new(UNCLAIM_LUA),
         }
     }
 
@@ -80,13 +128,15 @@ impl RegistrationTokens {
     pub async fn create(&self, phone: &PhoneNumber) -> AppResult<String> {
         let OpaqueToken { token, digest } = OpaqueToken::generate().map_err(AppError::Internal)?;
         let key = self.keys.other(&format!("reg:{}", hex::encode(digest)));
-        let _: i64 = self
-            .create
-            .key(key)
-            .arg(phone.e164())
-            .arg(self.ttl_seconds)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+        let _: i64 = rerun_if_dropped(|| async {
+            self.create
+                .key(&key)
+                .arg(phone.e164())
+                .arg(self.ttl_seconds)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
         Ok(token)
     }
 
@@ -95,18 +145,67 @@ impl RegistrationTokens {
         self.run(&self.present, token).await
     }
 
-    /// Uses the token up: of racing uses, exactly one gets the phone.
-    pub async fn consume(&self, token: &str) -> AppResult<PhoneNumber> {
-        self.run(&self.consume, token).await
+    /// Claims the token for one registration: of racing uses, exactly one holds it.
+    pub async fn claim(&self, token: &str) -> AppResult<Claim> {
+        let key = self.key(token).ok_or(AppError::InvalidToken)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let claimed: Option<(String, String)> = rerun_if_dropped(|| async {
+            self.claim
+                .key(&key)
+                .arg(&id)
+                .arg(CLAIM_LEASE_MS)
+                .arg(uuid::Uuid::new_v4().to_string())
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        let (phone, user_id) = claimed.ok_or(AppError::InvalidToken)?;
+        let user_id = user_id
+            .parse()
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("registration token account id: {e}")))?;
+        Ok(Claim {
+            phone: PhoneNumber::from_trusted_e164(phone),
+            user_id,
+            id,
+            key,
+        })
+    }
+
+    /// Gives a claimed token back, as it was: its registration failed before it ended.
+    pub async fn unclaim(&self, claim: &Claim) -> AppResult<()> {
+        let _: i64 = rerun_if_dropped(|| async {
+            self.unclaim
+                .key(&claim.key)
+                .arg(&claim.id)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Uses a claimed token up: its registration ended (signed in, or the phone has another account).
+    pub async fn finish(&self, claim: &Claim) -> AppResult<()> {
+        let _: i64 = rerun_if_dropped(|| async {
+            redis::cmd("DEL")
+                .arg(&claim.key)
+                .query_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(())
     }
 
     async fn run(&self, script: &Script, token: &str) -> AppResult<PhoneNumber> {
         let key = self.key(token).ok_or(AppError::InvalidToken)?;
-        let phone: Option<String> = script
-            .key(key)
-            .arg(MAX_PRESENTATIONS)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+        let phone: Option<String> = rerun_if_dropped(|| async {
+            script
+                .key(&key)
+                .arg(MAX_PRESENTATIONS)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
         phone
             .map(PhoneNumber::from_trusted_e164)
             .ok_or(AppError::InvalidToken)

@@ -62,24 +62,29 @@ impl UserStore {
         Ok(row.map(|r| (r.user, r.password_hash)))
     }
 
-    /// Creates the account, or answers PHONE_ALREADY_REGISTERED: the unique constraint decides races.
-    /// The sign-up event is written by the same statement (only when the row was created).
+    /// Creates the account `id`, or answers PHONE_ALREADY_REGISTERED: the unique constraint decides
+    /// races. If the phone's account is this very `id` (a registration retried after its answer was
+    /// lost), it is completed with this request's password and names, as the client last asked.
+    /// The sign-up event is written by the same statement, only when the row was created.
     pub async fn create(
         &self,
+        id: Uuid,
         phone: &PhoneNumber,
         password_hash: &str,
         first_name: Option<&str>,
         last_name: Option<&str>,
     ) -> AppResult<User> {
-        let id = Uuid::new_v4();
         let sql = format!(
             "with u as (insert into users (id, phone, password_hash, first_name, last_name)
                         values ($1, $2, $3, $4, $5)
-                        on conflict (phone) do nothing
-                        returning id, phone, first_name, last_name, created_at),
+                        on conflict (phone) do update
+                          set password_hash = excluded.password_hash, first_name = excluded.first_name,
+                              last_name = excluded.last_name
+                          where users.id = excluded.id
+                        returning id, phone, first_name, last_name, created_at, (xmax = 0) as inserted),
              {}
              select id, phone, first_name, last_name, created_at from u",
-            AuditRow::cte(6, "u", None, None)
+            AuditRow::cte(6, "u where u.inserted", None, None)
         );
         let query = sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(sql))
             .bind(id)

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod durability;
+mod faults;
 mod federation;
 mod flow;
 mod graphiql;

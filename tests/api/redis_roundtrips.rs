@@ -21,15 +21,15 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-/// A private redis-server, killed when dropped.
-struct RedisServer {
+/// A private redis-server, killed when dropped (faults.rs uses it too).
+pub(crate) struct RedisServer {
     child: Child,
-    port: u16,
-    url: String,
+    pub(crate) port: u16,
+    pub(crate) url: String,
 }
 
 impl RedisServer {
-    fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         // A free port: bind 0, read it, release it. Another process could take it in between; then
         // redis-server fails to bind and we try another.
         for _ in 0..5 {
@@ -40,6 +40,8 @@ impl RedisServer {
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+                // DEBUG SLEEP stalls it on purpose (faults.rs); Redis 7 refuses DEBUG by default.
+                .args(["--enable-debug-command", "local"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -68,6 +68,12 @@ impl PasswordHasher {
         self.pool.refused()
     }
 
+    /// The longest a flow waits for one hash (queued, then running) before it is refused: with the
+    /// default 2 s queue timeout and a hash under 100 ms, 4 s.
+    pub fn longest_wait(&self) -> Duration {
+        self.pool.longest_wait()
+    }
+
     /// Refuses at once when a hash asked for now could not start within the queue timeout. Lets a flow
     /// refuse before doing any other work; the pool checks again when it queues.
     pub fn check_capacity(&self) -> AppResult<()> {

@@ -91,6 +91,13 @@ impl Shared {
         }
     }
 
+    /// How long a hash that a thread took in time may run before its requester gives up: the longest
+    /// of `queue_timeout`, 1 s and ten hash times (see `Pool::run`).
+    fn grace(&self) -> Duration {
+        let hash_time = Duration::from_micros(self.hash_micros.load(Ordering::Relaxed));
+        self.queue_timeout.max(Duration::from_secs(1)).max(hash_time * 10)
+    }
+
     /// Records one hash's duration; the estimate becomes the median of the recent ones.
     fn record(&self, side: &WorkerSide, took: Duration) {
         let sample = (took.as_micros().min(u128::from(u32::MAX)) as u64).max(1);
@@ -220,6 +227,12 @@ impl Pool {
         self.shared.refused.load(Ordering::Relaxed)
     }
 
+    /// The longest a requester waits for a hash, as `run` bounds it with the current estimate: the
+    /// wait for a thread (`wait_limit`) plus the grace a started hash gets.
+    pub fn longest_wait(&self) -> Duration {
+        self.shared.wait_limit + self.shared.grace()
+    }
+
     /// Refuses at once when a hash asked for now could not start within the queue timeout. Lets a flow
     /// refuse before doing any other work; `run` checks again when it queues.
     pub fn check_capacity(&self) -> AppResult<()> {
@@ -283,9 +296,7 @@ impl Pool {
         // requester gives up after the longest of `queue_timeout`, 1 s and ten hash times. The hash
         // finishes unobserved; its flow sees SERVICE_UNAVAILABLE (a login releases its reserved
         // attempt, a registration keeps its token).
-        let hash_time = Duration::from_micros(shared.hash_micros.load(Ordering::Relaxed));
-        let grace = queue_timeout.max(Duration::from_secs(1)).max(hash_time * 10);
-        match tokio::time::timeout(grace, rx).await {
+        match tokio::time::timeout(shared.grace(), rx).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(_)) | Err(_) => Err(overloaded()),
         }
