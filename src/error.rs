@@ -29,8 +29,13 @@ pub enum AppError {
     InvalidToken,
     PhoneAlreadyRegistered,
     Unauthenticated,
-    /// The caller may not see this (another user's phone).
+    /// The caller may not do this (a cross-site request carrying the refresh cookie).
     Forbidden,
+    /// A request-level ceiling was exceeded before any work (`limit` names it: `representations`).
+    LimitExceeded {
+        limit: &'static str,
+        max: usize,
+    },
     /// A dependency is down; the client may retry.
     Unavailable(anyhow::Error),
     /// A bounded queue is full (password hashing): refused at once, retry after the given time. Not

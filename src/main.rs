@@ -88,11 +88,14 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = phone_auth::app::build(&config, None).await?;
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    // Bound first: the default JWT_ISSUER names the address actually bound (LISTEN_ADDR with port 0
+    // gets a real port).
     let listener = tokio::net::TcpListener::bind(config.http.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
+    config.http.listen_addr = listener.local_addr()?;
+    let app = phone_auth::app::build(&config, None).await?;
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
     let header_timeout = Duration::from_secs(config.http.header_read_timeout_seconds);
     phone_auth::http::server::serve(listener, app.router, header_timeout, shutdown_signal()).await?;

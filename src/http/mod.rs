@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::graphql::AuthSchema;
@@ -31,12 +32,85 @@ pub struct HttpState {
     pub trusted_proxies: TrustedProxies,
     /// GraphiQL at GET /graphql (development and test only).
     pub graphiql: bool,
+    /// The browser-app settings: CORS and the refresh cookie.
+    pub browser: BrowserApps,
+}
+
+/// Who may call from a browser, and whether the refresh token also travels as a cookie.
+#[derive(Clone, Debug, Default)]
+pub struct BrowserApps {
+    /// CORS_ALLOWED_ORIGINS, exact origins (or `*` without cookies).
+    pub allowed_origins: Vec<String>,
+    /// REFRESH_TOKEN_COOKIE.
+    pub refresh_cookie: bool,
+    /// The origin of JWT_ISSUER (`scheme://host[:port]`): a request from it is same-origin.
+    pub issuer_origin: String,
+}
+
+/// Preflight results are cached this long (`Access-Control-Max-Age`). Browsers cap it (Chromium at
+/// 7,200 s, Firefox at 86,400 s; Chromium before version 76 at 600 s), so 600 s is honoured as is
+/// everywhere: one preflight per 10 minutes per client, and an origin removed from
+/// CORS_ALLOWED_ORIGINS is refused by every browser within 10 minutes.
+pub const CORS_MAX_AGE_SECONDS: u64 = 600;
+
+/// The CORS layer (tower-http) for `browser`, or None when no origin is allowed.
+fn cors_layer(browser: &BrowserApps) -> Option<CorsLayer> {
+    if browser.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if browser.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            browser
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    // Only what a GraphQL client sends: JSON bodies by POST, queries by GET, a bearer token. The
+    // cookie mode adds no header, but needs Access-Control-Allow-Credentials so that the browser
+    // sends and accepts the cookie cross-origin (`Config::validate` refuses `*` with it).
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .allow_credentials(browser.refresh_cookie)
+            .max_age(Duration::from_secs(CORS_MAX_AGE_SECONDS)),
+    )
+}
+
+/// tower-http answers every preflight 200, and adds the method, header and max-age headers even when
+/// the origin is not allowed. Here a preflight is 204 (no content), and a response without
+/// `Access-Control-Allow-Origin` carries no CORS header at all: a refused origin learns nothing.
+async fn tidy_cors(method: Method, response: Response) -> Response {
+    let mut response = response;
+    let allowed = response
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    if !allowed {
+        let names: Vec<_> = response
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for name in names {
+            response.headers_mut().remove(name);
+        }
+    }
+    if method == Method::OPTIONS && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
 }
 
 /// `max_body_bytes`: our largest legitimate request (register with a 128-character password and
 /// names) is under 2 KiB; the default 32 KiB leaves room for hand-written queries.
 pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize) -> Router {
-    Router::new()
+    let cors = cors_layer(&state.browser);
+    let router = Router::new()
         .route("/graphql", get(graphql::graphql_get).post(graphql::graphql_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::readyz))
@@ -60,7 +134,14 @@ pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize
             )
         }))
         // One Arc per request instead of a clone of every field (measured: 2% of a request's CPU).
-        .with_state(Arc::new(state))
+        .with_state(Arc::new(state));
+    match cors {
+        // Outermost: a preflight is answered before the timeout, body limit and handlers.
+        Some(cors) => router.layer(cors).layer(axum::middleware::map_response(
+            |method: Method, response: Response| tidy_cors(method, response),
+        )),
+        None => router,
+    }
 }
 
 /// A request-level failure (nothing was executed), in the GraphQL response shape.

@@ -16,6 +16,15 @@ use crate::services::users::User;
 pub struct NewSession {
     pub session_id: Uuid,
     pub refresh_token: String,
+    /// The session's absolute end: no access or refresh token of it outlives this.
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionUser {
+    #[sqlx(flatten)]
+    user: User,
+    expires_at: OffsetDateTime,
 }
 
 pub struct SessionStore {
@@ -39,6 +48,10 @@ impl SessionStore {
     pub async fn create(&self, user_id: Uuid) -> AppResult<NewSession> {
         let session_id = Uuid::new_v4();
         let (token, hash) = new_refresh_token()?;
+        // Whole seconds: what PostgreSQL stores (microseconds) and what we compute from must agree.
+        let expires_at = (OffsetDateTime::now_utc() + self.ttl)
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc() + self.ttl);
         // One statement (so one round trip and one implicit transaction) instead of BEGIN, two
         // INSERTs and COMMIT: every sign-in goes through here.
         sqlx::query(
@@ -47,13 +60,14 @@ impl SessionStore {
         )
         .bind(session_id)
         .bind(user_id)
-        .bind(OffsetDateTime::now_utc() + self.ttl)
+        .bind(expires_at)
         .bind(&hash)
         .execute(&self.pool)
         .await?;
         Ok(NewSession {
             session_id,
             refresh_token: token,
+            expires_at,
         })
     }
 
@@ -91,15 +105,15 @@ impl SessionStore {
             }
             return Err(AppError::InvalidToken);
         };
-        let user: Option<User> = sqlx::query_as(
-            "select u.id, u.phone, u.first_name, u.last_name, u.created_at
+        let live: Option<SessionUser> = sqlx::query_as(
+            "select u.id, u.phone, u.first_name, u.last_name, u.created_at, s.expires_at
              from sessions s join users u on u.id = s.user_id
              where s.id = $1 and s.revoked_at is null and s.expires_at > now()",
         )
         .bind(session_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(user) = user else {
+        let Some(SessionUser { user, expires_at }) = live else {
             return Err(AppError::InvalidToken);
         };
         let (token, new_hash) = new_refresh_token()?;
@@ -114,6 +128,7 @@ impl SessionStore {
             NewSession {
                 session_id,
                 refresh_token: token,
+                expires_at,
             },
         ))
     }

@@ -4,12 +4,14 @@
 
 mod helpers;
 
+mod browser_apps;
 mod federation;
 mod flow;
 mod hostile;
 mod lockout;
 mod otp;
 mod outbox;
+mod private_pg;
 mod redis_roundtrips;
 mod register;
 mod schema;

@@ -66,6 +66,8 @@ pub struct OutboxSettings {
     pub app_name: String,
     pub template: String,
     pub webotp_domain: Option<String>,
+    /// Android SMS Retriever app hash (`SMS_ANDROID_APP_HASH`), see `sms::render`.
+    pub android_app_hash: Option<String>,
 }
 
 /// What happened to jobs, for tests and operators.
@@ -329,6 +331,7 @@ impl Outbox {
             &job.code,
             self.settings.code_ttl.as_secs(),
             self.settings.webotp_domain.as_deref(),
+            self.settings.android_app_hash.as_deref(),
         );
         let mut attempt = 1u32;
         loop {
