@@ -29,8 +29,6 @@ pub enum AppError {
     InvalidToken,
     PhoneAlreadyRegistered,
     Unauthenticated,
-    /// The caller may not do this (a cross-site request carrying the refresh cookie).
-    Forbidden,
     /// A request-level ceiling was exceeded before any work (`limit` names it: `representations`).
     LimitExceeded {
         limit: &'static str,

@@ -21,7 +21,6 @@ pub mod codes {
     pub const INVALID_TOKEN: &str = "INVALID_TOKEN";
     pub const PHONE_ALREADY_REGISTERED: &str = "PHONE_ALREADY_REGISTERED";
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
-    pub const FORBIDDEN: &str = "FORBIDDEN";
     pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
     // Request-level refusals: nothing was executed.
@@ -35,6 +34,8 @@ pub mod codes {
     pub const NOT_ACCEPTABLE: &str = "NOT_ACCEPTABLE";
     pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+    /// Cookie mode: a mutation carrying the refresh cookie without an allowed Origin (CSRF).
+    pub const FORBIDDEN: &str = "FORBIDDEN";
 }
 
 pub fn code(e: &AppError) -> &'static str {
@@ -49,7 +50,6 @@ pub fn code(e: &AppError) -> &'static str {
         AppError::InvalidToken => INVALID_TOKEN,
         AppError::PhoneAlreadyRegistered => PHONE_ALREADY_REGISTERED,
         AppError::Unauthenticated => UNAUTHENTICATED,
-        AppError::Forbidden => FORBIDDEN,
         AppError::LimitExceeded { .. } => QUERY_LIMIT_EXCEEDED,
         AppError::Unavailable(_) | AppError::Overloaded { .. } => SERVICE_UNAVAILABLE,
         AppError::Internal(_) => INTERNAL_SERVER_ERROR,
@@ -74,7 +74,6 @@ fn client_message(e: &AppError) -> String {
         AppError::InvalidToken => "The token is invalid, expired or already used.".into(),
         AppError::PhoneAlreadyRegistered => "This phone number is already registered.".into(),
         AppError::Unauthenticated => "Sign in first: a valid access token is required.".into(),
-        AppError::Forbidden => "This request is not allowed.".into(),
         AppError::LimitExceeded { limit, max } => {
             format!("Too many {limit} in one request: at most {max}.")
         }

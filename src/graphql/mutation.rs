@@ -71,8 +71,9 @@ where
 ///
 /// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
 /// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED
-/// (with `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED, FORBIDDEN,
-/// SERVICE_UNAVAILABLE, INTERNAL_SERVER_ERROR.
+/// (with `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED,
+/// SERVICE_UNAVAILABLE, INTERNAL_SERVER_ERROR; and, before anything runs, FORBIDDEN (HTTP 403) for a
+/// mutation that carries the refresh cookie from an origin not allowed.
 #[Object]
 impl Mutation {
     /// Sends a 6-digit code by SMS to `phone` (E.164, or national form when the server has a default

@@ -1,5 +1,5 @@
-//! The GraphQL transport over HTTP: POST and GET /graphql, media types, the bearer token, the client's
-//! address, and GraphiQL.
+//! The GraphQL transport over HTTP: POST and GET /graphql, media types, the bearer token, the refresh
+//! cookie of the cookie mode and its Origin check, the client's address, and GraphiQL.
 //!
 //! We do not use async-graphql-axum's extractor for POST: as it comes it accepts JSON-array batches,
 //! text/plain and form bodies (a cross-site request path with no CORS preflight) and reads up to 5 MiB.
