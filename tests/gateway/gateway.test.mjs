@@ -129,7 +129,7 @@ class PhoneAuth {
         DATABASE_URL: `${PG_SERVER}/${DB_NAME}`,
         REDIS_URL,
         REDIS_KEY_PREFIX: REDIS_PREFIX,
-        JWT_ISSUER: this.origin,
+        // No JWT_ISSUER: its default is the address the server listens on, which is this.origin.
         JWT_AUDIENCE: AUDIENCE,
         SMS_PROVIDER: 'log',
         RUST_LOG: 'info',
@@ -210,7 +210,7 @@ async function startPhoneAuth() {
   await access(BIN, constants.X_OK).catch(() => {
     throw new Error(`no phone-auth binary at ${BIN}: run \`cargo build\` first (or set PHONE_AUTH_BIN)`);
   });
-  // The port is chosen before the server binds it (JWT_ISSUER names it), so another process may take
+  // The port is chosen before the server binds it (LISTEN_ADDR names it), so another process may take
   // it in between: then try another one.
   for (let attempt = 1; ; attempt++) {
     const server = new PhoneAuth(await freePort());
@@ -419,8 +419,16 @@ describe('phone-auth behind @apollo/gateway', { timeout: 110_000 }, () => {
     async () => {
       try {
         phoneAuth = await startPhoneAuth();
+        // As a verifier given only the issuer would: the keys' address from the discovery document.
+        const discovery = await fetch(`${phoneAuth.origin}/.well-known/openid-configuration`, {
+          signal: AbortSignal.timeout(STEP_MS),
+        }).then((r) => r.json());
+        assert.deepEqual(discovery, {
+          issuer: phoneAuth.origin,
+          jwks_uri: `${phoneAuth.origin}/.well-known/jwks.json`,
+        });
         loyalty = await withTimeout(
-          startLoyalty({ jwksUrl: `${phoneAuth.origin}/.well-known/jwks.json`, issuer: phoneAuth.origin }),
+          startLoyalty({ jwksUrl: discovery.jwks_uri, issuer: discovery.issuer }),
           START_MS,
           'loyalty subgraph start',
         );
