@@ -169,10 +169,13 @@ impl Stores {
             let id =
                 Uuid::parse_str(user).map_err(|_| anyhow::anyhow!("{user:?} is not a user id (UUID)"))?;
             let exists = UserStore::new(self.pg.clone())
-                .find_by_id(id)
+                .find_by_ids(&[id])
                 .await
                 .map_err(store_error)?;
-            return exists.ok_or_else(|| anyhow::anyhow!("no user {id}"));
+            return exists
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("no user {id}"));
         }
         let input = who.phone.as_deref().unwrap_or_default();
         let phone = self.phone(input)?;
@@ -226,8 +229,9 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             let keys = SigningKey::parse_list(spec)?;
             let tokens = TokenService::new(
                 &keys,
-                config.tokens.jwt_issuer.clone(),
+                config.jwt_issuer(),
                 config.tokens.jwt_audience.clone(),
+                config.jwt_client_id(),
                 config.tokens.access_token_ttl_seconds,
             )?;
             println!("{}", serde_json::to_string_pretty(tokens.jwks())?);

@@ -15,7 +15,7 @@ use crate::graphql::build_schema;
 use crate::graphql::documents::{DocumentCache, DocumentGuard};
 use crate::graphql::metrics::ResolverCounter;
 use crate::http::client_ip::TrustedProxies;
-use crate::http::{Draining, HttpState, router};
+use crate::http::{BrowserApps, Draining, HttpState, router};
 use crate::random::random_bytes;
 use crate::services::Keys;
 use crate::services::audit::AuditLog;
@@ -73,6 +73,17 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         // 42P04 duplicate_database: someone else created it meanwhile.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
         Err(e) => Err(e).context("cannot create the database"),
+    }
+}
+
+/// `scheme://host[:port]` of a URL (the issuer's origin, for same-origin checks).
+fn origin_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            format!("{scheme}://{host}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -168,8 +179,9 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     let tokens = TokenService::with_next_keys(
         &keys,
         &next_keys,
-        tokens_config.jwt_issuer.clone(),
+        config.jwt_issuer(),
         tokens_config.jwt_audience.clone(),
+        config.jwt_client_id(),
         tokens_config.access_token_ttl_seconds,
     )?;
 
@@ -288,7 +300,13 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     // applications and GraphiQL users and bounds the memory to about 256 x 4 KiB of text.
     let documents = Arc::new(DocumentCache::new(256));
     let guard = DocumentGuard::new(documents.clone(), (&config.limits).into());
-    let schema = build_schema(auth.clone(), production, resolvers.clone(), guard);
+    let schema = build_schema(
+        auth.clone(),
+        production,
+        resolvers.clone(),
+        guard,
+        config.limits.max_entity_representations,
+    );
     let draining = Draining::default();
     let router = router(
         HttpState {
@@ -297,6 +315,11 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             trusted_proxies,
             graphiql: config.http.graphiql.unwrap_or(!production),
             draining: draining.clone(),
+            browser: BrowserApps {
+                allowed_origins: config.cors_origins(),
+                refresh_cookie: config.tokens.refresh_token_cookie,
+                issuer_origin: origin_of(&config.jwt_issuer()),
+            },
         },
         Duration::from_secs(config.http.request_timeout_seconds),
         config.http.max_body_bytes,

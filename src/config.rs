@@ -137,6 +137,14 @@ pub struct HttpConfig {
     /// client address is the socket's, and X-Forwarded-For is ignored.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
+
+    /// Origins of browser apps allowed to call /graphql cross-origin, comma-separated, exact
+    /// (`https://app.example.com`, scheme and port included). Empty: no cross-origin access (the
+    /// browser's same-origin policy stands). `*` allows any origin, and is refused with
+    /// REFRESH_TOKEN_COOKIE=true: a credentialed request may never be allowed from anywhere (Fetch
+    /// standard; OWASP HTML5 Security Cheat Sheet, CORS).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "")]
+    pub cors_allowed_origins: String,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -270,13 +278,22 @@ pub struct TokenConfig {
     #[arg(long, env = "SESSION_TTL_SECONDS", default_value_t = 2_592_000)]
     pub session_ttl_seconds: u64,
 
-    /// `iss` claim of access tokens.
-    #[arg(long, env = "JWT_ISSUER", default_value = "http://127.0.0.1:8080")]
-    pub jwt_issuer: String,
+    /// `iss` claim of access tokens and the base of the discovery document's `jwks_uri`. Default:
+    /// `http://<the address the server listens on>`, so that a verifier that fetches
+    /// `<iss>/.well-known/...` reaches this server; set it to the public URL behind a proxy or when
+    /// listening on 0.0.0.0.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
 
     /// `aud` claim of access tokens.
     #[arg(long, env = "JWT_AUDIENCE", default_value = "phone-auth")]
     pub jwt_audience: String,
+
+    /// `client_id` claim of access tokens, which RFC 9068 section 2.2 requires: the OAuth client the
+    /// token was issued to. Our clients (the apps that sign users in) do not identify themselves, so
+    /// there is one client, and by default its id is JWT_AUDIENCE: the first-party app of this API.
+    #[arg(long, env = "JWT_CLIENT_ID")]
+    pub jwt_client_id: Option<String>,
 
     /// Ed25519 signing keys, comma-separated `kid:base64url-32-byte-seed`, newest first: the first signs,
     /// all verify (rotation). Required in production; one is generated at start otherwise.
@@ -287,6 +304,14 @@ pub struct TokenConfig {
     /// gateway"). Same form as JWT_SIGNING_KEYS; a kid may not be in both.
     #[arg(long, env = "JWT_NEXT_KEYS", hide_env_values = true)]
     pub jwt_next_keys: Option<SecretString>,
+
+    /// Browser apps: sign-in, register and refreshToken also set the refresh token as an HttpOnly
+    /// `__Host-refresh` cookie, which `refreshToken` reads when called without an argument, and a
+    /// browser's request (one with an Origin header) no longer gets it in the body: script never sees
+    /// it, so an XSS cannot carry it away (IETF OAuth 2.0 for Browser-Based Applications; OWASP HTML5
+    /// Security Cheat Sheet, Local Storage).
+    #[arg(long, env = "REFRESH_TOKEN_COOKIE", default_value_t = false)]
+    pub refresh_token_cookie: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -386,9 +411,17 @@ pub struct SmsConfig {
     )]
     pub sms_template: String,
 
-    /// If set, messages end with the WebOTP / Android SMS Retriever line `@domain #code`.
+    /// If set, messages end with the origin-bound line `@domain #code` that the WebOTP API (Chrome on
+    /// Android) and Safari's code autofill read from the last line of a message.
     #[arg(long, env = "SMS_WEBOTP_DOMAIN")]
     pub sms_webotp_domain: Option<String>,
+
+    /// The Android app's 11-character SMS Retriever hash. Android's SMS Retriever API delivers a
+    /// message to the app only if it includes this hash (Google's "Perform SMS Verification on a
+    /// Server"); without it only the SMS User Consent API, which asks the user each time, can read the
+    /// code. Added on its own line before the `@domain #code` line (see `sms::render`).
+    #[arg(long, env = "SMS_ANDROID_APP_HASH")]
+    pub sms_android_app_hash: Option<String>,
 
     /// SMS sent per hour by the whole service: a ceiling on what SMS pumping can cost.
     #[arg(long, env = "SMS_MAX_PER_HOUR", default_value_t = 1000)]
@@ -427,6 +460,15 @@ pub struct GraphqlLimits {
     /// Fields per document, counting each fragment expansion (our largest operation selects ~25).
     #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 100)]
     pub max_query_complexity: usize,
+
+    /// Representations one federation `_entities` field may carry; more is refused with
+    /// QUERY_LIMIT_EXCEEDED before any query. A gateway (Apollo Gateway, Apollo Router) sends each
+    /// distinct `User` of a response once, in one `_entities` call per fetch, so this is the number of
+    /// distinct users one response may hold: public GraphQL APIs cap a list page at 100 (GitHub) to
+    /// 250 (Shopify), and 1,000 leaves room for several such lists. They are all loaded by one SQL
+    /// statement, so the cap bounds that statement's array, not a number of statements.
+    #[arg(long, env = "MAX_ENTITY_REPRESENTATIONS", default_value_t = 1000)]
+    pub max_entity_representations: usize,
 }
 
 impl Config {
@@ -497,6 +539,32 @@ impl Config {
         );
     }
 
+    /// CORS_ALLOWED_ORIGINS as a list (trimmed, empty entries dropped).
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.http
+            .cors_allowed_origins
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
+    }
+
+    /// JWT_ISSUER, or `http://LISTEN_ADDR` when unset.
+    pub fn jwt_issuer(&self) -> String {
+        self.tokens
+            .jwt_issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.http.listen_addr))
+    }
+
+    /// JWT_CLIENT_ID, or JWT_AUDIENCE when unset.
+    pub fn jwt_client_id(&self) -> String {
+        self.tokens
+            .jwt_client_id
+            .clone()
+            .unwrap_or_else(|| self.tokens.jwt_audience.clone())
+    }
+
     /// Every rule that relates one setting to another or to the profile, in one place. Called by
     /// `app::build` and `phone-auth worker` before anything connects.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -560,7 +628,7 @@ impl Config {
             self.http.listen_addr
         );
         if production {
-            check_issuer(&self.tokens.jwt_issuer)?;
+            check_issuer(&self.jwt_issuer())?;
         }
         match sms.sms_provider {
             _ if !configured_provider => {}
@@ -605,6 +673,40 @@ impl Config {
             self.ops.audit_retention_days >= 1,
             "AUDIT_RETENTION_DAYS must be at least 1"
         );
+        let origins = self.cors_origins();
+        ensure!(
+            !(self.tokens.refresh_token_cookie && origins.iter().any(|o| o == "*")),
+            "CORS_ALLOWED_ORIGINS=* is refused with REFRESH_TOKEN_COOKIE=true: a request that carries \
+             credentials must never be allowed from any origin"
+        );
+        for origin in origins.iter().filter(|o| *o != "*") {
+            ensure!(
+                is_origin(origin),
+                "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin (scheme://host[:port], nothing after)"
+            );
+        }
+        if let Some(hash) = &sms.sms_android_app_hash {
+            use crate::services::sms::{SMS_RETRIEVER_MAX_BYTES, is_android_app_hash, render};
+            ensure!(
+                is_android_app_hash(hash),
+                "SMS_ANDROID_APP_HASH must be the app's 11-character hash (base64 characters)"
+            );
+            // The longest message this configuration sends, with the longest code and lifetime it uses.
+            let longest = render(
+                &sms.sms_template,
+                &sms.sms_app_name,
+                "000000",
+                otp.otp_ttl_seconds,
+                sms.sms_webotp_domain.as_deref(),
+                Some(hash),
+            );
+            ensure!(
+                longest.len() <= SMS_RETRIEVER_MAX_BYTES,
+                "SMS_ANDROID_APP_HASH is set but the message is {} bytes: the SMS Retriever API reads \
+                 messages of at most {SMS_RETRIEVER_MAX_BYTES} bytes (shorten SMS_TEMPLATE or SMS_APP_NAME)",
+                longest.len()
+            );
+        }
         ensure!(
             sms.sms_claim_idle_ms > sms.sms_http_timeout_ms + sms.sms_backoff_max_ms,
             "SMS_CLAIM_IDLE_MS must exceed SMS_HTTP_TIMEOUT_MS + SMS_BACKOFF_MAX_MS, or live jobs get claimed twice"
@@ -648,6 +750,17 @@ fn check_issuer(issuer: &str) -> anyhow::Result<()> {
          APP_ENV=production"
     );
     Ok(())
+}
+
+/// `scheme://host[:port]` and nothing else, as browsers send it in `Origin`.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+        && axum::http::HeaderValue::from_str(origin).is_ok()
 }
 
 impl From<&Config> for crate::services::otp::OtpSettings {
@@ -694,6 +807,7 @@ impl From<&Config> for crate::services::outbox::OutboxSettings {
             app_name: s.sms_app_name.clone(),
             template: s.sms_template.clone(),
             webotp_domain: s.sms_webotp_domain.clone(),
+            android_app_hash: s.sms_android_app_hash.clone(),
         }
     }
 }
@@ -719,7 +833,7 @@ mod tests {
         c.app_env = AppEnv::Production;
         c.otp.otp_hmac_secret = Some(SecretString::from("x".repeat(32)));
         c.tokens.jwt_signing_keys = Some(SecretString::from("k1:seed"));
-        c.tokens.jwt_issuer = "https://auth.example.com".into();
+        c.tokens.jwt_issuer = Some("https://auth.example.com".into());
         c.sms.sms_provider = SmsProvider::Webhook;
         c.sms.sms_webhook_url = Some("https://sms.example/hook".into());
         c.sms.sms_webhook_secret = Some(SecretString::from("whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"));
@@ -729,6 +843,20 @@ mod tests {
     fn refused(c: &Config, needle: &str) {
         let err = c.validate().expect_err("must be refused").to_string();
         assert!(err.contains(needle), "{err:?} should name {needle}");
+    }
+
+    #[test]
+    fn issuer_defaults_to_the_listen_address_and_client_id_to_the_audience() {
+        let mut c = Config::defaults();
+        c.http.listen_addr = "127.0.0.1:9123".parse().unwrap();
+        assert_eq!(c.jwt_issuer(), "http://127.0.0.1:9123");
+        c.http.listen_addr = "[::1]:9123".parse().unwrap();
+        assert_eq!(c.jwt_issuer(), "http://[::1]:9123");
+        c.tokens.jwt_issuer = Some("https://auth.example.com".into());
+        assert_eq!(c.jwt_issuer(), "https://auth.example.com");
+        assert_eq!(c.jwt_client_id(), "phone-auth");
+        c.tokens.jwt_client_id = Some("web".into());
+        assert_eq!(c.jwt_client_id(), "web");
     }
 
     #[test]
@@ -779,6 +907,25 @@ mod tests {
         refused(&c, "SMS_CLAIM_IDLE_MS");
 
         let mut c = Config::defaults();
+        c.http.cors_allowed_origins = "*".into();
+        c.validate().unwrap();
+        c.tokens.refresh_token_cookie = true;
+        refused(&c, "CORS_ALLOWED_ORIGINS=*");
+        c.http.cors_allowed_origins = "https://app.example.com, http://localhost:3000".into();
+        c.validate().unwrap();
+        c.http.cors_allowed_origins = "https://app.example.com/login".into();
+        refused(&c, "not an origin");
+
+        let mut c = Config::defaults();
+        c.sms.sms_android_app_hash = Some("short".into());
+        refused(&c, "11-character");
+        c.sms.sms_android_app_hash = Some("FA+9qCX9VSu".into());
+        c.sms.sms_webotp_domain = Some("app.example.com".into());
+        c.validate().unwrap();
+        c.sms.sms_template = format!("{} {{code}}", "x".repeat(120));
+        refused(&c, "140 bytes");
+
+        let mut c = Config::defaults();
         c.sms.sms_provider = SmsProvider::Webhook;
         refused(&c, "SMS_WEBHOOK_URL");
         c.sms.sms_webhook_url = Some("https://x".into());
@@ -809,14 +956,14 @@ mod tests {
             "not a url",
         ] {
             let mut c = production();
-            c.tokens.jwt_issuer = issuer.into();
+            c.tokens.jwt_issuer = Some(issuer.into());
             refused(&c, "JWT_ISSUER");
         }
         let mut c = production();
-        c.tokens.jwt_issuer = "http://phone-auth:8080".into();
+        c.tokens.jwt_issuer = Some("http://phone-auth:8080".into());
         c.validate().expect("a cluster-internal issuer is fine");
         let mut c = Config::defaults();
-        c.tokens.jwt_issuer = "http://127.0.0.1:8080".into();
+        c.tokens.jwt_issuer = Some("http://127.0.0.1:8080".into());
         c.validate().expect("development keeps the loopback default");
     }
 

@@ -29,8 +29,11 @@ pub enum AppError {
     InvalidToken,
     PhoneAlreadyRegistered,
     Unauthenticated,
-    /// The caller may not see this (another user's phone).
-    Forbidden,
+    /// A request-level ceiling was exceeded before any work (`limit` names it: `representations`).
+    LimitExceeded {
+        limit: &'static str,
+        max: usize,
+    },
     /// A dependency is down; the client may retry.
     Unavailable(anyhow::Error),
     /// A bounded queue is full (password hashing): refused at once, retry after the given time. Not

@@ -110,14 +110,17 @@ async fn worker(config: Config) -> anyhow::Result<()> {
 /// room, and fits the 30 s Kubernetes grants between SIGTERM and SIGKILL along with the drain.
 const DETACHED_FLOWS_GRACE: Duration = Duration::from_secs(15);
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    // Bound first: the default JWT_ISSUER names the address actually bound (LISTEN_ADDR with port 0
+    // gets a real port).
+    let listener = tokio::net::TcpListener::bind(config.http.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
+    config.http.listen_addr = listener.local_addr()?;
     let app = phone_auth::app::build(&config, None).await?;
     if let Some(addr) = config.ops.metrics_addr()? {
         phone_auth::ops::metrics::serve(addr, app.metrics.clone()).await?;
     }
-    let listener = tokio::net::TcpListener::bind(config.http.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
     let header_timeout = Duration::from_secs(config.http.header_read_timeout_seconds);
     let drain = Duration::from_secs(config.http.shutdown_drain_seconds);

@@ -31,8 +31,8 @@ use async_graphql::parser::types::{
 };
 use async_graphql::{Request, ServerError, ServerResult, ValidationResult, Value, Variables};
 
-use crate::graphql::error::refusal_error;
-use crate::graphql::guard::{DocumentLimits, Refusal, check_document};
+use crate::graphql::error::{parse_error, refusal_error};
+use crate::graphql::guard::{DocumentLimits, check_document};
 use crate::graphql::{OperationInfo, RequestContext};
 
 /// Longer documents are parsed every time (ours are under 500 bytes; GraphiQL's introspection query is
@@ -164,10 +164,9 @@ impl DocumentCache {
     }
 
     /// Gives `request` its parsed document, from here or by parsing and checking it, and tells the
-    /// `ValidationCache` extension whether validation can be skipped. `Err`: the document breaks a
-    /// limit and must not run. A document that does not parse is left as it is: async-graphql
-    /// reports the syntax error (and runs nothing).
-    pub fn prepare(&self, request: &mut Request, limits: &DocumentLimits) -> Result<(), Refusal> {
+    /// `ValidationCache` extension whether validation can be skipped. `Err`: the document does not
+    /// parse (GRAPHQL_PARSE_FAILED) or breaks a limit (QUERY_LIMIT_EXCEEDED), and must not run.
+    pub fn prepare(&self, request: &mut Request, limits: &DocumentLimits) -> Result<(), ServerError> {
         let entry = match self.get(&request.query) {
             Some(entry) => {
                 request.set_parsed_query(entry.doc.clone());
@@ -175,10 +174,8 @@ impl DocumentCache {
             }
             None => {
                 let query = request.query.clone();
-                let Ok(doc) = request.parsed_query() else {
-                    return Ok(());
-                };
-                check_document(doc, limits)?;
+                let doc = request.parsed_query().map_err(parse_error)?;
+                check_document(doc, limits).map_err(refusal_error)?;
                 // Not kept (too long, or no cache): parsed and checked every time.
                 if query.len() > MAX_QUERY_BYTES || self.capacity == 0 {
                     return Ok(());
@@ -276,9 +273,7 @@ impl Extension for DocumentGuardExtension {
         mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        self.cache
-            .prepare(&mut request, &self.limits)
-            .map_err(refusal_error)?;
+        self.cache.prepare(&mut request, &self.limits)?;
         record_operation(&mut request);
         next.run(ctx, request).await
     }

@@ -21,11 +21,12 @@ pub mod codes {
     pub const INVALID_TOKEN: &str = "INVALID_TOKEN";
     pub const PHONE_ALREADY_REGISTERED: &str = "PHONE_ALREADY_REGISTERED";
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
-    pub const FORBIDDEN: &str = "FORBIDDEN";
     pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
     // Request-level refusals: nothing was executed.
+    pub const GRAPHQL_PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
     pub const GRAPHQL_VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+    pub const PERSISTED_QUERY_NOT_SUPPORTED: &str = "PERSISTED_QUERY_NOT_SUPPORTED";
     pub const QUERY_LIMIT_EXCEEDED: &str = "QUERY_LIMIT_EXCEEDED";
     pub const BATCH_NOT_SUPPORTED: &str = "BATCH_NOT_SUPPORTED";
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
@@ -33,6 +34,8 @@ pub mod codes {
     pub const NOT_ACCEPTABLE: &str = "NOT_ACCEPTABLE";
     pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
+    /// Cookie mode: a mutation carrying the refresh cookie without an allowed Origin (CSRF).
+    pub const FORBIDDEN: &str = "FORBIDDEN";
 }
 
 pub fn code(e: &AppError) -> &'static str {
@@ -47,7 +50,7 @@ pub fn code(e: &AppError) -> &'static str {
         AppError::InvalidToken => INVALID_TOKEN,
         AppError::PhoneAlreadyRegistered => PHONE_ALREADY_REGISTERED,
         AppError::Unauthenticated => UNAUTHENTICATED,
-        AppError::Forbidden => FORBIDDEN,
+        AppError::LimitExceeded { .. } => QUERY_LIMIT_EXCEEDED,
         AppError::Unavailable(_) | AppError::Overloaded { .. } => SERVICE_UNAVAILABLE,
         AppError::Internal(_) => INTERNAL_SERVER_ERROR,
     }
@@ -71,7 +74,9 @@ fn client_message(e: &AppError) -> String {
         AppError::InvalidToken => "The token is invalid, expired or already used.".into(),
         AppError::PhoneAlreadyRegistered => "This phone number is already registered.".into(),
         AppError::Unauthenticated => "Sign in first: a valid access token is required.".into(),
-        AppError::Forbidden => "Only the user may see this.".into(),
+        AppError::LimitExceeded { limit, max } => {
+            format!("Too many {limit} in one request: at most {max}.")
+        }
         AppError::Unavailable(_) => "The service is temporarily unavailable. Try again.".into(),
         AppError::Overloaded { retry_after_seconds } => {
             format!("The service is busy. Try again in {retry_after_seconds} seconds.")
@@ -102,6 +107,10 @@ impl From<AppError> for async_graphql::Error {
                 | AppError::Overloaded { retry_after_seconds } => {
                     ext.set("retryAfterSeconds", *retry_after_seconds);
                 }
+                AppError::LimitExceeded { limit, max } => {
+                    ext.set("limit", *limit);
+                    ext.set("max", *max as u64);
+                }
                 _ => {}
             }
         })
@@ -118,8 +127,19 @@ pub(crate) fn refusal_error(refusal: Refusal) -> ServerError {
     error
 }
 
-/// Errors from our resolvers always carry a code. Those that do not come from async-graphql itself:
-/// a document that does not parse or validate (no path), or an argument it could not coerce.
+/// A document that does not parse, as the error of a request that ran nothing: Apollo's code for it,
+/// so clients and gateways tell a syntax error from a validation error.
+pub(crate) fn parse_error(mut error: ServerError) -> ServerError {
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", codes::GRAPHQL_PARSE_FAILED);
+    error
+}
+
+/// Errors from our resolvers always carry a code, and so do syntax errors (`parse_error`). Those that
+/// do not come from async-graphql itself: a document that does not validate (no path), or an argument
+/// it could not coerce.
 pub fn tag_uncoded(error: &mut ServerError) {
     let has_code = error.extensions.as_ref().is_some_and(|e| e.get("code").is_some());
     if has_code {

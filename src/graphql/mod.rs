@@ -3,6 +3,7 @@
 //! `extensions.code`.
 
 pub mod documents;
+pub mod entities;
 pub mod error;
 pub mod guard;
 pub mod metrics;
@@ -24,6 +25,11 @@ use crate::services::users::User;
 
 pub type AuthSchema = Schema<Query, Mutation, EmptySubscription>;
 
+/// The refresh cookie of the cookie mode (`REFRESH_TOKEN_COOKIE`). The `__Host-` prefix makes the
+/// browser accept it only with Secure, Path=/ and no Domain (RFC 6265bis section 4.1.3.2): no
+/// subdomain or plain-HTTP page can set or overwrite it.
+pub const REFRESH_COOKIE: &str = "__Host-refresh";
+
 /// What the HTTP layer learned about the caller, attached to each request with `Request::data`.
 #[derive(Clone, Default)]
 pub struct RequestContext {
@@ -31,8 +37,16 @@ pub struct RequestContext {
     pub bearer: Option<String>,
     /// The caller's per-IP budget key (`client_ip::budget_key`).
     pub client: String,
+    /// REFRESH_TOKEN_COOKIE is on: sign-ins set the refresh cookie.
+    pub refresh_cookie_mode: bool,
+    /// The request's `__Host-refresh` cookie (cookie mode only; the HTTP layer has checked its Origin).
+    pub refresh_cookie: Option<String>,
+    /// The request has an `Origin` header: a browser (which sends it with every POST).
+    pub from_browser: bool,
     /// The caller (user, session id) once checked: at most one session lookup per request.
     pub viewer: Arc<OnceCell<Option<(User, Uuid)>>>,
+    /// Federation `_entities` loads: one SQL statement per `_entities` field (`entities.rs`).
+    pub user_batches: Arc<entities::UserBatches>,
     /// What the document asks for (set when it parsed): for the access log and the metrics.
     pub operation: Arc<std::sync::OnceLock<OperationInfo>>,
 }
@@ -49,6 +63,10 @@ impl std::fmt::Debug for RequestContext {
         f.debug_struct("RequestContext")
             .field("bearer", &self.bearer.as_ref().map(|_| "[redacted]"))
             .field("client", &self.client)
+            .field(
+                "refresh_cookie",
+                &self.refresh_cookie.as_ref().map(|_| "[redacted]"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -77,8 +95,13 @@ pub fn build_schema(
     production: bool,
     resolvers: metrics::ResolverCounter,
     guard: documents::DocumentGuard,
+    max_entity_representations: usize,
 ) -> AuthSchema {
-    let builder = schema_builder().data(auth).extension(resolvers).extension(guard);
+    let builder = schema_builder()
+        .data(auth)
+        .data(entities::EntityLimit(max_entity_representations))
+        .extension(resolvers)
+        .extension(guard);
     if production {
         builder.disable_introspection().disable_suggestions().finish()
     } else {

@@ -2,14 +2,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_graphql::{Context, Object, Result};
+use axum::http::header::SET_COOKIE;
 
 use crate::domain::{OtpCode, Password, PersonName, PhoneNumber};
 use crate::error::AppError;
-use crate::graphql::RequestContext;
 use crate::graphql::types::{
     AuthPayload, GenerateCodePayload, LogoutPayload, RegisterInput, VerifyUserPayload, clamp_i32,
 };
-use crate::services::auth::{AuthService, Verified};
+use crate::graphql::{REFRESH_COOKIE, RequestContext};
+use crate::services::auth::{AuthService, SignedIn, Verified};
 
 pub struct Mutation;
 
@@ -21,6 +22,40 @@ fn auth<'a>(ctx: &Context<'a>) -> &'a Arc<AuthService> {
 fn client(ctx: &Context<'_>) -> String {
     ctx.data_opt::<RequestContext>()
         .map_or_else(|| "unknown".to_owned(), |r| r.client.clone())
+}
+
+/// The `__Host-refresh` cookie: HttpOnly (no script reads it), Secure and the `__Host-` prefix (only
+/// over HTTPS, or http://localhost, which browsers treat as secure; never for a subdomain),
+/// SameSite=Strict (never sent on a cross-site request), and it lives as long as the session.
+fn refresh_cookie(value: &str, max_age_seconds: u64) -> String {
+    format!("{REFRESH_COOKIE}={value}; Max-Age={max_age_seconds}; Path=/; HttpOnly; Secure; SameSite=Strict")
+}
+
+fn cookie_mode(ctx: &Context<'_>) -> bool {
+    ctx.data_opt::<RequestContext>()
+        .is_some_and(|r| r.refresh_cookie_mode)
+}
+
+fn clear_refresh_cookie(ctx: &Context<'_>) {
+    ctx.append_http_header(SET_COOKIE, refresh_cookie("", 0));
+}
+
+/// The answer of a sign-in. Cookie mode: the refresh token also goes into the cookie, and a browser
+/// (a request with `Origin`) gets it only there, so script never holds it.
+fn signed_in(ctx: &Context<'_>, s: SignedIn) -> AuthPayload {
+    if !cookie_mode(ctx) {
+        return s.into();
+    }
+    ctx.append_http_header(
+        SET_COOKIE,
+        refresh_cookie(&s.refresh_token, s.session_expires_in_seconds),
+    );
+    let from_browser = ctx.data_opt::<RequestContext>().is_some_and(|r| r.from_browser);
+    let mut payload = AuthPayload::from(s);
+    if from_browser {
+        payload.refresh_token = None;
+    }
+    payload
 }
 
 /// Runs `flow` to its end even if the client goes (`AuthService::detached`).
@@ -36,8 +71,9 @@ where
 ///
 /// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
 /// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED
-/// (with `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED, FORBIDDEN,
-/// SERVICE_UNAVAILABLE, INTERNAL_SERVER_ERROR.
+/// (with `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED,
+/// SERVICE_UNAVAILABLE, INTERNAL_SERVER_ERROR; and, before anything runs, FORBIDDEN (HTTP 403) for a
+/// mutation that carries the refresh cookie from an origin not allowed.
 #[Object]
 impl Mutation {
     /// Sends a 6-digit code by SMS to `phone` (E.164, or national form when the server has a default
@@ -70,10 +106,10 @@ impl Mutation {
         })
         .await?;
         Ok(match verified {
-            Verified::SignedIn(signed_in) => VerifyUserPayload {
+            Verified::SignedIn(s) => VerifyUserPayload {
                 phone: e164,
                 registered: true,
-                auth: Some(signed_in.into()),
+                auth: Some(signed_in(ctx, s)),
                 registration_token: None,
                 registration_token_expires_in_seconds: None,
             },
@@ -98,12 +134,12 @@ impl Mutation {
         let first_name = PersonName::parse_optional("firstName", input.first_name.as_deref())?;
         let last_name = PersonName::parse_optional("lastName", input.last_name.as_deref())?;
         let token = input.registration_token;
-        let signed_in = detached(ctx, |auth| async move {
+        let s = detached(ctx, |auth| async move {
             auth.register(&token, &password, first_name.as_ref(), last_name.as_ref())
                 .await
         })
         .await?;
-        Ok(signed_in.into())
+        Ok(signed_in(ctx, s))
     }
 
     /// Signs in with phone and password. Errors: BAD_USER_INPUT, INVALID_CREDENTIALS (unknown phone or
@@ -113,19 +149,36 @@ impl Mutation {
         let phone = PhoneNumber::parse(&phone, auth(ctx).phone_policy())?;
         let password = Password::for_login(&password)?;
         let client = client(ctx);
-        let signed_in = detached(
+        let s = detached(
             ctx,
             |auth| async move { auth.login(&phone, &password, &client).await },
         )
         .await?;
-        Ok(signed_in.into())
+        Ok(signed_in(ctx, s))
     }
 
     /// Exchanges a refresh token for a new access token and refresh token (the old one is used up;
-    /// using it again revokes the session). Errors: INVALID_TOKEN.
-    async fn refresh_token(&self, ctx: &Context<'_>, refresh_token: String) -> Result<AuthPayload> {
-        let signed_in = detached(ctx, |auth| async move { auth.refresh(&refresh_token).await }).await?;
-        Ok(signed_in.into())
+    /// using it again revokes the session). Without the argument, the `__Host-refresh` cookie is used
+    /// (cookie mode). Errors: INVALID_TOKEN (also with neither; a bad cookie is cleared).
+    async fn refresh_token(&self, ctx: &Context<'_>, refresh_token: Option<String>) -> Result<AuthPayload> {
+        let (token, from_cookie) = match refresh_token {
+            Some(token) => (token, false),
+            None => {
+                let cookie = ctx
+                    .data_opt::<RequestContext>()
+                    .and_then(|r| r.refresh_cookie.clone());
+                (cookie.ok_or(AppError::InvalidToken)?, true)
+            }
+        };
+        match detached(ctx, |auth| async move { auth.refresh(&token).await }).await {
+            Ok(s) => Ok(signed_in(ctx, s)),
+            Err(e) => {
+                if from_cookie {
+                    clear_refresh_cookie(ctx);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Revokes the current session, or every session of the user with `allSessions: true`. Takes effect
@@ -136,6 +189,10 @@ impl Mutation {
         #[graphql(default = false)] all_sessions: bool,
     ) -> Result<LogoutPayload> {
         let bearer = ctx.data_opt::<RequestContext>().and_then(|r| r.bearer.clone());
+        if cookie_mode(ctx) {
+            // Signing out leaves no refresh cookie behind, whatever the outcome.
+            clear_refresh_cookie(ctx);
+        }
         let revoked = detached(ctx, |auth| async move {
             auth.logout(bearer.as_deref(), all_sessions).await
         })

@@ -1,7 +1,6 @@
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use time::OffsetDateTime;
 
-use crate::error::AppError;
 use crate::graphql::viewer;
 use crate::services::auth::SignedIn;
 use crate::services::users;
@@ -38,18 +37,16 @@ impl User {
         ID(self.inner.id.to_string())
     }
 
-    /// The phone number in E.164 form (`+16502530000`). Visible to this user only: anyone else gets a
-    /// FORBIDDEN error on this field.
-    async fn phone(&self, ctx: &Context<'_>) -> Result<&str> {
-        if self.is_viewer
+    /// The phone number in E.164 form (`+16502530000`), shown to this user only: null for anyone else
+    /// (no error: privacy is the expected answer, and through a gateway an error here would null the
+    /// whole response). The bearer token's session is checked once per request, however many users
+    /// the response holds.
+    async fn phone(&self, ctx: &Context<'_>) -> Result<Option<&str>> {
+        let shown = self.is_viewer
             || viewer(ctx)
                 .await?
-                .is_some_and(|(user, _)| user.id == self.inner.id)
-        {
-            Ok(&self.inner.phone)
-        } else {
-            Err(AppError::Forbidden.into())
-        }
+                .is_some_and(|(user, _)| user.id == self.inner.id);
+        Ok(shown.then_some(self.inner.phone.as_str()))
     }
 
     async fn first_name(&self) -> Option<&str> {
@@ -99,8 +96,10 @@ pub struct AuthPayload {
     pub token_type: String,
     /// Seconds the access token stays valid.
     pub expires_in_seconds: i32,
-    /// Opaque, single use: exchange it with `refreshToken` for a new pair. Keep it secret.
-    pub refresh_token: String,
+    /// Opaque, single use: exchange it with `refreshToken` for a new pair. Keep it secret. Null when
+    /// the server runs in cookie mode and the request came from a browser: the token is then in the
+    /// HttpOnly `__Host-refresh` cookie, out of reach of script.
+    pub refresh_token: Option<String>,
 }
 
 impl From<SignedIn> for AuthPayload {
@@ -110,7 +109,7 @@ impl From<SignedIn> for AuthPayload {
             access_token: s.access_token,
             token_type: "Bearer".into(),
             expires_in_seconds: clamp_i32(s.expires_in_seconds),
-            refresh_token: s.refresh_token,
+            refresh_token: Some(s.refresh_token),
         }
     }
 }

@@ -1,5 +1,17 @@
 //! Key discovery: the JWKS and the metadata document pointing at it, so gateways and other services
 //! verify our access tokens without calling us.
+//!
+//! The metadata document says only what is true. This service is neither an OpenID Provider (it
+//! issues no ID tokens, so `id_token_signing_alg_values_supported` and `subject_types_supported`,
+//! which OpenID Connect Discovery 1.0 section 3 requires, would be claims about tokens that do not
+//! exist) nor an OAuth 2.0 authorization server in RFC 8414's sense (no authorization or token
+//! endpoint: its tokens come from GraphQL mutations, so `response_types_supported`, which RFC 8414
+//! section 2 marks REQUIRED, and `token_endpoint_auth_methods_supported` have nothing to describe).
+//! It publishes the two members a token verifier reads, both defined by RFC 8414 section 2: `issuer`
+//! (REQUIRED; equal to the tokens' `iss`) and `jwks_uri` (the signing keys). It stays at the OpenID
+//! path because that is where JWT verifiers look when given only an issuer; no
+//! `/.well-known/oauth-authorization-server` is served, as it would have to claim the REQUIRED
+//! members above.
 
 use std::sync::Arc;
 
@@ -32,10 +44,6 @@ pub(super) async fn openid_configuration(State(state): State<Arc<HttpState>>) ->
     axum::Json(json!({
         "issuer": issuer,
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
-        "id_token_signing_alg_values_supported": ["EdDSA"],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
     }))
     .into_response()
 }

@@ -1,5 +1,5 @@
-//! The GraphQL transport over HTTP: POST and GET /graphql, media types, the bearer token, the client's
-//! address, and GraphiQL.
+//! The GraphQL transport over HTTP: POST and GET /graphql, media types, the bearer token, the refresh
+//! cookie of the cookie mode and its Origin check, the client's address, and GraphiQL.
 //!
 //! We do not use async-graphql-axum's extractor for POST: as it comes it accepts JSON-array batches,
 //! text/plain and form bodies (a cross-site request path with no CORS preflight) and reads up to 5 MiB.
@@ -17,14 +17,47 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::graphql::RequestContext;
 use crate::graphql::error::{codes, tag_uncoded};
+use crate::graphql::{REFRESH_COOKIE, RequestContext};
 use crate::http::client_ip::budget_key;
-use crate::http::{HttpState, request_error};
+use crate::http::{BrowserApps, HttpState, request_error};
 use crate::ops::logging::GraphqlOutcome;
 use crate::services::audit::{CALLER, Caller};
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// The `__Host-refresh` cookie of the request, if it sent one (RFC 6265 section 5.4: `name=value`
+/// pairs separated by `; `).
+fn refresh_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == REFRESH_COOKIE)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// CSRF defence of the cookie mode: a request that carries the refresh cookie and may run a mutation
+/// must come from an allowed origin (CORS_ALLOWED_ORIGINS) or from our own (the `Host` it was sent
+/// to, or JWT_ISSUER's origin). Browsers send `Origin` with every POST, same-origin included (Fetch
+/// standard), so a missing or `null` Origin is refused too (OWASP CSRF Prevention Cheat Sheet,
+/// "Verifying Origin With Standard Headers"). The body must also be JSON, which `graphql_post`
+/// already requires: a cross-site form cannot send it without a CORS preflight.
+fn origin_allowed(headers: &HeaderMap, browser: &BrowserApps) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if browser.allowed_origins.iter().any(|o| o == origin) || origin == browser.issuer_origin {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, h)| h);
+    host.is_some() && origin_host == host
+}
 
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
     // Only `Authorization: Bearer`: never a cookie or a query parameter, so a token cannot ride along
@@ -162,7 +195,7 @@ pub(super) async fn graphql_get(
 
 async fn execute(
     state: &HttpState,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Response {
@@ -173,6 +206,42 @@ async fn execute(
             "This endpoint answers application/graphql-response+json or application/json.",
         );
     };
+    // A request without a document: say so, rather than let the parser report an empty document.
+    if request.query.trim().is_empty() {
+        // Apollo's automatic persisted queries send only a hash first; this code (and a 400) tells
+        // Apollo Client's persisted-query link to stop trying and send the document itself.
+        if request.extensions.get("persistedQuery").is_some() {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                codes::PERSISTED_QUERY_NOT_SUPPORTED,
+                "PersistedQueryNotSupported: persisted queries are not supported; send the document in `query`.",
+            );
+        }
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_REQUEST,
+            "The request has no `query`: send the GraphQL document as a string in `query`.",
+        );
+    }
+    let cookie = if state.browser.refresh_cookie {
+        refresh_cookie(headers)
+    } else {
+        None
+    };
+    if cookie.is_some() && !origin_allowed(headers, &state.browser) {
+        let may_mutate = request.parsed_query().map_or(true, |doc| {
+            doc.operations
+                .iter()
+                .any(|(_, op)| op.node.ty == OperationType::Mutation)
+        });
+        if may_mutate {
+            return request_error(
+                StatusCode::FORBIDDEN,
+                codes::FORBIDDEN,
+                "A mutation that carries the refresh cookie must come from an allowed origin.",
+            );
+        }
+    }
     // Every X-Forwarded-For line, in order: a proxy may append its own line rather than extend the
     // client's, and reading only the first would believe the client's forgery.
     let forwarded: Vec<&str> = headers
@@ -185,6 +254,10 @@ async fn execute(
     let context = RequestContext {
         bearer: bearer_token(headers),
         client: budget_key(client_ip),
+        refresh_cookie_mode: state.browser.refresh_cookie,
+        refresh_cookie: cookie,
+        // Browsers send Origin with every POST; native apps and servers do not.
+        from_browser: headers.contains_key(header::ORIGIN),
         ..RequestContext::default()
     };
     let operation = context.operation.clone();
@@ -221,7 +294,17 @@ async fn execute(
             .collect(),
         client_ip,
     };
-    let mut http = GraphQLResponse::from(response).into_response();
+    let mut http = if request_failed {
+        // "If an error was raised before execution begins, the data entry should not be present"
+        // (GraphQL spec, Response; GraphQL over HTTP says the same for both media types).
+        let mut body = serde_json::json!({ "errors": response.errors });
+        if !response.extensions.is_empty() {
+            body["extensions"] = serde_json::json!(response.extensions);
+        }
+        axum::Json(body).into_response()
+    } else {
+        GraphQLResponse::from(response).into_response()
+    };
     http.extensions_mut().insert(outcome);
     *http.status_mut() = status;
     let h = http.headers_mut();

@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::graphql::AuthSchema;
@@ -49,13 +50,86 @@ pub struct HttpState {
     /// GraphiQL at GET /graphql and its assets under /graphiql/ (`GRAPHIQL`; off in production by default).
     pub graphiql: bool,
     pub draining: Draining,
+    /// The browser-app settings: CORS and the refresh cookie.
+    pub browser: BrowserApps,
+}
+
+/// Who may call from a browser, and whether the refresh token also travels as a cookie.
+#[derive(Clone, Debug, Default)]
+pub struct BrowserApps {
+    /// CORS_ALLOWED_ORIGINS, exact origins (or `*` without cookies).
+    pub allowed_origins: Vec<String>,
+    /// REFRESH_TOKEN_COOKIE.
+    pub refresh_cookie: bool,
+    /// The origin of JWT_ISSUER (`scheme://host[:port]`): a request from it is same-origin.
+    pub issuer_origin: String,
+}
+
+/// Preflight results are cached this long (`Access-Control-Max-Age`). Browsers cap it (Chromium at
+/// 7,200 s, Firefox at 86,400 s; Chromium before version 76 at 600 s), so 600 s is honoured as is
+/// everywhere: one preflight per 10 minutes per client, and an origin removed from
+/// CORS_ALLOWED_ORIGINS is refused by every browser within 10 minutes.
+pub const CORS_MAX_AGE_SECONDS: u64 = 600;
+
+/// The CORS layer (tower-http) for `browser`, or None when no origin is allowed.
+fn cors_layer(browser: &BrowserApps) -> Option<CorsLayer> {
+    if browser.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if browser.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            browser
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    // Only what a GraphQL client sends: JSON bodies by POST, queries by GET, a bearer token. The
+    // cookie mode adds no header, but needs Access-Control-Allow-Credentials so that the browser
+    // sends and accepts the cookie cross-origin (`Config::validate` refuses `*` with it).
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .allow_credentials(browser.refresh_cookie)
+            .max_age(Duration::from_secs(CORS_MAX_AGE_SECONDS)),
+    )
+}
+
+/// tower-http answers every preflight 200, and adds the method, header and max-age headers even when
+/// the origin is not allowed. Here a preflight is 204 (no content), and a response without
+/// `Access-Control-Allow-Origin` carries no CORS header at all: a refused origin learns nothing.
+async fn tidy_cors(method: Method, response: Response) -> Response {
+    let mut response = response;
+    let allowed = response
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    if !allowed {
+        let names: Vec<_> = response
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for name in names {
+            response.headers_mut().remove(name);
+        }
+    }
+    if method == Method::OPTIONS && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
 }
 
 /// `max_body_bytes`: our largest legitimate request (register with a 128-character password and
 /// names) is under 2 KiB; the default 32 KiB leaves room for hand-written queries.
 pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize) -> Router {
     let draining = state.draining.clone();
-    graphiql::routes(state.graphiql)
+    let cors = cors_layer(&state.browser);
+    let router = graphiql::routes(state.graphiql)
         .route("/graphql", get(graphql::graphql_get).post(graphql::graphql_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(health::readyz))
@@ -104,10 +178,18 @@ pub fn router(state: HttpState, request_timeout: Duration, max_body_bytes: usize
                 res
             }
         }))
-        // Outermost: every answer, a panic's included, gets a request id, an access line and metrics.
-        .layer(axum::middleware::from_fn(crate::ops::logging::access_log))
         // One Arc per request instead of a clone of every field (measured: 2% of a request's CPU).
-        .with_state(Arc::new(state))
+        .with_state(Arc::new(state));
+    let router = match cors {
+        // Outside the handlers: a preflight is answered before the timeout, body limit and handlers.
+        Some(cors) => router.layer(cors).layer(axum::middleware::map_response(
+            |method: Method, response: Response| tidy_cors(method, response),
+        )),
+        None => router,
+    };
+    // Outermost: every answer, a panic's and a preflight's included, gets a request id, an access
+    // line and metrics.
+    router.layer(axum::middleware::from_fn(crate::ops::logging::access_log))
 }
 
 /// Whether the request announces a body over the limit (`Content-Length`). Such a request is refused

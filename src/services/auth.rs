@@ -96,6 +96,8 @@ pub struct SignedIn {
     pub access_token: String,
     pub expires_in_seconds: u64,
     pub refresh_token: String,
+    /// Seconds the session (and so the refresh token) has left: the refresh cookie's Max-Age.
+    pub session_expires_in_seconds: u64,
 }
 
 pub enum Verified {
@@ -207,10 +209,14 @@ impl AuthService {
         }
     }
 
-    /// A user by id, for anyone who has the id (federation `_entities`): no phone check here, the
-    /// output type decides what a stranger sees.
-    pub async fn user_by_id(&self, id: Uuid) -> AppResult<Option<User>> {
-        self.users.find_by_id(id).await
+    /// Users by id, for anyone who has the ids (federation `_entities`): no phone check here, the
+    /// output type decides what a stranger sees. One SQL statement for all of them; unknown ids are
+    /// absent from the answer.
+    pub async fn users_by_ids(&self, ids: &[Uuid]) -> AppResult<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.users.find_by_ids(ids).await
     }
 
     /// Deletes ended sessions (the hourly purge). Returns how many.
@@ -231,12 +237,15 @@ impl AuthService {
     }
 
     fn signed_in(&self, user: User, session: NewSession) -> AppResult<SignedIn> {
-        let access_token = self.tokens.issue(user.id, session.session_id)?;
+        let ends = session.expires_at.unix_timestamp().max(0) as u64;
+        let issued = self.tokens.issue(user.id, session.session_id, ends)?;
+        let left = session.expires_at - time::OffsetDateTime::now_utc();
         Ok(SignedIn {
             user,
-            access_token,
-            expires_in_seconds: self.tokens.ttl_seconds(),
+            access_token: issued.token,
+            expires_in_seconds: issued.expires_in_seconds,
             refresh_token: session.refresh_token,
+            session_expires_in_seconds: left.whole_seconds().max(0) as u64,
         })
     }
 

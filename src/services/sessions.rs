@@ -17,6 +17,15 @@ use crate::services::users::User;
 pub struct NewSession {
     pub session_id: Uuid,
     pub refresh_token: String,
+    /// The session's absolute end: no access or refresh token of it outlives this.
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionUser {
+    #[sqlx(flatten)]
+    user: User,
+    expires_at: OffsetDateTime,
 }
 
 pub struct SessionStore {
@@ -42,6 +51,10 @@ impl SessionStore {
         let session_id = Uuid::new_v4();
         let (token, hash) = new_refresh_token()?;
         let audit = audit.user(user_id).session(session_id);
+        // Whole seconds: what PostgreSQL stores (microseconds) and what we compute from must agree.
+        let expires_at = (OffsetDateTime::now_utc() + self.ttl)
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc() + self.ttl);
         // One statement (so one round trip and one implicit transaction) instead of BEGIN, three
         // INSERTs and COMMIT: every sign-in goes through here.
         let sql = format!(
@@ -53,12 +66,13 @@ impl SessionStore {
         let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(session_id)
             .bind(user_id)
-            .bind(OffsetDateTime::now_utc() + self.ttl)
+            .bind(expires_at)
             .bind(&hash);
         crate::bind_audit!(query, audit).execute(&self.pool).await?;
         Ok(NewSession {
             session_id,
             refresh_token: token,
+            expires_at,
         })
     }
 
@@ -103,15 +117,15 @@ impl SessionStore {
             }
             return Err(AppError::InvalidToken);
         };
-        let user: Option<User> = sqlx::query_as(
-            "select u.id, u.phone, u.first_name, u.last_name, u.created_at
+        let live: Option<SessionUser> = sqlx::query_as(
+            "select u.id, u.phone, u.first_name, u.last_name, u.created_at, s.expires_at
              from sessions s join users u on u.id = s.user_id
              where s.id = $1 and s.revoked_at is null and s.expires_at > now()",
         )
         .bind(session_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(user) = user else {
+        let Some(SessionUser { user, expires_at }) = live else {
             return Err(AppError::InvalidToken);
         };
         let (token, new_hash) = new_refresh_token()?;
@@ -135,6 +149,7 @@ impl SessionStore {
             NewSession {
                 session_id,
                 refresh_token: token,
+                expires_at,
             },
         ))
     }

@@ -294,25 +294,53 @@ impl SmsSender for TwilioSender {
     }
 }
 
-/// The message text: `template` with `{app}`, `{code}` and `{minutes}`, and, when a domain is set, the
-/// WebOTP / Android SMS Retriever line `@domain #code` on its own last line, so browsers and phones can
-/// fill the code in by themselves.
+/// The message text: `template` with `{app}`, `{code}` and `{minutes}`, then the lines that let phones
+/// and browsers fill the code in by themselves:
+///
+/// - `android_app_hash`: Android's SMS Retriever API hands a message to an app only if the message
+///   includes that app's 11-character hash (developers.google.com/identity/sms-retriever/verify,
+///   "Construct a verification message": at most 140 bytes, the code, the hash). Without it only the
+///   SMS User Consent API (which asks the user for each message) sees the code. Older versions of that
+///   page said the message must *end* with the hash; the current one says *include*.
+/// - `webotp_domain`: the origin-bound line `@domain #code`, which the WebOTP API and Safari's
+///   autofill read only as the message's LAST line (WICG "Origin-bound one-time codes delivered via
+///   SMS": the last line is `@` host, a space, `#` code).
+///
+/// Both at once: the hash goes on its own line just before the `@domain #code` line, which stays last
+/// (the current SMS Retriever rule, "include", and WebOTP's rule both hold). With the hash alone it
+/// ends the message, which also satisfies the older "end with" wording.
 pub fn render(
     template: &str,
     app: &str,
     code: &str,
     ttl_seconds: u64,
     webotp_domain: Option<&str>,
+    android_app_hash: Option<&str>,
 ) -> String {
     let minutes = ttl_seconds.div_ceil(60).to_string();
     let mut body = template
         .replace("{app}", app)
         .replace("{code}", code)
         .replace("{minutes}", &minutes);
+    if let Some(hash) = android_app_hash.filter(|h| !h.is_empty()) {
+        body.push_str(&format!("\n\n{hash}"));
+    }
     if let Some(domain) = webotp_domain.filter(|d| !d.is_empty()) {
         body.push_str(&format!("\n\n@{domain} #{code}"));
     }
     body
+}
+
+/// Longest message the SMS Retriever API reads (bytes), per the page cited on `render`.
+pub const SMS_RETRIEVER_MAX_BYTES: usize = 140;
+
+/// Whether `hash` has the shape of an SMS Retriever app hash: 11 characters of base64 (the first 11
+/// of the base64 SHA-256 of the package name and signing certificate).
+pub fn is_android_app_hash(hash: &str) -> bool {
+    hash.len() == 11
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 #[cfg(test)]
@@ -323,11 +351,41 @@ mod tests {
     fn template_and_webotp_line() {
         let t = "{app}: your code is {code}. It expires in {minutes} minutes.";
         assert_eq!(
-            render(t, "Acme", "123456", 300, None),
+            render(t, "Acme", "123456", 300, None, None),
             "Acme: your code is 123456. It expires in 5 minutes."
         );
-        let b = render(t, "Acme", "123456", 300, Some("app.example.com"));
+        let b = render(t, "Acme", "123456", 300, Some("app.example.com"), None);
         assert!(b.ends_with("\n\n@app.example.com #123456"), "{b}");
+    }
+
+    /// The SMS Retriever hash: at the end alone; before the WebOTP line (which stays last) with both;
+    /// the default template with both fits the 140 bytes the SMS Retriever reads.
+    #[test]
+    fn android_app_hash_and_webotp_line_together() {
+        let t = "{app}: your code is {code}. It expires in {minutes} minutes. Do not share it.";
+        assert_eq!(
+            render(t, "Acme", "123456", 300, None, Some("FA+9qCX9VSu")),
+            "Acme: your code is 123456. It expires in 5 minutes. Do not share it.\n\nFA+9qCX9VSu"
+        );
+        let both = render(
+            t,
+            "phone-auth",
+            "123456",
+            300,
+            Some("app.example.com"),
+            Some("FA+9qCX9VSu"),
+        );
+        assert_eq!(
+            both,
+            "phone-auth: your code is 123456. It expires in 5 minutes. Do not share it.\n\n\
+             FA+9qCX9VSu\n\n@app.example.com #123456"
+        );
+        assert_eq!(both.lines().last(), Some("@app.example.com #123456"));
+        assert!(both.len() <= SMS_RETRIEVER_MAX_BYTES, "{} bytes", both.len());
+        assert!(is_android_app_hash("FA+9qCX9VSu"));
+        for bad in ["", "FA+9qCX9VS", "FA+9qCX9VSuu", "FA+9qCX9VS-", "FA+9qCX9VS "] {
+            assert!(!is_android_app_hash(bad), "{bad:?}");
+        }
     }
 
     /// The example of the Standard Webhooks specification.

@@ -1,5 +1,7 @@
-//! Access tokens: JWTs signed with Ed25519 (EdDSA), short-lived (900 s), carrying iss, aud, sub (user
-//! id), sid (session id), iat and exp, and nothing personal (no phone).
+//! Access tokens: JWTs signed with Ed25519 (EdDSA), short-lived (900 s), carrying the claims RFC 9068
+//! section 2.2 requires (iss, exp, aud, sub = user id, client_id, iat, jti) plus sid (session id), and
+//! nothing personal (no phone). A token never outlives its session: `exp` is the sooner of
+//! `iat + ttl` and the session's absolute end.
 //!
 //! Keys come from configuration as `kid:seed` pairs. JWT_SIGNING_KEYS, newest first: the first signs,
 //! all verify. JWT_NEXT_KEYS: published and accepted, never used to sign. All are published as a JWKS
@@ -38,9 +40,20 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub sub: String,
+    /// RFC 9068 2.2 (REQUIRED): the client the token was issued to (`JWT_CLIENT_ID`).
+    pub client_id: String,
+    /// RFC 9068 2.2 (REQUIRED), RFC 7519 4.1.7: unique per token (a random UUID), so a verifier can
+    /// detect a replayed token or keep a deny-list.
+    pub jti: String,
     pub sid: String,
     pub iat: u64,
     pub exp: u64,
+}
+
+/// A signed access token and how long it lives.
+pub struct Issued {
+    pub token: String,
+    pub expires_in_seconds: u64,
 }
 
 pub struct VerifiedToken {
@@ -55,6 +68,7 @@ pub struct TokenService {
     jwks: JwkSet,
     issuer: String,
     audience: String,
+    client_id: String,
     ttl_seconds: u64,
     validation: Validation,
 }
@@ -142,9 +156,10 @@ impl TokenService {
         keys: &[SigningKey],
         issuer: String,
         audience: String,
+        client_id: String,
         ttl_seconds: u64,
     ) -> anyhow::Result<Self> {
-        Self::with_next_keys(keys, &[], issuer, audience, ttl_seconds)
+        Self::with_next_keys(keys, &[], issuer, audience, client_id, ttl_seconds)
     }
 
     /// `keys` sign (the first) and verify; `next` are published and verify, and never sign. A kid in
@@ -154,6 +169,7 @@ impl TokenService {
         next: &[SigningKey],
         issuer: String,
         audience: String,
+        client_id: String,
         ttl_seconds: u64,
     ) -> anyhow::Result<Self> {
         if let Some(dup) = next.iter().find(|n| keys.iter().any(|k| k.kid == n.kid)) {
@@ -190,13 +206,10 @@ impl TokenService {
             jwks,
             issuer,
             audience,
+            client_id,
             ttl_seconds,
             validation,
         })
-    }
-
-    pub fn ttl_seconds(&self) -> u64 {
-        self.ttl_seconds
     }
 
     /// The public keys, as served at /.well-known/jwks.json.
@@ -208,22 +221,30 @@ impl TokenService {
         &self.jwks
     }
 
-    pub fn issue(&self, user_id: Uuid, session_id: Uuid) -> AppResult<String> {
+    /// `session_ends`: the session's absolute end (unix seconds); the token expires then at the latest.
+    pub fn issue(&self, user_id: Uuid, session_id: Uuid, session_ends: u64) -> AppResult<Issued> {
         let iat = now();
+        let exp = (iat + self.ttl_seconds).min(session_ends);
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sub: user_id.to_string(),
+            client_id: self.client_id.clone(),
+            jti: Uuid::new_v4().to_string(),
             sid: session_id.to_string(),
             iat,
-            exp: iat + self.ttl_seconds,
+            exp,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.signing_kid.clone());
         // RFC 9068: marks it an access token, so no other JWT signed with these keys can pass as one.
         header.typ = Some(ACCESS_TOKEN_TYP.into());
-        jsonwebtoken::encode(&header, &claims, &self.signing_key)
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("jwt encode: {e}")))
+        let token = jsonwebtoken::encode(&header, &claims, &self.signing_key)
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("jwt encode: {e}")))?;
+        Ok(Issued {
+            token,
+            expires_in_seconds: exp.saturating_sub(iat),
+        })
     }
 
     /// Checks signature, algorithm, issuer, audience and expiry. Says nothing about revocation: the
@@ -261,7 +282,39 @@ mod tests {
                 seed: k.seed,
             })
             .collect();
-        TokenService::new(&keys, "iss".into(), "aud".into(), 900).unwrap()
+        TokenService::new(&keys, "iss".into(), "aud".into(), "client".into(), 900).unwrap()
+    }
+
+    const FAR: u64 = u64::MAX;
+
+    fn claims(token: &str) -> serde_json::Value {
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    }
+
+    /// RFC 9068 2.2: client_id and a unique jti; exp never past the session's end.
+    #[test]
+    fn claims_carry_client_id_and_a_unique_jti_and_stop_at_the_session_end() {
+        let key = SigningKey::generate().unwrap();
+        let tokens = service(&[&key]);
+        let (u, s) = (Uuid::new_v4(), Uuid::new_v4());
+        let a = tokens.issue(u, s, FAR).unwrap();
+        let b = tokens.issue(u, s, FAR).unwrap();
+        let (ca, cb) = (claims(&a.token), claims(&b.token));
+        assert_eq!(ca["client_id"], "client");
+        assert!(Uuid::parse_str(ca["jti"].as_str().unwrap()).is_ok(), "{ca}");
+        assert_ne!(ca["jti"], cb["jti"], "jti is unique per token");
+        assert_eq!(ca["exp"].as_u64().unwrap() - ca["iat"].as_u64().unwrap(), 900);
+        assert_eq!(a.expires_in_seconds, 900);
+        // A session that ends in 60 s: the token ends with it.
+        let ends = now() + 60;
+        let c = tokens.issue(u, s, ends).unwrap();
+        assert_eq!(claims(&c.token)["exp"].as_u64().unwrap(), ends);
+        assert!(
+            (59..=60).contains(&c.expires_in_seconds),
+            "{}",
+            c.expires_in_seconds
+        );
     }
 
     /// Rotation: a token signed with the previous key stays valid once a new key is put in front.
@@ -270,11 +323,11 @@ mod tests {
         let old = SigningKey::generate().unwrap();
         let new = SigningKey::generate().unwrap();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let before = service(&[&old]).issue(user, session).unwrap();
+        let before = service(&[&old]).issue(user, session, FAR).unwrap().token;
         let rotated = service(&[&new, &old]);
         let v = rotated.verify(&before).unwrap();
         assert_eq!((v.user_id, v.session_id), (user, session));
-        let after = rotated.issue(user, session).unwrap();
+        let after = rotated.issue(user, session, FAR).unwrap().token;
         assert!(service(&[&new]).verify(&after).is_ok());
         // Once the old key is dropped its tokens are refused.
         assert!(service(&[&new]).verify(&before).is_err());
@@ -289,7 +342,14 @@ mod tests {
                 })
                 .collect()
         };
-        TokenService::with_next_keys(&copy(keys), &copy(next), "iss".into(), "aud".into(), 900)
+        TokenService::with_next_keys(
+            &copy(keys),
+            &copy(next),
+            "iss".into(),
+            "aud".into(),
+            "client".into(),
+            900,
+        )
     }
 
     fn kid_of(token: &str) -> String {
@@ -309,7 +369,7 @@ mod tests {
             .map(|k| k.common.key_id.clone().unwrap())
             .collect();
         assert_eq!(kids, [current.kid.clone(), next.kid.clone()]);
-        let token = s.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let token = s.issue(Uuid::new_v4(), Uuid::new_v4(), u64::MAX).unwrap().token;
         assert_eq!(kid_of(&token), current.kid);
         assert!(s.verify(&token).is_ok());
     }
@@ -323,12 +383,15 @@ mod tests {
         let next = SigningKey::generate().unwrap();
         let stranger = SigningKey::generate().unwrap();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let forged = service(&[&next]).issue(user, session).unwrap();
+        let forged = service(&[&next]).issue(user, session, u64::MAX).unwrap().token;
         assert_eq!(kid_of(&forged), next.kid);
         let v = with_next(&[&current], &[&next]).unwrap().verify(&forged).unwrap();
         assert_eq!((v.user_id, v.session_id), (user, session));
         assert!(service(&[&current]).verify(&forged).is_err(), "not yet published");
-        let other = service(&[&stranger]).issue(user, session).unwrap();
+        let other = service(&[&stranger])
+            .issue(user, session, u64::MAX)
+            .unwrap()
+            .token;
         assert!(with_next(&[&current], &[&next]).unwrap().verify(&other).is_err());
     }
 
@@ -369,11 +432,11 @@ mod tests {
             kid: key.kid.clone(),
             seed: key.seed,
         }];
-        let other_aud = TokenService::new(&keys, "iss".into(), "other".into(), 900).unwrap();
-        let other_iss = TokenService::new(&keys, "other".into(), "aud".into(), 900).unwrap();
+        let other_aud = TokenService::new(&keys, "iss".into(), "other".into(), "c".into(), 900).unwrap();
+        let other_iss = TokenService::new(&keys, "other".into(), "aud".into(), "c".into(), 900).unwrap();
         let (u, s) = (Uuid::new_v4(), Uuid::new_v4());
-        assert!(ours.verify(&other_aud.issue(u, s).unwrap()).is_err());
-        assert!(ours.verify(&other_iss.issue(u, s).unwrap()).is_err());
+        assert!(ours.verify(&other_aud.issue(u, s, FAR).unwrap().token).is_err());
+        assert!(ours.verify(&other_iss.issue(u, s, FAR).unwrap().token).is_err());
         // alg=none with our kid.
         let none = format!(
             "{}.{}.",

@@ -83,6 +83,9 @@ impl TestApp {
         config.stores.database_url = SecretString::from(format!("{}/{db_name}", server_url()));
         config.stores.redis_key_prefix = format!("test:{id}:");
         config.stores.database_max_connections = 20;
+        // Bound before the build, as the binary does: the default JWT_ISSUER names this address.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        config.http.listen_addr = listener.local_addr().expect("addr");
         configure(&mut config);
         let sms = Arc::new(TestSender::default());
         let App {
@@ -100,7 +103,6 @@ impl TestApp {
         )
         .await
         .expect("app builds");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let header_timeout = std::time::Duration::from_secs(config.http.header_read_timeout_seconds);
         tokio::spawn(async move {

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod browser_apps;
 mod durability;
 mod faults;
 mod federation;
@@ -14,6 +15,7 @@ mod lockout;
 mod ops;
 mod otp;
 mod outbox;
+mod private_pg;
 mod private_redis;
 mod redis_roundtrips;
 mod register;

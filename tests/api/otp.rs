@@ -251,7 +251,7 @@ async fn test_numbers_have_a_fixed_code_and_send_nothing() {
 
     let mut config = crate::helpers::test_config();
     config.app_env = phone_auth::config::AppEnv::Production;
-    config.tokens.jwt_issuer = "https://auth.example.com".into();
+    config.tokens.jwt_issuer = Some("https://auth.example.com".into());
     config.tokens.jwt_signing_keys = Some(
         phone_auth::services::tokens::SigningKey::generate()
             .unwrap()

@@ -12,8 +12,9 @@ fn part(token: &str, i: usize) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(seg).expect("base64url")).expect("json")
 }
 
-/// The access token: EdDSA with a kid, claims iss aud sub sid iat exp, no phone; verifiable with the
-/// published JWKS alone.
+/// The access token: EdDSA with a kid, the claims RFC 9068 2.2 requires (iss exp aud sub client_id iat
+/// jti) and sid, no phone; verifiable with the published JWKS alone, found from the discovery document
+/// of the issuer, which is the address the server listens on and claims nothing else.
 #[tokio::test]
 async fn access_token_claims_and_jwks() {
     let app = TestApp::spawn().await;
@@ -22,9 +23,15 @@ async fn access_token_claims_and_jwks() {
     let header = part(token, 0);
     assert_eq!(header["alg"], "EdDSA");
     let claims = part(token, 1);
-    for claim in ["iss", "aud", "sub", "sid", "iat", "exp"] {
+    for claim in ["iss", "aud", "sub", "client_id", "jti", "sid", "iat", "exp"] {
         assert!(!claims[claim].is_null(), "{claim} missing: {claims}");
     }
+    // JWT_ISSUER defaults to the address the server listens on; JWT_CLIENT_ID to the audience.
+    assert_eq!(claims["iss"], app.url(""));
+    assert_eq!(claims["client_id"], "phone-auth");
+    let again = app.login(PHONE, PASSWORD).await;
+    let again = part(again["data"]["login"]["accessToken"].as_str().unwrap(), 1);
+    assert_ne!(claims["jti"], again["jti"], "jti is unique per token");
     assert_eq!(claims["sub"], r["user"]["id"]);
     assert_eq!(
         claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
@@ -43,13 +50,43 @@ async fn access_token_claims_and_jwks() {
     validation.set_issuer(&[claims["iss"].as_str().unwrap()]);
     jsonwebtoken::decode::<Value>(token, &key, &validation).expect("verifies with the JWKS");
 
+    // The discovery document: issuer and jwks_uri only (RFC 8414 section 2 members; no claims about
+    // ID tokens or endpoints this service does not have), and jwks_uri points at this server.
     let oidc: Value = app.get_json("/.well-known/openid-configuration").await;
-    assert_eq!(oidc["issuer"], claims["iss"]);
+    assert_eq!(
+        oidc,
+        json!({ "issuer": claims["iss"], "jwks_uri": app.url("/.well-known/jwks.json") })
+    );
+    let keys = app
+        .client
+        .get(oidc["jwks_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keys.status(), 200);
+}
+
+/// An access token never outlives its session: issued 3 s before the session's absolute end, it
+/// expires with the session, not 900 s later, and says so in expiresInSeconds.
+#[tokio::test]
+async fn access_token_expires_with_its_session() {
+    let app = TestApp::spawn_with(|c| c.tokens.session_ttl_seconds = 5).await;
+    let r = app.sign_up(PHONE, PASSWORD).await;
+    let claims = part(r["accessToken"].as_str().unwrap(), 1);
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(lifetime <= 5, "exp is the session's end: {claims}");
+    assert!(r["expiresInSeconds"].as_u64().unwrap() <= 5, "{r}");
+    // A refresh 2 s later: the new token ends with the same session, sooner still.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let n = app.gql(REFRESH, json!({ "t": r["refreshToken"] })).await;
+    let renewed = part(n["data"]["refreshToken"]["accessToken"].as_str().unwrap(), 1);
     assert!(
-        oidc["jwks_uri"]
-            .as_str()
-            .unwrap()
-            .ends_with("/.well-known/jwks.json")
+        renewed["exp"].as_u64().unwrap() <= claims["exp"].as_u64().unwrap() + 1,
+        "{renewed}"
+    );
+    assert!(
+        renewed["exp"].as_u64().unwrap() - renewed["iat"].as_u64().unwrap() <= 3,
+        "{renewed}"
     );
 }
 

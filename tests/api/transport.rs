@@ -169,3 +169,45 @@ async fn an_explicit_null_is_not_the_default() {
         "the refused request ran a resolver"
     );
 }
+
+/// GraphQL over HTTP corners (the graphql-http audit): a body without `query` (a typo, or an Apollo
+/// persisted-query hash alone) is a 400 that says so; a request that never executed has no `data`
+/// key; syntax errors are GRAPHQL_PARSE_FAILED, validation errors GRAPHQL_VALIDATION_FAILED.
+#[tokio::test]
+async fn requests_without_a_document_and_request_errors() {
+    let app = TestApp::spawn().await;
+    let (s, v) = post(&app, "application/json", r#"{"qeury":"{ me { id } }"}"#).await;
+    assert_eq!((s, code(&v)), (400, Some("BAD_REQUEST")), "{v}");
+    assert!(
+        v["errors"][0]["message"].as_str().unwrap().contains("no `query`"),
+        "{v}"
+    );
+    let apq = r#"{"extensions":{"persistedQuery":{"version":1,"sha256Hash":"ecf4edb46db40b5132295c0291d62fb65d6759a9eedfa4d5d612dd5ec54a6b38"}}}"#;
+    let (s, v) = post(&app, "application/json", apq).await;
+    assert_eq!((s, code(&v)), (400, Some("PERSISTED_QUERY_NOT_SUPPORTED")), "{v}");
+    assert!(v.get("data").is_none(), "{v}");
+
+    for accept in ["application/graphql-response+json", "application/json"] {
+        for (query, expected, status) in [
+            ("{ me { id ", "GRAPHQL_PARSE_FAILED", 400),
+            ("{ nope }", "GRAPHQL_VALIDATION_FAILED", 400),
+        ] {
+            let res = app
+                .client
+                .post(app.url("/graphql"))
+                .header("accept", accept)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap();
+            let want = if accept == "application/json" { 200 } else { status };
+            assert_eq!(res.status().as_u16(), want, "{accept} {query}");
+            let v: Value = res.json().await.unwrap();
+            assert_code(&v, expected);
+            assert!(v.get("data").is_none(), "{accept} {query}: no data key: {v}");
+        }
+    }
+    // An executed request keeps its data key, null or not.
+    let v = app.me(None).await;
+    assert!(v.get("data").is_some() && v["data"]["me"].is_null(), "{v}");
+}

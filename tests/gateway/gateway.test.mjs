@@ -27,6 +27,8 @@ import { buildSubgraphSchema } from '@apollo/subgraph';
 import { GraphQLError, parse } from 'graphql';
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 
+import { runAudit } from './audit.mjs';
+
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.PHONE_AUTH_BIN
   ? path.resolve(process.env.PHONE_AUTH_BIN)
@@ -41,6 +43,8 @@ const AUDIENCE = 'phone-auth';
 const PASSWORD = 'violet-anchor-1987';
 // A valid US number (650-253 is a real Mountain View exchange) with random last 4 digits.
 const PHONE = `+1650253${String(randomInt(0, 10_000)).padStart(4, '0')}`;
+// A second user, the buyer of the other order (650-254 is another real exchange).
+const OTHER_PHONE = `+1650254${String(randomInt(0, 10_000)).padStart(4, '0')}`;
 
 const STEP_MS = 10_000; // any single request or wait for a code
 const START_MS = 45_000; // any one part starting (the server creates its database first)
@@ -127,7 +131,7 @@ class PhoneAuth {
         DATABASE_URL: `${PG_SERVER}/${DB_NAME}`,
         REDIS_URL,
         REDIS_KEY_PREFIX: REDIS_PREFIX,
-        JWT_ISSUER: this.origin,
+        // No JWT_ISSUER: its default is the address the server listens on, which is this.origin.
         JWT_AUDIENCE: AUDIENCE,
         SMS_PROVIDER: 'log',
         RUST_LOG: 'info',
@@ -208,7 +212,7 @@ async function startPhoneAuth() {
   await access(BIN, constants.X_OK).catch(() => {
     throw new Error(`no phone-auth binary at ${BIN}: run \`cargo build\` first (or set PHONE_AUTH_BIN)`);
   });
-  // The port is chosen before the server binds it (JWT_ISSUER names it), so another process may take
+  // The port is chosen before the server binds it (LISTEN_ADDR names it), so another process may take
   // it in between: then try another one.
   for (let attempt = 1; ; attempt++) {
     const server = new PhoneAuth(await freePort());
@@ -237,6 +241,7 @@ function pointsFor(id) {
 async function startLoyalty({ jwksUrl, issuer }) {
   const jwks = createRemoteJWKSet(new URL(jwksUrl), { timeoutDuration: 5_000 });
   const seen = []; // { sub, via } of every request that carried a verified token
+  const orders = []; // { id, buyerId }: filled by the test once its users exist
   const typeDefs = parse(`
     extend schema @link(url: "https://specs.apollo.dev/federation/v2.5", import: ["@key"])
 
@@ -245,8 +250,24 @@ async function startLoyalty({ jwksUrl, issuer }) {
       "Only for the user the bearer token belongs to; null for anyone else."
       loyaltyPoints: Int
     }
+
+    "An order of some user: a list of users from another subgraph, as a shop would have."
+    type Order {
+      id: ID!
+      buyer: User!
+    }
+
+    type Query {
+      orders: [Order!]!
+    }
   `);
   const resolvers = {
+    Query: {
+      orders: () => orders,
+    },
+    Order: {
+      buyer: (order) => ({ __typename: 'User', id: order.buyerId }),
+    },
     User: {
       __resolveReference: (ref) => ({ id: ref.id }),
       loyaltyPoints: (user, _args, ctx) => (ctx.sub !== null && ctx.sub === user.id ? pointsFor(user.id) : null),
@@ -279,7 +300,7 @@ async function startLoyalty({ jwksUrl, issuer }) {
       }
     },
   });
-  return { server, url, seen };
+  return { server, url, seen, orders };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -400,8 +421,16 @@ describe('phone-auth behind @apollo/gateway', { timeout: 110_000 }, () => {
     async () => {
       try {
         phoneAuth = await startPhoneAuth();
+        // As a verifier given only the issuer would: the keys' address from the discovery document.
+        const discovery = await fetch(`${phoneAuth.origin}/.well-known/openid-configuration`, {
+          signal: AbortSignal.timeout(STEP_MS),
+        }).then((r) => r.json());
+        assert.deepEqual(discovery, {
+          issuer: phoneAuth.origin,
+          jwks_uri: `${phoneAuth.origin}/.well-known/jwks.json`,
+        });
         loyalty = await withTimeout(
-          startLoyalty({ jwksUrl: `${phoneAuth.origin}/.well-known/jwks.json`, issuer: phoneAuth.origin }),
+          startLoyalty({ jwksUrl: discovery.jwks_uri, issuer: discovery.issuer }),
           START_MS,
           'loyalty subgraph start',
         );
@@ -494,6 +523,65 @@ describe('phone-auth behind @apollo/gateway', { timeout: 110_000 }, () => {
     });
     // The gateway forwarded the token and loyalty verified it with jose.
     assert.deepEqual(loyalty.seen.slice(before), [{ sub: state.userId, via: 'gateway' }]);
+  });
+
+  it('a list of users from the other subgraph degrades per field: only the viewer\'s phone, names of both', async () => {
+    started();
+    assert.ok(state.token, 'sign-up must have succeeded');
+    // A second user, signed up directly (the gateway path is the test above).
+    await gql(phoneAuth.graphqlUrl, 'mutation($p: String!) { generateCode(phone: $p) { phone } }', {
+      variables: { p: OTHER_PHONE },
+    });
+    const code = await phoneAuth.waitForCode(OTHER_PHONE);
+    const verified = await gql(
+      phoneAuth.graphqlUrl,
+      'mutation($p: String!, $c: String!) { verifyUser(phone: $p, code: $c) { registrationToken } }',
+      { variables: { p: OTHER_PHONE, c: code } },
+    );
+    const registered = await gql(
+      phoneAuth.graphqlUrl,
+      'mutation($i: RegisterInput!) { register(input: $i) { user { id } } }',
+      {
+        variables: {
+          i: {
+            registrationToken: verified.body.data.verifyUser.registrationToken,
+            password: PASSWORD,
+            firstName: 'Grace',
+          },
+        },
+      },
+    );
+    assert.equal(registered.body.errors, undefined, show(registered.body));
+    const otherId = registered.body.data.register.user.id;
+    loyalty.orders.splice(0, loyalty.orders.length, { id: 'o1', buyerId: state.userId }, { id: 'o2', buyerId: otherId });
+
+    const ORDERS = '{ orders { id buyer { id firstName phone } } }';
+    const mine = await gql(gw.url, ORDERS, { token: state.token });
+    assert.equal(mine.status, 200, show(mine.body));
+    assert.equal(mine.body.errors, undefined, show(mine.body));
+    assert.deepEqual(mine.body.data, {
+      orders: [
+        { id: 'o1', buyer: { id: state.userId, firstName: 'Ada', phone: PHONE } },
+        { id: 'o2', buyer: { id: otherId, firstName: 'Grace', phone: null } },
+      ],
+    });
+
+    const anonymous = await gql(gw.url, ORDERS);
+    assert.equal(anonymous.body.errors, undefined, show(anonymous.body));
+    assert.deepEqual(anonymous.body.data, {
+      orders: [
+        { id: 'o1', buyer: { id: state.userId, firstName: 'Ada', phone: null } },
+        { id: 'o2', buyer: { id: otherId, firstName: 'Grace', phone: null } },
+      ],
+    });
+  });
+
+  it('passes the GraphQL over HTTP audit of graphql-http: no error, warning or notice', async () => {
+    started();
+    const { counts, findings } = await withTimeout(runAudit(phoneAuth.graphqlUrl), 60_000, 'graphql-http audit');
+    assert.deepEqual(findings, [], show(findings));
+    assert.equal(counts.error + counts.warn + counts.notice, 0, show(counts));
+    assert.ok(counts.ok > 50, show(counts));
   });
 
   it('`me` is null without a token, and with a tampered one', async () => {

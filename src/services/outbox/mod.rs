@@ -72,6 +72,8 @@ pub struct OutboxSettings {
     pub app_name: String,
     pub template: String,
     pub webotp_domain: Option<String>,
+    /// Android SMS Retriever app hash (`SMS_ANDROID_APP_HASH`), see `sms::render`.
+    pub android_app_hash: Option<String>,
 }
 
 /// What happened to jobs, for tests and operators.
@@ -406,6 +408,7 @@ impl Outbox {
             &code,
             self.settings.code_ttl.as_secs(),
             self.settings.webotp_domain.as_deref(),
+            self.settings.android_app_hash.as_deref(),
         );
         // The code is useless once it has expired: that, not a count, bounds the retries.
         let deadline_ms = job
