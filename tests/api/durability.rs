@@ -14,6 +14,8 @@ use crate::private_redis::PrivateRedis;
 /// A complete production profile pointed at `redis` (the SMS sender is the test's).
 fn production(c: &mut Config, redis: &PrivateRedis) {
     c.app_env = AppEnv::Production;
+    // Production refuses a loopback issuer (the address gateways reach us at).
+    c.tokens.jwt_issuer = Some("https://auth.example.com".into());
     c.stores.redis_durability_check = DurabilityCheck::Refuse;
     c.stores.redis_url = SecretString::from(redis.url.clone());
     c.tokens.jwt_signing_keys = Some(SecretString::from(

@@ -157,6 +157,7 @@ async fn graphiql_setting_turns_the_page_and_its_assets_on_and_off() {
     let production = |graphiql: Option<bool>| {
         move |c: &mut phone_auth::config::Config| {
             c.app_env = phone_auth::config::AppEnv::Production;
+            c.tokens.jwt_issuer = Some("https://auth.example.com".into());
             c.http.graphiql = graphiql;
             c.tokens.jwt_signing_keys = Some(
                 phone_auth::services::tokens::SigningKey::generate()
