@@ -11,6 +11,7 @@ mod lockout;
 mod ops;
 mod otp;
 mod outbox;
+mod process;
 mod redis_roundtrips;
 mod register;
 mod schema;
