@@ -7,6 +7,7 @@ mod helpers;
 mod federation;
 mod flow;
 mod hostile;
+mod instances;
 mod lockout;
 mod ops;
 mod otp;
