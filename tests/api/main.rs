@@ -2,21 +2,22 @@
 //! Integration tests: one binary (one link), many modules. Each test spawns the service over HTTP on
 //! the real PostgreSQL and Redis with its own database and key prefix, so they run in parallel.
 
-mod helpers;
-
 mod browser_apps;
 mod durability;
 mod faults;
 mod federation;
 mod flow;
 mod graphiql;
+mod helpers;
 mod hostile;
+mod instances;
 mod lockout;
 mod ops;
 mod otp;
 mod outbox;
 mod private_pg;
 mod private_redis;
+mod process;
 mod redis_roundtrips;
 mod register;
 mod schema;

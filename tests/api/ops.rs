@@ -2,141 +2,14 @@
 //! recorder and its log output are its own), the audit trail, and the admin commands (each driven
 //! through the binary, as an operator would).
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::process::{BIN, Process, sample};
 use crate::stub::{Reply, Stub};
-
-const BIN: &str = env!("CARGO_BIN_EXE_phone-auth");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The service as a child process with its own database and key prefix; stdout collected.
-struct Process {
-    child: Child,
-    addr: String,
-    metrics: String,
-    out: Arc<Mutex<Vec<String>>>,
-    db: String,
-    client: reqwest::Client,
-}
-
-impl Process {
-    async fn start(extra: &[(&str, String)]) -> Process {
-        let (port, metrics_port) = (free_port(), free_port());
-        let db = format!("phone_auth_test_{}", uuid::Uuid::new_v4().simple());
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear()
-            .env("APP_ENV", "test")
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
-            .env("DATABASE_URL", format!("{}/{db}", server_url()))
-            .env("REDIS_URL", redis_url())
-            .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
-            .env("OTP_HMAC_SECRET", "test-secret-test-secret-test-secret!")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let p = Process {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
-            out,
-            db,
-            client: reqwest::Client::new(),
-        };
-        let start = Instant::now();
-        while p.client.get(format!("{}/healthz", p.addr)).send().await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the service did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        p
-    }
-
-    async fn gql(&self, query: &str, variables: Value) -> Value {
-        self.client
-            .post(format!("{}/graphql", self.addr))
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn scrape(&self) -> String {
-        self.client
-            .get(&self.metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.out.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let db = self.db.clone();
-        // Dropped from a thread of its own: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(async move {
-                use sqlx::Connection as _;
-                if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{}/postgres", server_url())).await {
-                    let drop = format!("drop database if exists \"{db}\" with (force)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut c).await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
-/// The value of one sample line `name{labels} value`, matching every given label.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 const GENERATE: &str = "mutation($p: String!) { generateCode(phone: $p) { phone } }";
 const VERIFY: &str =
