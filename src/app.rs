@@ -287,10 +287,10 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         }
     });
 
-    let workers = spawn_workers(&outbox, config.sms.sms_workers);
+    let _workers = spawn_workers(&outbox, config.sms.sms_workers);
     if config.sms.sms_workers > 0 {
         tracing::info!(
-            workers = workers.len(),
+            workers = config.sms.sms_workers,
             "SMS delivery workers started in this process"
         );
     }

@@ -94,7 +94,10 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     let secret = secrecy::SecretSlice::from(secrecy::ExposeSecret::expose_secret(secret).as_bytes().to_vec());
     let outbox = std::sync::Arc::new(phone_auth::app::build_outbox(&config, provider, &secret).await?);
     let workers = phone_auth::services::outbox::spawn_workers(&outbox, config.sms.sms_workers.max(1));
-    tracing::info!(workers = workers.len(), "SMS delivery workers running");
+    tracing::info!(
+        workers = config.sms.sms_workers.max(1),
+        "SMS delivery workers running"
+    );
     shutdown_signal().await;
     // A job in flight when a worker stops stays pending and is claimed by another worker later.
     for w in workers {

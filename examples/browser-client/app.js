@@ -82,12 +82,20 @@ $('phone-form').addEventListener('submit', async (event) => {
       { p: $('phone').value },
     );
     phone = generateCode.phone;
-    show('code-form', 'password-form');
+    show('code-form');
     say(`Code sent to ${phone}.`, true);
     listenForCode();
   } catch (e) {
     say(e.message);
   }
+});
+
+// Password sign-in needs no SMS: the phone as typed (the server normalises it).
+$('use-password').addEventListener('click', () => {
+  if (!$('phone').reportValidity()) return;
+  phone = $('phone').value;
+  show('password-form');
+  say('');
 });
 
 $('code-form').addEventListener('submit', async (event) => {

@@ -146,9 +146,9 @@ describe('the example browser client on another origin (cookie mode)', { timeout
       const after = await page.browserContext().cookies(api.origin);
       assert.ok(!after.some((c) => c.name.startsWith('__Host-')), 'the cookie is gone after sign-out');
 
-      // Password sign-in (the code form is offered too; the password form is used).
+      // Password sign-in: no code is sent for it.
       await fill('#phone', TEST_PHONE);
-      await page.click('#phone-form button');
+      await page.click('#use-password');
       await visible('#password-form');
       await fill('#login-password', PASSWORD);
       await page.click('#password-form button');
