@@ -1,6 +1,11 @@
 //! The one definition of an SMS delivery job: the fields `generateCode`'s script writes (through the
 //! Lua snippet below, which `services::otp` embeds in its script) and the parse the workers read them
 //! back with. Nothing else knows the stream's field names.
+//!
+//! Two kinds of job: a code (fields `id`, `to`, `code`, `created_ms`), and a notice (`id`, `to`,
+//! `kind`, `created_ms`, no code): a fixed message about the account, e.g. `phone_changed` to the
+//! number an account has left. A notice carries no text of its own: the worker renders it from its
+//! kind, so nothing personal sits in the stream.
 
 use redis::streams::StreamId;
 
@@ -18,6 +23,49 @@ local function outbox_append(stream, ttl, id, to, code, created_ms)
 end
 ";
 
+/// The notices there are (the `kind` field of a notice job).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// To the old number, once an account moved to another one.
+    PhoneChanged,
+}
+
+impl Notice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notice::PhoneChanged => "phone_changed",
+        }
+    }
+
+    fn parse(kind: &str) -> Option<Notice> {
+        match kind {
+            "phone_changed" => Some(Notice::PhoneChanged),
+            _ => None,
+        }
+    }
+
+    /// The message text. Says which app, never the new number.
+    pub fn render(self, app: &str) -> String {
+        match self {
+            Notice::PhoneChanged => format!(
+                "{app}: the phone number of your account was changed to another number. If this was not \
+                 you, contact support."
+            ),
+        }
+    }
+}
+
+// KEYS: the outbox. ARGV: max len, ttl, message id, to, kind, created ms. Returns 0 when the outbox is
+// full (the notice is not queued), 1 queued.
+const APPEND_NOTICE_LUA: &str = r"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'id', ARGV[3], 'to', ARGV[4], 'kind', ARGV[5], 'created_ms', ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
 /// What a script needs to append jobs to the outbox: its key, its cap and its TTL. Handed out by
 /// `Outbox::appender`, so the code service appends where the workers read.
 #[derive(Clone, Debug)]
@@ -28,13 +76,42 @@ pub struct Appender {
     pub ttl_seconds: u64,
 }
 
+impl Appender {
+    /// Queues a notice to `to`. False when the outbox is full (nothing queued): a notice is worth
+    /// less than the codes that fill it, and is not forced in.
+    pub async fn append_notice(
+        &self,
+        redis: &redis::aio::ConnectionManager,
+        to: &str,
+        notice: Notice,
+    ) -> redis::RedisResult<bool> {
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let queued: i64 = redis::Script::new(APPEND_NOTICE_LUA)
+            .key(&self.stream_key)
+            .arg(self.max_len)
+            .arg(self.ttl_seconds)
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(to)
+            .arg(notice.as_str())
+            .arg(created_ms)
+            .invoke_async(&mut redis.clone())
+            .await?;
+        Ok(queued == 1)
+    }
+}
+
 /// A job read back from the stream.
 pub(super) struct Job {
     pub stream_id: String,
     /// The message's id (a UUID): the idempotency key providers dedupe on.
     pub message_id: String,
     pub to: String,
+    /// Empty for a notice.
     pub code: String,
+    /// Set for a notice (then there is no code).
+    pub notice: Option<Notice>,
     pub created_ms: u64,
 }
 
@@ -42,10 +119,20 @@ impl Job {
     /// None for an entry that is not a job of ours (it is left alone).
     pub fn parse(entry: StreamId) -> Option<Job> {
         let field = |name: &str| entry.get::<String>(name);
+        // A `kind` we do not know is not a job of ours either.
+        let notice = match field("kind") {
+            Some(kind) => Some(Notice::parse(&kind)?),
+            None => None,
+        };
         Some(Job {
             message_id: field("id")?,
             to: field("to")?,
-            code: field("code")?,
+            code: if notice.is_some() {
+                String::new()
+            } else {
+                field("code")?
+            },
+            notice,
             created_ms: field("created_ms")?.parse().ok()?,
             stream_id: entry.id,
         })

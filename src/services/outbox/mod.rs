@@ -3,7 +3,7 @@
 //! consumer group.
 //!
 //! Keys (bounded by length, and with a TTL like every key of the service):
-//! - `sms:outbox` jobs {id, to, code, created_ms}; at most `max_len` (a full outbox refuses new codes
+//! - `sms:outbox` jobs {id, to, code, created_ms}, and notices {id, to, kind, created_ms} (job.rs); at most `max_len` (a full outbox refuses new codes
 //!   with SERVICE_UNAVAILABLE rather than trimming undelivered jobs); consumer group `sms-workers`.
 //!   TTL `outbox_ttl(code lifetime)`, renewed by every new job: when it lapses, no job has been added
 //!   for twice a code's lifetime (at least an hour), so every job left is one that would be dropped
@@ -20,7 +20,8 @@
 //! exponential backoff and full jitter; before each retry the worker re-claims the job (XCLAIM JUSTID),
 //! which proves it still owns it and resets its idle time. A job whose worker died stays pending and is
 //! claimed by another worker once idle for `claim_idle` (XAUTOCLAIM). The job id (a UUID) is the
-//! idempotency key providers can dedupe on. A job older than the code's lifetime is dropped, not sent.
+//! idempotency key providers can dedupe on. A code job older than the code's lifetime is dropped, not
+//! sent (a notice, after the stream's TTL).
 //!
 //! Connections: every command but the blocking read goes over one shared `ConnectionManager`
 //! (multiplexed, reconnects by itself). A blocking read (XREADGROUP BLOCK) must never hold up a shared
@@ -47,8 +48,8 @@ use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
 mod job;
 
 pub(crate) use job::APPEND_LUA;
-pub use job::Appender;
 use job::Job;
+pub use job::{Appender, Notice};
 
 pub const GROUP: &str = "sms-workers";
 
@@ -323,17 +324,26 @@ impl Outbox {
     /// Delivers one job to its end: `Some("")` delivered, `Some(reason)` to be dead-lettered (or
     /// dropped as expired), `None` if another worker took the job over (it finishes it).
     async fn deliver(&self, name: &str, job: &Job) -> Option<String> {
-        let body = render(
-            &self.settings.template,
-            &self.settings.app_name,
-            &job.code,
-            self.settings.code_ttl.as_secs(),
-            self.settings.webotp_domain.as_deref(),
-        );
+        let body = match job.notice {
+            Some(notice) => notice.render(&self.settings.app_name),
+            None => render(
+                &self.settings.template,
+                &self.settings.app_name,
+                &job.code,
+                self.settings.code_ttl.as_secs(),
+                self.settings.webotp_domain.as_deref(),
+            ),
+        };
+        // A code is useless once expired; a notice is still worth sending for as long as the stream
+        // keeps it (at least an hour: `outbox_ttl_seconds`).
+        let max_age_ms = match job.notice {
+            Some(_) => outbox_ttl_seconds(self.settings.code_ttl.as_secs()) * 1000,
+            None => self.settings.code_ttl.as_millis() as u64,
+        };
         let mut attempt = 1u32;
         loop {
-            if now_ms().saturating_sub(job.created_ms) > self.settings.code_ttl.as_millis() as u64 {
-                tracing::info!(message_id = %job.message_id, "outbox: job older than the code's lifetime: dropped");
+            if now_ms().saturating_sub(job.created_ms) > max_age_ms {
+                tracing::info!(message_id = %job.message_id, "outbox: job too old to be worth sending: dropped");
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
                 return Some("expired".to_owned());
             }
