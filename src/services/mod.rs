@@ -6,6 +6,7 @@ pub mod lockout;
 pub mod otp;
 pub mod outbox;
 pub mod password;
+pub mod phone_change;
 pub mod registration;
 pub mod sessions;
 pub mod sms;

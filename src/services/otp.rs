@@ -283,6 +283,16 @@ impl OtpService {
         }
     }
 
+    /// Ends the pending code of `phone`, if any (a password change, a deleted account). The phone's
+    /// budgets stay: they count what was sent and tried, whatever became of the account.
+    pub async fn revoke(&self, phone: &PhoneNumber) -> AppResult<()> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.phone(phone, "otp"))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
     /// Checks `code` against the pending code of `phone` and consumes it if it matches.
     #[tracing::instrument(skip(self, code))]
     pub async fn consume(&self, phone: &PhoneNumber, code: &OtpCode, client: &str) -> AppResult<()> {
