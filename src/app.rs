@@ -23,6 +23,7 @@ use crate::services::lockout::LockoutService;
 use crate::services::otp::{OtpService, TestNumbers};
 use crate::services::outbox::{Outbox, spawn_workers};
 use crate::services::password::PasswordHasher;
+use crate::services::phone_change::PhoneChanges;
 use crate::services::registration::RegistrationTokens;
 use crate::services::sessions::SessionStore;
 use crate::services::sms::{LogSender, SmsSender, TwilioSender, WebhookSender, http_client};
@@ -214,10 +215,13 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         tokens,
         registration: RegistrationTokens::new(
             redis.clone(),
-            key_names,
+            key_names.clone(),
             config.otp.registration_token_ttl_seconds,
         ),
         hasher,
+        phone_changes: PhoneChanges::new(redis.clone(), key_names, config.otp.otp_ttl_seconds),
+        notices: outbox.appender(),
+        reauth_seconds: tokens_config.reauth_seconds,
         pg: pg.clone(),
         redis: redis.clone(),
     }));

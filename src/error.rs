@@ -29,6 +29,12 @@ pub enum AppError {
     InvalidToken,
     PhoneAlreadyRegistered,
     Unauthenticated,
+    /// A sensitive change (new phone, deleting the account) needs a session signed in within the last
+    /// `REAUTH_SECONDS`; this one is older: sign in again.
+    ReauthenticationRequired,
+    /// No such thing for this caller (a session id that is not one of the caller's live sessions:
+    /// another user's is answered the same as one that never existed).
+    NotFound,
     /// The caller may not see this (another user's phone).
     Forbidden,
     /// A dependency is down; the client may retry.

@@ -21,6 +21,8 @@ pub mod codes {
     pub const INVALID_TOKEN: &str = "INVALID_TOKEN";
     pub const PHONE_ALREADY_REGISTERED: &str = "PHONE_ALREADY_REGISTERED";
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const REAUTHENTICATION_REQUIRED: &str = "REAUTHENTICATION_REQUIRED";
+    pub const NOT_FOUND: &str = "NOT_FOUND";
     pub const FORBIDDEN: &str = "FORBIDDEN";
     pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
@@ -47,6 +49,8 @@ pub fn code(e: &AppError) -> &'static str {
         AppError::InvalidToken => INVALID_TOKEN,
         AppError::PhoneAlreadyRegistered => PHONE_ALREADY_REGISTERED,
         AppError::Unauthenticated => UNAUTHENTICATED,
+        AppError::ReauthenticationRequired => REAUTHENTICATION_REQUIRED,
+        AppError::NotFound => NOT_FOUND,
         AppError::Forbidden => FORBIDDEN,
         AppError::Unavailable(_) | AppError::Overloaded { .. } => SERVICE_UNAVAILABLE,
         AppError::Internal(_) => INTERNAL_SERVER_ERROR,
@@ -71,6 +75,10 @@ fn client_message(e: &AppError) -> String {
         AppError::InvalidToken => "The token is invalid, expired or already used.".into(),
         AppError::PhoneAlreadyRegistered => "This phone number is already registered.".into(),
         AppError::Unauthenticated => "Sign in first: a valid access token is required.".into(),
+        AppError::ReauthenticationRequired => {
+            "This change needs a recent sign-in: sign in again (password or code), then retry.".into()
+        }
+        AppError::NotFound => "Not found.".into(),
         AppError::Forbidden => "Only the user may see this.".into(),
         AppError::Unavailable(_) => "The service is temporarily unavailable. Try again.".into(),
         AppError::Overloaded { retry_after_seconds } => {

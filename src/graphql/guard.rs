@@ -12,7 +12,18 @@ use async_graphql::parser::types::{
 use async_graphql::{Name, Positioned};
 
 /// Mutations that check or spend a secret, or cost money (SMS): one per document.
-pub const AUTH_MUTATIONS: [&str; 5] = ["generateCode", "verifyUser", "register", "login", "refreshToken"];
+pub const AUTH_MUTATIONS: [&str; 9] = [
+    "generateCode",
+    "verifyUser",
+    "register",
+    "login",
+    "refreshToken",
+    // Each checks a password or a code, or sends one.
+    "changePassword",
+    "resetPassword",
+    "requestPhoneChange",
+    "confirmPhoneChange",
+];
 
 /// The standard introspection query (GraphiQL's) nests 13 fields deep through `ofType`; introspection
 /// is exempt from `max_depth` (as in graphql-armor) but capped here so that it cannot be nested into an

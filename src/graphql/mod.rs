@@ -2,6 +2,7 @@
 //! function, and map the result to output types. Errors go out through `From<AppError>`, which sets
 //! `extensions.code`.
 
+mod account;
 pub mod documents;
 pub mod error;
 pub mod guard;
@@ -12,15 +13,25 @@ mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, Schema, SchemaBuilder};
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-pub use mutation::Mutation;
-pub use query::Query;
-
 use crate::services::auth::AuthService;
+use crate::services::sessions::Device;
 use crate::services::users::User;
+
+/// Sign-up and sign-in by phone, and the rest of an account's life.
+///
+/// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
+/// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED
+/// (with `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED,
+/// REAUTHENTICATION_REQUIRED, NOT_FOUND, FORBIDDEN, SERVICE_UNAVAILABLE, INTERNAL_SERVER_ERROR.
+#[derive(MergedObject, Default)]
+pub struct Mutation(mutation::AuthMutation, account::AccountMutation);
+
+#[derive(MergedObject, Default)]
+pub struct Query(query::AuthQuery, account::AccountQuery);
 
 pub type AuthSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -31,6 +42,9 @@ pub struct RequestContext {
     pub bearer: Option<String>,
     /// The caller's per-IP budget key (`client_ip::budget_key`).
     pub client: String,
+    /// The caller's address and `User-Agent`, recorded on the sessions it signs in (`mySessions`).
+    pub ip: Option<std::net::IpAddr>,
+    pub user_agent: Option<String>,
     /// The caller (user, session id) once checked: at most one session lookup per request.
     pub viewer: Arc<OnceCell<Option<(User, Uuid)>>>,
 }
@@ -42,6 +56,13 @@ impl std::fmt::Debug for RequestContext {
             .field("client", &self.client)
             .finish_non_exhaustive()
     }
+}
+
+/// The device of the caller, for a session it signs in.
+pub(crate) fn device(ctx: &Context<'_>) -> Device {
+    ctx.data_opt::<RequestContext>()
+        .map(|r| Device::new(r.user_agent.as_deref(), r.ip))
+        .unwrap_or_default()
 }
 
 /// The signed-in caller of this request: a valid bearer token whose session is live.
@@ -58,7 +79,7 @@ pub async fn viewer<'a>(ctx: &Context<'a>) -> Result<Option<&'a (User, Uuid)>, c
 }
 
 pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query, Mutation, EmptySubscription).enable_federation()
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription).enable_federation()
 }
 
 /// In production, introspection and "did you mean" suggestions are off: they map the API for an

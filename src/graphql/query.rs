@@ -7,10 +7,11 @@ use crate::graphql::types::User;
 use crate::graphql::viewer;
 use crate::services::auth::AuthService;
 
-pub struct Query;
+#[derive(Default)]
+pub struct AuthQuery;
 
 #[Object]
-impl Query {
+impl AuthQuery {
     /// The signed-in user: null without a valid access token whose session is still live (not logged
     /// out, not expired).
     async fn me(&self, ctx: &Context<'_>) -> Result<Option<User>> {

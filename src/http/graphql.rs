@@ -183,6 +183,11 @@ async fn execute(
     let context = RequestContext {
         bearer: bearer_token(headers),
         client: budget_key(client_ip),
+        ip: Some(client_ip),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         ..RequestContext::default()
     };
     let mut response = state.schema.execute(request.data(context)).await;

@@ -1,5 +1,11 @@
 //! The sign-up and sign-in flows, composed from the single-concern services. Owns no state of its own.
 //! Callers (resolvers, the HTTP edge, tests) go through its methods, never round them to a store.
+//! The flows after sign-up (password change and reset, phone change, devices, deletion) are in
+//! `account`.
+
+mod account;
+
+pub use account::{MySessions, PasswordChanged};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,9 +19,11 @@ use crate::domain::{OtpCode, Password, PersonName, PhoneNumber, PhonePolicy};
 use crate::error::{AppError, AppResult};
 use crate::services::lockout::LockoutService;
 use crate::services::otp::OtpService;
+use crate::services::outbox::Appender;
 use crate::services::password::PasswordHasher;
+use crate::services::phone_change::PhoneChanges;
 use crate::services::registration::RegistrationTokens;
-use crate::services::sessions::{NewSession, SessionStore};
+use crate::services::sessions::{Amr, Device, NewSession, SessionAuth, SessionStore};
 use crate::services::tokens::TokenService;
 use crate::services::users::{User, UserStore};
 
@@ -28,7 +36,12 @@ pub struct AuthService {
     tokens: TokenService,
     registration: RegistrationTokens,
     hasher: PasswordHasher,
-    /// The stores themselves, for readiness only.
+    phone_changes: PhoneChanges,
+    /// Where notices (the old number's "your phone was changed") are queued.
+    notices: Appender,
+    /// How recent a sign-in must be for a sensitive change (`REAUTH_SECONDS`).
+    reauth_seconds: u64,
+    /// The stores themselves: readiness, and the transactions of `account` that span two stores.
     pg: PgPool,
     redis: ConnectionManager,
 }
@@ -43,6 +56,9 @@ pub struct Parts {
     pub tokens: TokenService,
     pub registration: RegistrationTokens,
     pub hasher: PasswordHasher,
+    pub phone_changes: PhoneChanges,
+    pub notices: Appender,
+    pub reauth_seconds: u64,
     pub pg: PgPool,
     pub redis: ConnectionManager,
 }
@@ -86,6 +102,9 @@ impl AuthService {
             tokens: p.tokens,
             registration: p.registration,
             hasher: p.hasher,
+            phone_changes: p.phone_changes,
+            notices: p.notices,
+            reauth_seconds: p.reauth_seconds,
             pg: p.pg,
             redis: p.redis,
         }
@@ -152,16 +171,18 @@ impl AuthService {
         self.sessions.purge_expired().await
     }
 
-    async fn sign_in(&self, user: User) -> AppResult<SignedIn> {
+    async fn sign_in(&self, user: User, method: Amr, device: &Device) -> AppResult<SignedIn> {
         // Boxed: the session insert's future is ~8.8 KB (sqlx), and unboxed it made every flow that
         // can sign in that large, copied whole on each move, even on paths that never sign in (a wrong
         // code: 16% of its instructions were memcpy, callgrind).
-        let session = Box::pin(self.sessions.create(user.id)).await?;
+        let session = Box::pin(self.sessions.create(user.id, SessionAuth::now(method), device)).await?;
         self.signed_in(user, session)
     }
 
     fn signed_in(&self, user: User, session: NewSession) -> AppResult<SignedIn> {
-        let access_token = self.tokens.issue(user.id, session.session_id)?;
+        let access_token = self
+            .tokens
+            .issue_for(user.id, session.session_id, &session.auth)?;
         Ok(SignedIn {
             user,
             access_token,
@@ -188,13 +209,14 @@ impl AuthService {
         phone: &PhoneNumber,
         code: &OtpCode,
         client: &str,
+        device: &Device,
     ) -> AppResult<Verified> {
         self.otp.consume(phone, code, client).await?;
         match self.users.find_by_phone(phone).await? {
             Some(user) => {
                 // Proving the phone is a stronger proof than the password: it lifts a password lock.
                 self.lockout.clear(phone).await?;
-                Ok(Verified::SignedIn(self.sign_in(user).await?))
+                Ok(Verified::SignedIn(self.sign_in(user, Amr::Sms, device).await?))
             }
             None => Ok(Verified::NewPhone {
                 registration_token: self.registration.create(phone).await?,
@@ -210,6 +232,7 @@ impl AuthService {
         password: &Password,
         first_name: Option<&PersonName>,
         last_name: Option<&PersonName>,
+        device: &Device,
     ) -> AppResult<SignedIn> {
         // Check the token before the expensive hash, but use it up only after the hash succeeded, so
         // that a full hashing queue does not cost the user their token. A queue that cannot take the
@@ -228,13 +251,21 @@ impl AuthService {
             )
             .await?;
         self.lockout.clear(&phone).await?;
-        self.sign_in(user).await
+        // The phone was proven by its code moments ago (the token lives 600 s); the password is new,
+        // not proven.
+        self.sign_in(user, Amr::Sms, device).await
     }
 
     /// Password sign-in. Unknown phone and wrong password are the same answer, the same work (a hash
     /// against a dummy) and the same count towards the lock.
     #[tracing::instrument(skip(self, password))]
-    pub async fn login(&self, phone: &PhoneNumber, password: &Password, client: &str) -> AppResult<SignedIn> {
+    pub async fn login(
+        &self,
+        phone: &PhoneNumber,
+        password: &Password,
+        client: &str,
+        device: &Device,
+    ) -> AppResult<SignedIn> {
         // Refused first, before any Redis or PostgreSQL work, when the hash could not start in time:
         // under a login flood the refusals stay cheap.
         self.hasher.check_capacity()?;
@@ -251,7 +282,7 @@ impl AuthService {
         match outcome {
             Ok(Some(user)) => {
                 self.lockout.clear(phone).await?;
-                self.sign_in(user).await
+                self.sign_in(user, Amr::Pwd, device).await
             }
             Ok(None) => {
                 if self.lockout.record_failure(phone, reservation).await? {

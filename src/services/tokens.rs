@@ -1,5 +1,7 @@
 //! Access tokens: JWTs signed with Ed25519 (EdDSA), short-lived (900 s), carrying iss, aud, sub (user
-//! id), sid (session id), iat and exp, and nothing personal (no phone).
+//! id), sid (session id), iat and exp, and nothing personal (no phone). Tokens of a sign-in also carry
+//! `auth_time` and `amr` (RFC 9068 2.2.1; methods named per RFC 8176), the sign-in's time and method,
+//! kept across refreshes: other services can ask for a recent sign-in without calling us.
 //!
 //! Keys come from configuration as `kid:seed` pairs, newest first: the newest signs, all verify, and all
 //! are published as a JWKS so that gateways and other services can verify tokens without calling us.
@@ -36,6 +38,15 @@ pub struct Claims {
     pub sid: String,
     pub iat: u64,
     pub exp: u64,
+}
+
+/// `Claims` plus when and how the session was signed in.
+#[derive(Serialize)]
+struct AuthenticatedClaims<'a> {
+    #[serde(flatten)]
+    base: Claims,
+    auth_time: u64,
+    amr: &'a [String],
 }
 
 pub struct VerifiedToken {
@@ -187,6 +198,34 @@ impl TokenService {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.signing_kid.clone());
         // RFC 9068: marks it an access token, so no other JWT signed with these keys can pass as one.
+        header.typ = Some(ACCESS_TOKEN_TYP.into());
+        jsonwebtoken::encode(&header, &claims, &self.signing_key)
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("jwt encode: {e}")))
+    }
+
+    /// An access token of a session signed in at `auth_time` by `amr`: the claims of `issue` plus
+    /// those two (keep the two in step).
+    pub fn issue_for(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        auth: &crate::services::sessions::SessionAuth,
+    ) -> AppResult<String> {
+        let iat = now();
+        let claims = AuthenticatedClaims {
+            base: Claims {
+                iss: self.issuer.clone(),
+                aud: self.audience.clone(),
+                sub: user_id.to_string(),
+                sid: session_id.to_string(),
+                iat,
+                exp: iat + self.ttl_seconds,
+            },
+            auth_time: auth.auth_time.unix_timestamp().max(0) as u64,
+            amr: &auth.amr,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.signing_kid.clone());
         header.typ = Some(ACCESS_TOKEN_TYP.into());
         jsonwebtoken::encode(&header, &claims, &self.signing_key)
             .map_err(|e| AppError::Internal(anyhow::anyhow!("jwt encode: {e}")))

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod account;
 mod federation;
 mod flow;
 mod hostile;
