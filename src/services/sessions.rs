@@ -56,7 +56,7 @@ impl SessionAuth {
 }
 
 /// Where a sign-in came from, as the HTTP edge saw it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Device {
     pub user_agent: Option<String>,
     pub ip: Option<String>,
@@ -65,6 +65,13 @@ pub struct Device {
 /// A user agent is kept to this many characters: enough for any real browser's (about 150), while a
 /// header can be 8 KiB.
 pub const USER_AGENT_MAX_CHARS: usize = 256;
+
+impl std::fmt::Debug for Device {
+    /// Flows are traced with their arguments: the address and user agent stay out of the log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").finish_non_exhaustive()
+    }
+}
 
 impl Device {
     pub fn new(user_agent: Option<&str>, ip: Option<std::net::IpAddr>) -> Self {

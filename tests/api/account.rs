@@ -107,6 +107,9 @@ async fn change_password_revokes_other_sessions_and_pending_proofs() {
     app.generate_code(PHONE).await;
     let pending_code = app.last_code(PHONE);
     assert!(key_exists(&app, &format!("{{{PHONE}}}:reg_tokens")).await);
+    for (key, ttl) in app.keys_with_ttl().await {
+        assert!(ttl > 0, "{key} without TTL");
+    }
 
     let r = app
         .gql_with(
@@ -426,6 +429,10 @@ async fn phone_change_refusals_change_nothing() {
         "UNAUTHENTICATED",
     );
 
+    // Every key written on the way (pending changes, token indexes) has a TTL.
+    for (key, ttl) in app.keys_with_ttl().await {
+        assert!(ttl > 0, "{key} without TTL");
+    }
     let r = confirm_change(&app, &a, NEW_PHONE, &code).await;
     assert_eq!(r["data"]["confirmPhoneChange"]["phone"], NEW_PHONE, "{r}");
     assert_eq!(phones(&app).await, vec![OTHER.to_owned(), NEW_PHONE.to_owned()]);
