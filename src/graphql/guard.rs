@@ -282,6 +282,19 @@ mod tests {
             ),
             "authMutations"
         );
+        // The account mutations that check a password or a code, or send one, count too.
+        assert_eq!(
+            limit(
+                "mutation { a: changePassword(currentPassword: \"\", newPassword: \"\") { revokedSessions } b: changePassword(currentPassword: \"\", newPassword: \"\") { revokedSessions } }"
+            ),
+            "authMutations"
+        );
+        assert_eq!(
+            limit(
+                "mutation { confirmPhoneChange(newPhone: \"\", code: \"\") { id } resetPassword(phone: \"\", code: \"\", newPassword: \"\") { accessToken } }"
+            ),
+            "authMutations"
+        );
         // logout is not an authentication attempt; one auth mutation with it is fine.
         check("mutation { logout { revokedSessions } login(phone: \"\", password: \"\") { accessToken } }")
             .unwrap();

@@ -138,3 +138,37 @@ impl Job {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn entry(fields: &[(&str, &str)]) -> StreamId {
+        StreamId {
+            id: "1-0".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), redis::Value::BulkString(v.as_bytes().to_vec())))
+                .collect::<HashMap<_, _>>(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn codes_notices_and_strangers() {
+        let base = [("id", "m1"), ("to", "+16502530000"), ("created_ms", "5")];
+        let code = Job::parse(entry(&[base[0], base[1], base[2], ("code", "123456")])).unwrap();
+        assert_eq!((code.code.as_str(), code.notice), ("123456", None));
+        let notice = Job::parse(entry(&[base[0], base[1], base[2], ("kind", "phone_changed")])).unwrap();
+        assert_eq!(
+            (notice.code.as_str(), notice.notice),
+            ("", Some(Notice::PhoneChanged))
+        );
+        assert!(Notice::PhoneChanged.render("Acme").starts_with("Acme: "));
+        // A job of a kind we do not know, or a code job without its code, is not ours.
+        assert!(Job::parse(entry(&[base[0], base[1], base[2], ("kind", "other")])).is_none());
+        assert!(Job::parse(entry(&base)).is_none());
+    }
+}
