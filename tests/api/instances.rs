@@ -43,6 +43,9 @@ impl Cluster {
         let key = SigningKey::generate().unwrap().to_config();
         let mut env: Vec<(&str, String)> = vec![
             ("JWT_SIGNING_KEYS", key),
+            // One issuer for all: by default each names the address it listens on, and tokens of one
+            // would name another issuer than the others accept.
+            ("JWT_ISSUER", "http://auth.test".into()),
             ("SMS_PROVIDER", "webhook".into()),
             ("SMS_WEBHOOK_URL", stub.url("/sms")),
             (
