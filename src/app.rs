@@ -24,6 +24,7 @@ use crate::services::lockout::LockoutService;
 use crate::services::otp::{OtpService, TestNumbers};
 use crate::services::outbox::{CodeCipher, Outbox, spawn_workers};
 use crate::services::password::PasswordHasher;
+use crate::services::phone_change::PhoneChanges;
 use crate::services::redis_server;
 use crate::services::registration::RegistrationTokens;
 use crate::services::sessions::SessionStore;
@@ -258,11 +259,14 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         tokens,
         registration: RegistrationTokens::new(
             redis.clone(),
-            key_names,
+            key_names.clone(),
             config.otp.registration_token_ttl_seconds,
         ),
         hasher,
         audit: AuditLog::start(pg.clone()),
+        phone_changes: PhoneChanges::new(redis.clone(), key_names, config.otp.otp_ttl_seconds),
+        notices: outbox.appender(),
+        reauth_seconds: tokens_config.reauth_seconds,
         pg: pg.clone(),
         redis: redis.clone(),
     }));

@@ -278,6 +278,13 @@ pub struct TokenConfig {
     #[arg(long, env = "SESSION_TTL_SECONDS", default_value_t = 2_592_000)]
     pub session_ttl_seconds: u64,
 
+    /// How recent a sign-in must be, seconds, for a sensitive change (a new phone number, deleting the
+    /// account): older sessions get REAUTHENTICATION_REQUIRED and must sign in again (OWASP ASVS 4.0
+    /// 3.7.1). 600 s is the registration token's lifetime: the window the service already trusts a
+    /// proof of the phone for.
+    #[arg(long, env = "REAUTH_SECONDS", default_value_t = 600)]
+    pub reauth_seconds: u64,
+
     /// `iss` claim of access tokens and the base of the discovery document's `jwks_uri`. Default:
     /// `http://<the address the server listens on>`, so that a verifier that fetches
     /// `<iss>/.well-known/...` reaches this server; set it to the public URL behind a proxy or when

@@ -34,6 +34,12 @@ pub enum AppError {
         limit: &'static str,
         max: usize,
     },
+    /// A sensitive change (new phone, deleting the account) needs a session signed in within the last
+    /// `REAUTH_SECONDS`; this one is older: sign in again.
+    ReauthenticationRequired,
+    /// No such thing for this caller (a session id that is not one of the caller's live sessions:
+    /// another user's is answered the same as one that never existed).
+    NotFound,
     /// A dependency is down; the client may retry.
     Unavailable(anyhow::Error),
     /// A bounded queue is full (password hashing): refused at once, retry after the given time. Not

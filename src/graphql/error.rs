@@ -21,6 +21,8 @@ pub mod codes {
     pub const INVALID_TOKEN: &str = "INVALID_TOKEN";
     pub const PHONE_ALREADY_REGISTERED: &str = "PHONE_ALREADY_REGISTERED";
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const REAUTHENTICATION_REQUIRED: &str = "REAUTHENTICATION_REQUIRED";
+    pub const NOT_FOUND: &str = "NOT_FOUND";
     pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     pub const INTERNAL_SERVER_ERROR: &str = "INTERNAL_SERVER_ERROR";
     // Request-level refusals: nothing was executed.
@@ -51,6 +53,8 @@ pub fn code(e: &AppError) -> &'static str {
         AppError::PhoneAlreadyRegistered => PHONE_ALREADY_REGISTERED,
         AppError::Unauthenticated => UNAUTHENTICATED,
         AppError::LimitExceeded { .. } => QUERY_LIMIT_EXCEEDED,
+        AppError::ReauthenticationRequired => REAUTHENTICATION_REQUIRED,
+        AppError::NotFound => NOT_FOUND,
         AppError::Unavailable(_) | AppError::Overloaded { .. } => SERVICE_UNAVAILABLE,
         AppError::Internal(_) => INTERNAL_SERVER_ERROR,
     }
@@ -77,6 +81,10 @@ fn client_message(e: &AppError) -> String {
         AppError::LimitExceeded { limit, max } => {
             format!("Too many {limit} in one request: at most {max}.")
         }
+        AppError::ReauthenticationRequired => {
+            "This change needs a recent sign-in: sign in again (password or code), then retry.".into()
+        }
+        AppError::NotFound => "Not found.".into(),
         AppError::Unavailable(_) => "The service is temporarily unavailable. Try again.".into(),
         AppError::Overloaded { retry_after_seconds } => {
             format!("The service is busy. Try again in {retry_after_seconds} seconds.")

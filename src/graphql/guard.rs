@@ -12,7 +12,18 @@ use async_graphql::parser::types::{
 use async_graphql::{Name, Positioned};
 
 /// Mutations that check or spend a secret, or cost money (SMS): one per document.
-pub const AUTH_MUTATIONS: [&str; 5] = ["generateCode", "verifyUser", "register", "login", "refreshToken"];
+pub const AUTH_MUTATIONS: [&str; 9] = [
+    "generateCode",
+    "verifyUser",
+    "register",
+    "login",
+    "refreshToken",
+    // Each checks a password or a code, or sends one.
+    "changePassword",
+    "resetPassword",
+    "requestPhoneChange",
+    "confirmPhoneChange",
+];
 
 /// The standard introspection query (GraphiQL's) nests 13 fields deep through `ofType`; introspection
 /// is exempt from `max_depth` (as in graphql-armor) but capped here so that it cannot be nested into an
@@ -268,6 +279,19 @@ mod tests {
         assert_eq!(
             limit(
                 "mutation { ... on Mutation { generateCode(phone: \"\") { phone } } generateCode(phone: \"\") { phone } }"
+            ),
+            "authMutations"
+        );
+        // The account mutations that check a password or a code, or send one, count too.
+        assert_eq!(
+            limit(
+                "mutation { a: changePassword(currentPassword: \"\", newPassword: \"\") { revokedSessions } b: changePassword(currentPassword: \"\", newPassword: \"\") { revokedSessions } }"
+            ),
+            "authMutations"
+        );
+        assert_eq!(
+            limit(
+                "mutation { confirmPhoneChange(newPhone: \"\", code: \"\") { id } resetPassword(phone: \"\", code: \"\", newPassword: \"\") { accessToken } }"
             ),
             "authMutations"
         );

@@ -2,6 +2,7 @@
 //! function, and map the result to output types. Errors go out through `From<AppError>`, which sets
 //! `extensions.code`.
 
+mod account;
 pub mod documents;
 pub mod entities;
 pub mod error;
@@ -13,15 +14,27 @@ mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, Schema, SchemaBuilder};
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema, SchemaBuilder};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-pub use mutation::Mutation;
-pub use query::Query;
-
 use crate::services::auth::AuthService;
+use crate::services::sessions::Device;
 use crate::services::users::User;
+
+/// Sign-up and sign-in by phone, and the rest of an account's life.
+///
+/// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
+/// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED
+/// (with `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED,
+/// REAUTHENTICATION_REQUIRED, NOT_FOUND, SERVICE_UNAVAILABLE, INTERNAL_SERVER_ERROR; and,
+/// before anything runs, FORBIDDEN (HTTP 403) for a mutation that carries the refresh cookie from an
+/// origin not allowed.
+#[derive(MergedObject, Default)]
+pub struct Mutation(mutation::AuthMutation, account::AccountMutation);
+
+#[derive(MergedObject, Default)]
+pub struct Query(query::AuthQuery, account::AccountQuery);
 
 pub type AuthSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -43,6 +56,9 @@ pub struct RequestContext {
     pub refresh_cookie: Option<String>,
     /// The request has an `Origin` header: a browser (which sends it with every POST).
     pub from_browser: bool,
+    /// The caller's address and `User-Agent`, recorded on the sessions it signs in (`mySessions`).
+    pub ip: Option<std::net::IpAddr>,
+    pub user_agent: Option<String>,
     /// The caller (user, session id) once checked: at most one session lookup per request.
     pub viewer: Arc<OnceCell<Option<(User, Uuid)>>>,
     /// Federation `_entities` loads: one SQL statement per `_entities` field (`entities.rs`).
@@ -71,6 +87,13 @@ impl std::fmt::Debug for RequestContext {
     }
 }
 
+/// The device of the caller, for a session it signs in.
+pub(crate) fn device(ctx: &Context<'_>) -> Device {
+    ctx.data_opt::<RequestContext>()
+        .map(|r| Device::new(r.user_agent.as_deref(), r.ip))
+        .unwrap_or_default()
+}
+
 /// The signed-in caller of this request: a valid bearer token whose session is live.
 pub async fn viewer<'a>(ctx: &Context<'a>) -> Result<Option<&'a (User, Uuid)>, crate::error::AppError> {
     let Some(request) = ctx.data_opt::<RequestContext>() else {
@@ -85,7 +108,7 @@ pub async fn viewer<'a>(ctx: &Context<'a>) -> Result<Option<&'a (User, Uuid)>, c
 }
 
 pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query, Mutation, EmptySubscription).enable_federation()
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription).enable_federation()
 }
 
 /// In production, introspection and "did you mean" suggestions are off: they map the API for an

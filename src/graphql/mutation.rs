@@ -9,17 +9,18 @@ use crate::error::AppError;
 use crate::graphql::types::{
     AuthPayload, GenerateCodePayload, LogoutPayload, RegisterInput, VerifyUserPayload, clamp_i32,
 };
-use crate::graphql::{REFRESH_COOKIE, RequestContext};
+use crate::graphql::{REFRESH_COOKIE, RequestContext, device};
 use crate::services::auth::{AuthService, SignedIn, Verified};
 
-pub struct Mutation;
+#[derive(Default)]
+pub struct AuthMutation;
 
-fn auth<'a>(ctx: &Context<'a>) -> &'a Arc<AuthService> {
+pub(super) fn auth<'a>(ctx: &Context<'a>) -> &'a Arc<AuthService> {
     ctx.data_unchecked::<Arc<AuthService>>()
 }
 
 /// The caller's budget key for per-IP limits.
-fn client(ctx: &Context<'_>) -> String {
+pub(super) fn client(ctx: &Context<'_>) -> String {
     ctx.data_opt::<RequestContext>()
         .map_or_else(|| "unknown".to_owned(), |r| r.client.clone())
 }
@@ -31,18 +32,18 @@ fn refresh_cookie(value: &str, max_age_seconds: u64) -> String {
     format!("{REFRESH_COOKIE}={value}; Max-Age={max_age_seconds}; Path=/; HttpOnly; Secure; SameSite=Strict")
 }
 
-fn cookie_mode(ctx: &Context<'_>) -> bool {
+pub(super) fn cookie_mode(ctx: &Context<'_>) -> bool {
     ctx.data_opt::<RequestContext>()
         .is_some_and(|r| r.refresh_cookie_mode)
 }
 
-fn clear_refresh_cookie(ctx: &Context<'_>) {
+pub(super) fn clear_refresh_cookie(ctx: &Context<'_>) {
     ctx.append_http_header(SET_COOKIE, refresh_cookie("", 0));
 }
 
 /// The answer of a sign-in. Cookie mode: the refresh token also goes into the cookie, and a browser
 /// (a request with `Origin`) gets it only there, so script never holds it.
-fn signed_in(ctx: &Context<'_>, s: SignedIn) -> AuthPayload {
+pub(super) fn signed_in(ctx: &Context<'_>, s: SignedIn) -> AuthPayload {
     if !cookie_mode(ctx) {
         return s.into();
     }
@@ -59,7 +60,7 @@ fn signed_in(ctx: &Context<'_>, s: SignedIn) -> AuthPayload {
 }
 
 /// Runs `flow` to its end even if the client goes (`AuthService::detached`).
-async fn detached<T, F>(ctx: &Context<'_>, flow: impl FnOnce(Arc<AuthService>) -> F) -> Result<T>
+pub(super) async fn detached<T, F>(ctx: &Context<'_>, flow: impl FnOnce(Arc<AuthService>) -> F) -> Result<T>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, AppError>> + Send + 'static,
@@ -67,15 +68,9 @@ where
     Ok(auth(ctx).detached(flow).await?)
 }
 
-/// Sign-up and sign-in by phone.
-///
-/// Errors carry `extensions.code`: BAD_USER_INPUT (with `field`, and `reason`), INVALID_CODE,
-/// TOO_MANY_ATTEMPTS, RATE_LIMITED (with `retryAfterSeconds`), INVALID_CREDENTIALS, ACCOUNT_LOCKED
-/// (with `retryAfterSeconds`), INVALID_TOKEN, PHONE_ALREADY_REGISTERED, UNAUTHENTICATED,
-/// SERVICE_UNAVAILABLE, INTERNAL_SERVER_ERROR; and, before anything runs, FORBIDDEN (HTTP 403) for a
-/// mutation that carries the refresh cookie from an origin not allowed.
+/// Sign-up and sign-in by phone (error codes: see `Mutation`).
 #[Object]
-impl Mutation {
+impl AuthMutation {
     /// Sends a 6-digit code by SMS to `phone` (E.164, or national form when the server has a default
     /// region). The answer is the same whether or not the phone has an account. Errors: BAD_USER_INPUT,
     /// RATE_LIMITED (one code per 60 s, 5 per hour per phone).
@@ -101,8 +96,9 @@ impl Mutation {
         let code = OtpCode::parse(&code)?;
         let e164 = phone.e164().to_owned();
         let client = client(ctx);
+        let device = device(ctx);
         let verified = detached(ctx, |auth| async move {
-            auth.verify_user(&phone, &code, &client).await
+            auth.verify_user(&phone, &code, &client, &device).await
         })
         .await?;
         Ok(match verified {
@@ -134,9 +130,16 @@ impl Mutation {
         let first_name = PersonName::parse_optional("firstName", input.first_name.as_deref())?;
         let last_name = PersonName::parse_optional("lastName", input.last_name.as_deref())?;
         let token = input.registration_token;
+        let device = device(ctx);
         let s = detached(ctx, |auth| async move {
-            auth.register(&token, &password, first_name.as_ref(), last_name.as_ref())
-                .await
+            auth.register(
+                &token,
+                &password,
+                first_name.as_ref(),
+                last_name.as_ref(),
+                &device,
+            )
+            .await
         })
         .await?;
         Ok(signed_in(ctx, s))
@@ -149,10 +152,10 @@ impl Mutation {
         let phone = PhoneNumber::parse(&phone, auth(ctx).phone_policy())?;
         let password = Password::for_login(&password)?;
         let client = client(ctx);
-        let s = detached(
-            ctx,
-            |auth| async move { auth.login(&phone, &password, &client).await },
-        )
+        let device = device(ctx);
+        let s = detached(ctx, |auth| async move {
+            auth.login(&phone, &password, &client, &device).await
+        })
         .await?;
         Ok(signed_in(ctx, s))
     }

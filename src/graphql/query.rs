@@ -4,10 +4,11 @@ use crate::graphql::entities::user_for;
 use crate::graphql::types::User;
 use crate::graphql::viewer;
 
-pub struct Query;
+#[derive(Default)]
+pub struct AuthQuery;
 
 #[Object]
-impl Query {
+impl AuthQuery {
     /// The signed-in user: null without a valid access token whose session is still live (not logged
     /// out, not expired).
     async fn me(&self, ctx: &Context<'_>) -> Result<Option<User>> {

@@ -258,6 +258,11 @@ async fn execute(
         refresh_cookie: cookie,
         // Browsers send Origin with every POST; native apps and servers do not.
         from_browser: headers.contains_key(header::ORIGIN),
+        ip: Some(client_ip),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         ..RequestContext::default()
     };
     let operation = context.operation.clone();

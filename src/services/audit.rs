@@ -224,7 +224,13 @@ pub async fn write_now(pool: &PgPool, row: &AuditRow) -> Result<(), sqlx::Error>
     insert(pool, std::slice::from_ref(row)).await
 }
 
-async fn insert(pool: &PgPool, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+/// Writes one event inside the caller's transaction (a change made of several statements: the event
+/// commits with it, or not at all).
+pub async fn write_in(conn: &mut sqlx::PgConnection, row: &AuditRow) -> Result<(), sqlx::Error> {
+    insert(conn, std::slice::from_ref(row)).await
+}
+
+async fn insert<'e>(exec: impl sqlx::PgExecutor<'e>, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
     let mut qb = sqlx::QueryBuilder::new(
         "insert into audit_events (at, event, user_id, phone_masked, phone_digest, client_ip, user_agent, session_id, detail) ",
     );
@@ -239,7 +245,7 @@ async fn insert(pool: &PgPool, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
             .push_bind(r.session_id)
             .push_bind(r.detail.clone());
     });
-    qb.build().execute(pool).await.map(|_| ())
+    qb.build().execute(exec).await.map(|_| ())
 }
 
 /// Deletes events older than `days`. Returns how many.

@@ -1,5 +1,11 @@
 //! The sign-up and sign-in flows, composed from the single-concern services. Owns no state of its own.
 //! Callers (resolvers, the HTTP edge, tests) go through its methods, never round them to a store.
+//! The flows after sign-up (password change and reset, phone change, devices, deletion) are in
+//! `account`.
+
+mod account;
+
+pub use account::{MySessions, PasswordChanged};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,9 +23,11 @@ use crate::error::{AppError, AppResult};
 use crate::services::audit::{AuditLog, AuditRow, CALLER, Caller};
 use crate::services::lockout::LockoutService;
 use crate::services::otp::OtpService;
+use crate::services::outbox::Appender;
 use crate::services::password::PasswordHasher;
+use crate::services::phone_change::PhoneChanges;
 use crate::services::registration::RegistrationTokens;
-use crate::services::sessions::{NewSession, SessionStore};
+use crate::services::sessions::{Amr, Device, NewSession, SessionAuth, SessionStore};
 use crate::services::tokens::TokenService;
 use crate::services::users::{User, UserStore};
 
@@ -33,7 +41,12 @@ pub struct AuthService {
     registration: RegistrationTokens,
     hasher: PasswordHasher,
     audit: AuditLog,
-    /// The stores themselves, for readiness only.
+    phone_changes: PhoneChanges,
+    /// Where notices (the old number's "your phone was changed") are queued.
+    notices: Appender,
+    /// How recent a sign-in must be for a sensitive change (`REAUTH_SECONDS`).
+    reauth_seconds: u64,
+    /// The stores themselves: readiness, and the transactions of `account` that span two stores.
     pg: PgPool,
     redis: ConnectionManager,
     /// Detached flows still running: shutdown waits for them (`wait_detached`).
@@ -76,6 +89,9 @@ pub struct Parts {
     pub registration: RegistrationTokens,
     pub hasher: PasswordHasher,
     pub audit: AuditLog,
+    pub phone_changes: PhoneChanges,
+    pub notices: Appender,
+    pub reauth_seconds: u64,
     pub pg: PgPool,
     pub redis: ConnectionManager,
 }
@@ -122,6 +138,9 @@ impl AuthService {
             registration: p.registration,
             hasher: p.hasher,
             audit: p.audit,
+            phone_changes: p.phone_changes,
+            notices: p.notices,
+            reauth_seconds: p.reauth_seconds,
             pg: p.pg,
             redis: p.redis,
             flows: Arc::default(),
@@ -224,21 +243,43 @@ impl AuthService {
         self.sessions.purge_expired().await
     }
 
-    /// `method`: how the caller proved who they are (`password`, `code`, `registration`).
-    async fn sign_in(&self, user: User, method: &'static str) -> AppResult<SignedIn> {
+    /// A sign-in by `amr`; its audit event's method is the one of `amr` (`password`, `code`).
+    async fn sign_in(&self, user: User, amr: Amr, device: &Device) -> AppResult<SignedIn> {
+        let method = match amr {
+            Amr::Pwd => "password",
+            Amr::Sms => "code",
+        };
+        self.sign_in_as(user, amr, device, method).await
+    }
+
+    /// `method`: how the caller proved who they are, for the audit trail (`password`, `code`,
+    /// `registration`); `amr`, for the session and its tokens (RFC 8176).
+    async fn sign_in_as(
+        &self,
+        user: User,
+        amr: Amr,
+        device: &Device,
+        method: &'static str,
+    ) -> AppResult<SignedIn> {
         let audit = AuditRow::new("signed_in")
             .phone_e164(&user.phone)
             .detail(serde_json::json!({ "method": method }));
         // Boxed: the session insert's future is ~8.8 KB (sqlx), and unboxed it made every flow that
         // can sign in that large, copied whole on each move, even on paths that never sign in (a wrong
         // code: 16% of its instructions were memcpy, callgrind).
-        let session = Box::pin(self.sessions.create(user.id, audit)).await?;
+        let session = Box::pin(
+            self.sessions
+                .create(user.id, SessionAuth::now(amr), device, audit),
+        )
+        .await?;
         self.signed_in(user, session)
     }
 
     fn signed_in(&self, user: User, session: NewSession) -> AppResult<SignedIn> {
         let ends = session.expires_at.unix_timestamp().max(0) as u64;
-        let issued = self.tokens.issue(user.id, session.session_id, ends)?;
+        let issued = self
+            .tokens
+            .issue_for(user.id, session.session_id, ends, &session.auth)?;
         let left = session.expires_at - time::OffsetDateTime::now_utc();
         Ok(SignedIn {
             user,
@@ -272,6 +313,7 @@ impl AuthService {
         phone: &PhoneNumber,
         code: &OtpCode,
         client: &str,
+        device: &Device,
     ) -> AppResult<Verified> {
         let checked = self.otp.consume(phone, code, client).await;
         let event = match &checked {
@@ -298,7 +340,7 @@ impl AuthService {
                             )
                             .await;
                     }
-                    Ok(Verified::SignedIn(self.sign_in(user, "code").await?))
+                    Ok(Verified::SignedIn(self.sign_in(user, Amr::Sms, device).await?))
                 }
                 None => Ok(Verified::NewPhone {
                     registration_token: self.registration.create(phone).await?,
@@ -326,6 +368,7 @@ impl AuthService {
         password: &Password,
         first_name: Option<&PersonName>,
         last_name: Option<&PersonName>,
+        device: &Device,
     ) -> AppResult<SignedIn> {
         // Check the token before the expensive hash, but use it up only after the hash succeeded, so
         // that a full hashing queue does not cost the user their token. A queue that cannot take the
@@ -348,7 +391,9 @@ impl AuthService {
                 )
                 .await?;
             self.lockout.clear(&claim.phone, None).await?;
-            self.sign_in(user, "registration").await
+            // The phone was proven by its code moments ago (the token lives 600 s); the password is
+            // new, not proven. Still its own method in the audit trail.
+            self.sign_in_as(user, Amr::Sms, device, "registration").await
         }
         .await;
         match &outcome {
@@ -371,7 +416,13 @@ impl AuthService {
     /// Password sign-in. Unknown phone and wrong password are the same answer, the same work (a hash
     /// against a dummy) and the same count towards the lock.
     #[tracing::instrument(skip(self, password))]
-    pub async fn login(&self, phone: &PhoneNumber, password: &Password, client: &str) -> AppResult<SignedIn> {
+    pub async fn login(
+        &self,
+        phone: &PhoneNumber,
+        password: &Password,
+        client: &str,
+        device: &Device,
+    ) -> AppResult<SignedIn> {
         // Refused first, before any Redis or PostgreSQL work, when the hash could not start in time:
         // under a login flood the refusals stay cheap.
         self.hasher.check_capacity()?;
@@ -388,7 +439,7 @@ impl AuthService {
         match outcome {
             Ok(Some(user)) => {
                 self.lockout.clear(phone, Some(&reservation)).await?;
-                self.sign_in(user, "password").await
+                self.sign_in(user, Amr::Pwd, device).await
             }
             Ok(None) => {
                 let locked = self.lockout.record_failure(phone, &reservation).await?;

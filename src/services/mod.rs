@@ -7,6 +7,7 @@ pub mod lockout;
 pub mod otp;
 pub mod outbox;
 pub mod password;
+pub mod phone_change;
 pub mod redis_server;
 pub mod registration;
 pub mod sessions;

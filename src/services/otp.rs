@@ -337,6 +337,21 @@ impl OtpService {
         }
     }
 
+    /// Ends the pending code of `phone`, if any (a password change, a deleted account). The phone's
+    /// budgets stay: they count what was sent and tried, whatever became of the account.
+    /// Safe to rerun on a dropped connection: a second DEL finds nothing.
+    pub async fn revoke(&self, phone: &PhoneNumber) -> AppResult<()> {
+        let key = self.keys.phone(phone, "otp");
+        let _: i64 = rerun_if_dropped(|| async {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Checks `code` against the pending code of `phone` and consumes it if it matches. Not rerun on
     /// a dropped connection: a rerun of a check that did run would find the code gone (INVALID_CODE)
     /// or count a wrong try twice; SERVICE_UNAVAILABLE is the honest answer.

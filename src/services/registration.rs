@@ -5,7 +5,10 @@
 //! it makes, c / ce: the registration that holds it and until when (ms)}; TTL = 600 s. The token itself
 //! (256 random bits, base64url) is never stored. A token may be presented at most `MAX_PRESENTATIONS`
 //! times (each costs a password hash before it is used up), so one verified phone cannot drive the
-//! hash pool without bound.
+//! hash pool without bound. `{phone}:reg_tokens` -> set of the `reg:` keys issued for the phone,
+//! TTL = 600 s (renewed by each new token): lets a password change or an account deletion end every
+//! pending token of the phone (`revoke_all`). (The `reg:` keys are not in the phone's hash tag, so on a
+//! Redis Cluster the two scripts that touch both would need one.)
 //!
 //! Creating the account (PostgreSQL) and using the token up (Redis) cannot be one transaction, so a
 //! registration *claims* the token (of racing uses, exactly one holds it), creates the account with
@@ -34,7 +37,20 @@ pub const MAX_PRESENTATIONS: u32 = 3;
 const CREATE_LUA: &str = r"
 redis.call('HSET', KEYS[1], 'p', ARGV[1], 'n', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
+";
+
+// KEYS: the phone's token set. Deletes every token it lists, and itself. Returns how many tokens were
+// still live.
+const REVOKE_ALL_LUA: &str = r"
+local n = 0
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  n = n + redis.call('DEL', key)
+end
+redis.call('DEL', KEYS[1])
+return n
 ";
 
 // Returns the phone, or nil when the token is unknown or was presented too often. An over-presented
@@ -100,6 +116,7 @@ pub struct RegistrationTokens {
     present: Script,
     claim: Script,
     unclaim: Script,
+    revoke_all: Script,
 }
 
 impl RegistrationTokens {
@@ -112,6 +129,7 @@ impl RegistrationTokens {
             present: Script::new(PRESENT_LUA),
             claim: budget_script(CLAIM_LUA),
             unclaim: Script::new(UNCLAIM_LUA),
+            revoke_all: Script::new(REVOKE_ALL_LUA),
         }
     }
 
@@ -131,6 +149,7 @@ impl RegistrationTokens {
         let _: i64 = rerun_if_dropped(|| async {
             self.create
                 .key(&key)
+                .key(self.keys.phone(phone, "reg_tokens"))
                 .arg(phone.e164())
                 .arg(self.ttl_seconds)
                 .invoke_async(&mut self.redis.clone())
@@ -194,6 +213,20 @@ impl RegistrationTokens {
         })
         .await?;
         Ok(())
+    }
+
+    /// Ends every pending registration token of `phone` (a password change, a deleted account).
+    /// Returns how many were live. Safe to rerun: a second run finds nothing left.
+    pub async fn revoke_all(&self, phone: &PhoneNumber) -> AppResult<u64> {
+        let set = self.keys.phone(phone, "reg_tokens");
+        let n: u64 = rerun_if_dropped(|| async {
+            self.revoke_all
+                .key(&set)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(n)
     }
 
     async fn run(&self, script: &Script, token: &str) -> AppResult<PhoneNumber> {

@@ -5,7 +5,7 @@
 //! session (RFC 9700 section 4.14.2). A session lives at most `ttl` from its creation, however often it
 //! is refreshed.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -19,6 +19,88 @@ pub struct NewSession {
     pub refresh_token: String,
     /// The session's absolute end: no access or refresh token of it outlives this.
     pub expires_at: OffsetDateTime,
+    /// How and when the session was signed in (kept across refreshes).
+    pub auth: SessionAuth,
+}
+
+/// An authentication method, as RFC 8176 names it (the `amr` claim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Amr {
+    /// A password.
+    Pwd,
+    /// A one-time code sent by SMS.
+    Sms,
+}
+
+impl Amr {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Amr::Pwd => "pwd",
+            Amr::Sms => "sms",
+        }
+    }
+}
+
+/// When and how a session was signed in.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct SessionAuth {
+    pub auth_time: OffsetDateTime,
+    pub amr: Vec<String>,
+}
+
+impl SessionAuth {
+    /// A sign-in happening now (whole seconds, as the `auth_time` claim carries it).
+    pub fn now(method: Amr) -> Self {
+        let now = OffsetDateTime::now_utc();
+        SessionAuth {
+            auth_time: now.replace_nanosecond(0).unwrap_or(now),
+            amr: vec![method.as_str().to_owned()],
+        }
+    }
+}
+
+/// Where a sign-in came from, as the HTTP edge saw it.
+#[derive(Clone, Default)]
+pub struct Device {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A user agent is kept to this many characters: enough for any real browser's (about 150), while a
+/// header can be 8 KiB.
+pub const USER_AGENT_MAX_CHARS: usize = 256;
+
+impl std::fmt::Debug for Device {
+    /// Flows are traced with their arguments: the address and user agent stay out of the log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    pub fn new(user_agent: Option<&str>, ip: Option<std::net::IpAddr>) -> Self {
+        Device {
+            user_agent: user_agent.map(|ua| {
+                ua.chars()
+                    .filter(|c| !c.is_control())
+                    .take(USER_AGENT_MAX_CHARS)
+                    .collect()
+            }),
+            ip: ip.map(|ip| ip.to_string()),
+        }
+    }
+}
+
+/// A live session as its user sees it (`mySessions`).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    pub created_at: OffsetDateTime,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub auth_time: OffsetDateTime,
+    pub amr: Vec<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -26,6 +108,16 @@ struct SessionUser {
     #[sqlx(flatten)]
     user: User,
     expires_at: OffsetDateTime,
+    #[sqlx(flatten)]
+    auth: SessionAuth,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionOfUser {
+    #[sqlx(flatten)]
+    user: User,
+    #[sqlx(flatten)]
+    auth: SessionAuth,
 }
 
 pub struct SessionStore {
@@ -46,8 +138,15 @@ impl SessionStore {
         }
     }
 
-    /// A new session; `audit` (signed in) is written by the same statement.
-    pub async fn create(&self, user_id: Uuid, audit: AuditRow) -> AppResult<NewSession> {
+    /// A new session signed in by `auth` from `device`; `audit` (signed in) is written by the same
+    /// statement.
+    pub async fn create(
+        &self,
+        user_id: Uuid,
+        auth: SessionAuth,
+        device: &Device,
+        audit: AuditRow,
+    ) -> AppResult<NewSession> {
         let session_id = Uuid::new_v4();
         let (token, hash) = new_refresh_token()?;
         let audit = audit.user(user_id).session(session_id);
@@ -58,25 +157,33 @@ impl SessionStore {
         // One statement (so one round trip and one implicit transaction) instead of BEGIN, three
         // INSERTs and COMMIT: every sign-in goes through here.
         let sql = format!(
-            "with s as (insert into sessions (id, user_id, expires_at) values ($1, $2, $3) returning id),
+            "with s as (insert into sessions (id, user_id, expires_at, auth_time, amr, user_agent, ip)
+                        values ($1, $2, $3, $5, $6, $7, $8) returning id),
              {}
              insert into refresh_tokens (token_hash, session_id) select $4, id from s",
-            AuditRow::cte(5, "s", None, None)
+            AuditRow::cte(9, "s", None, None)
         );
         let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(session_id)
             .bind(user_id)
             .bind(expires_at)
-            .bind(&hash);
+            .bind(&hash)
+            .bind(auth.auth_time)
+            .bind(&auth.amr)
+            .bind(device.user_agent.as_deref())
+            .bind(device.ip.as_deref());
         crate::bind_audit!(query, audit).execute(&self.pool).await?;
         Ok(NewSession {
             session_id,
             refresh_token: token,
             expires_at,
+            auth,
         })
     }
 
-    /// Exchanges a refresh token for a new one on the same session. Returns the session's user.
+    /// Exchanges a refresh token for a new one on the same session. Returns the session's user; the
+    /// session's sign-in (time and method) carries over (a refresh is not a sign-in), and its last
+    /// use is now.
     pub async fn rotate(&self, refresh_token: &str) -> AppResult<(User, NewSession)> {
         // Anything far off our tokens' length is not one, and is not looked up.
         let hash = OpaqueToken::digest_if_plausible(refresh_token)
@@ -118,14 +225,21 @@ impl SessionStore {
             return Err(AppError::InvalidToken);
         };
         let live: Option<SessionUser> = sqlx::query_as(
-            "select u.id, u.phone, u.first_name, u.last_name, u.created_at, s.expires_at
-             from sessions s join users u on u.id = s.user_id
-             where s.id = $1 and s.revoked_at is null and s.expires_at > now()",
+            "with s as (update sessions set last_used_at = now()
+                        where id = $1 and revoked_at is null and expires_at > now()
+                        returning user_id, expires_at, auth_time, amr)
+             select u.id, u.phone, u.first_name, u.last_name, u.created_at, s.expires_at, s.auth_time, s.amr
+             from s join users u on u.id = s.user_id",
         )
         .bind(session_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(SessionUser { user, expires_at }) = live else {
+        let Some(SessionUser {
+            user,
+            expires_at,
+            auth,
+        }) = live
+        else {
             return Err(AppError::InvalidToken);
         };
         let (token, new_hash) = new_refresh_token()?;
@@ -150,6 +264,7 @@ impl SessionStore {
                 session_id,
                 refresh_token: token,
                 expires_at,
+                auth,
             },
         ))
     }
@@ -209,5 +324,77 @@ impl SessionStore {
             .detail(serde_json::json!({ "allSessions": all }));
         let revoked = crate::bind_audit!(query, audit).fetch_one(&self.pool).await?;
         Ok(u64::try_from(revoked).unwrap_or(0))
+    }
+
+    /// A live session of `user_id` with its user and how it was signed in (recent-authentication
+    /// checks read the row, not the token, so a refresh cannot make a sign-in look recent).
+    pub async fn live_session(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+    ) -> AppResult<Option<(User, SessionAuth)>> {
+        let found: Option<SessionOfUser> = sqlx::query_as(
+            "select u.id, u.phone, u.first_name, u.last_name, u.created_at, s.auth_time, s.amr
+             from sessions s join users u on u.id = s.user_id
+             where s.id = $1 and s.user_id = $2 and s.revoked_at is null and s.expires_at > now()",
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.map(|f| (f.user, f.auth)))
+    }
+
+    /// The live sessions of a user, newest first.
+    pub async fn list_live(&self, user_id: Uuid) -> AppResult<Vec<SessionInfo>> {
+        Ok(sqlx::query_as::<_, SessionInfo>(
+            "select id, created_at, last_used_at, user_agent, ip, auth_time, amr from sessions
+             where user_id = $1 and revoked_at is null and expires_at > now()
+             order by created_at desc, id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Revokes one live session of `user_id` (`revokeSession`). False when there is none with that id
+    /// for that user: another user's session is, to the caller, a session that does not exist. The
+    /// event (`audit`, completed here: session_revoked) is written by the same statement.
+    pub async fn revoke_own(&self, session_id: Uuid, user_id: Uuid, audit: AuditRow) -> AppResult<bool> {
+        let sql = format!(
+            "with r as (update sessions set revoked_at = now(), revoked_reason = 'revoked_by_user'
+             where id = $1 and user_id = $2 and revoked_at is null and expires_at > now() returning id),
+             {}
+             select count(*) from r",
+            AuditRow::cte(3, "r", None, Some("r.id"))
+        );
+        let query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .bind(session_id)
+            .bind(user_id);
+        let revoked = crate::bind_audit!(query, audit.user(user_id))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(revoked == 1)
+    }
+
+    /// Revokes every live session of `user_id` but `keep` (all of them when None), inside the caller's
+    /// transaction (a password change commits the new hash and the revocations together). `reason`
+    /// is recorded ('password_changed', 'password_reset'). Returns how many.
+    pub async fn revoke_all_but(
+        conn: &mut PgConnection,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+        reason: &str,
+    ) -> AppResult<u64> {
+        let done = sqlx::query(
+            "update sessions set revoked_at = now(), revoked_reason = $3
+             where user_id = $1 and revoked_at is null and ($2::uuid is null or id <> $2)",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .bind(reason)
+        .execute(conn)
+        .await?;
+        Ok(done.rows_affected())
     }
 }

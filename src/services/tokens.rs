@@ -1,7 +1,9 @@
 //! Access tokens: JWTs signed with Ed25519 (EdDSA), short-lived (900 s), carrying the claims RFC 9068
 //! section 2.2 requires (iss, exp, aud, sub = user id, client_id, iat, jti) plus sid (session id), and
 //! nothing personal (no phone). A token never outlives its session: `exp` is the sooner of
-//! `iat + ttl` and the session's absolute end.
+//! `iat + ttl` and the session's absolute end. Tokens of a sign-in also carry `auth_time` and `amr`
+//! (RFC 9068 2.2.1; methods named per RFC 8176), the sign-in's time and method, kept across refreshes:
+//! other services can ask for a recent sign-in without calling us.
 //!
 //! Keys come from configuration as `kid:seed` pairs. JWT_SIGNING_KEYS, newest first: the first signs,
 //! all verify. JWT_NEXT_KEYS: published and accepted, never used to sign. All are published as a JWKS
@@ -54,6 +56,17 @@ pub struct Claims {
 pub struct Issued {
     pub token: String,
     pub expires_in_seconds: u64,
+}
+
+/// `Claims` plus when and how the session was signed in (absent for a session that predates them).
+#[derive(Serialize)]
+struct AuthenticatedClaims<'a> {
+    #[serde(flatten)]
+    base: Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_time: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amr: Option<&'a [String]>,
 }
 
 pub struct VerifiedToken {
@@ -223,17 +236,43 @@ impl TokenService {
 
     /// `session_ends`: the session's absolute end (unix seconds); the token expires then at the latest.
     pub fn issue(&self, user_id: Uuid, session_id: Uuid, session_ends: u64) -> AppResult<Issued> {
+        self.sign(user_id, session_id, session_ends, None)
+    }
+
+    /// An access token of a session signed in at `auth_time` by `amr`: the claims of `issue` plus
+    /// those two. One signing path, so the two kinds never drift apart.
+    pub fn issue_for(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        session_ends: u64,
+        auth: &crate::services::sessions::SessionAuth,
+    ) -> AppResult<Issued> {
+        self.sign(user_id, session_id, session_ends, Some(auth))
+    }
+
+    fn sign(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        session_ends: u64,
+        auth: Option<&crate::services::sessions::SessionAuth>,
+    ) -> AppResult<Issued> {
         let iat = now();
         let exp = (iat + self.ttl_seconds).min(session_ends);
-        let claims = Claims {
-            iss: self.issuer.clone(),
-            aud: self.audience.clone(),
-            sub: user_id.to_string(),
-            client_id: self.client_id.clone(),
-            jti: Uuid::new_v4().to_string(),
-            sid: session_id.to_string(),
-            iat,
-            exp,
+        let claims = AuthenticatedClaims {
+            base: Claims {
+                iss: self.issuer.clone(),
+                aud: self.audience.clone(),
+                sub: user_id.to_string(),
+                client_id: self.client_id.clone(),
+                jti: Uuid::new_v4().to_string(),
+                sid: session_id.to_string(),
+                iat,
+                exp,
+            },
+            auth_time: auth.map(|a| a.auth_time.unix_timestamp().max(0) as u64),
+            amr: auth.map(|a| a.amr.as_slice()),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.signing_kid.clone());
@@ -314,6 +353,34 @@ mod tests {
             (59..=60).contains(&c.expires_in_seconds),
             "{}",
             c.expires_in_seconds
+        );
+    }
+
+    /// A sign-in's token: the claims of `issue` (client_id, jti, exp capped at the session's end)
+    /// plus auth_time and amr; a plain `issue` has neither of the two.
+    #[test]
+    fn a_sign_in_token_carries_every_claim() {
+        let key = SigningKey::generate().unwrap();
+        let tokens = service(&[&key]);
+        let auth = crate::services::sessions::SessionAuth::now(crate::services::sessions::Amr::Pwd);
+        let ends = now() + 60;
+        let t = tokens
+            .issue_for(Uuid::new_v4(), Uuid::new_v4(), ends, &auth)
+            .unwrap();
+        let c = claims(&t.token);
+        assert_eq!(c["client_id"], "client");
+        assert!(Uuid::parse_str(c["jti"].as_str().unwrap()).is_ok(), "{c}");
+        assert_eq!(c["exp"].as_u64().unwrap(), ends);
+        assert_eq!(
+            c["auth_time"].as_u64().unwrap(),
+            auth.auth_time.unix_timestamp() as u64
+        );
+        assert_eq!(c["amr"], serde_json::json!(["pwd"]));
+        assert!(tokens.verify(&t.token).is_ok());
+        let plain = claims(&tokens.issue(Uuid::new_v4(), Uuid::new_v4(), FAR).unwrap().token);
+        assert!(
+            plain.get("auth_time").is_none() && plain.get("amr").is_none(),
+            "{plain}"
         );
     }
 

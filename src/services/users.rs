@@ -1,6 +1,6 @@
 //! The user store, in PostgreSQL. Owns table `users` (see migrations/).
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -108,5 +108,75 @@ impl UserStore {
         .bind(ids)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// The password hash of a user, for checking the current password before a change.
+    pub async fn password_hash(&self, id: Uuid) -> AppResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar::<_, String>("select password_hash from users where id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Replaces the password hash, inside the caller's transaction (sessions are revoked in the same
+    /// one). False when the user no longer exists.
+    pub async fn set_password(conn: &mut PgConnection, id: Uuid, password_hash: &str) -> AppResult<bool> {
+        let done = sqlx::query("update users set password_hash = $2, updated_at = now() where id = $1")
+            .bind(id)
+            .bind(password_hash)
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Moves the account to `new_phone`; returns the phone it had. The unique constraint on `phone`
+    /// decides a race with a registration or another change to the same number: the loser gets
+    /// PHONE_ALREADY_REGISTERED. None when the user no longer exists. The event (`audit`,
+    /// phone_changed) is written by the same statement.
+    pub async fn change_phone(
+        &self,
+        id: Uuid,
+        new_phone: &PhoneNumber,
+        audit: AuditRow,
+    ) -> AppResult<Option<String>> {
+        let sql = format!(
+            "with c as (update users u set phone = $2, updated_at = now()
+                        from (select id, phone from users where id = $1 for update) old
+                        where u.id = old.id
+                        returning old.phone),
+             {}
+             select phone from c",
+            AuditRow::cte(3, "c", None, None)
+        );
+        let query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(new_phone.e164());
+        let result = crate::bind_audit!(query, audit.user(id))
+            .fetch_optional(&self.pool)
+            .await;
+        match result {
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_phone_key") => {
+                Err(AppError::PhoneAlreadyRegistered)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Deletes the account (its sessions and refresh tokens go by cascade); returns its phone. None
+    /// when it was already gone. The event (`audit`, account_deleted) is written by the same
+    /// statement (the trail has no foreign key to users: it outlives the account).
+    pub async fn delete(&self, id: Uuid, audit: AuditRow) -> AppResult<Option<String>> {
+        let sql = format!(
+            "with d as (delete from users where id = $1 returning phone),
+             {}
+             select phone from d",
+            AuditRow::cte(2, "d", None, None)
+        );
+        let query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(id);
+        Ok(crate::bind_audit!(query, audit.user(id))
+            .fetch_optional(&self.pool)
+            .await?)
     }
 }

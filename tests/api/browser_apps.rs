@@ -290,3 +290,37 @@ async fn without_cookie_mode_no_cookie_is_read_or_set() {
     assert_code(&v, "INVALID_TOKEN");
     assert!(set_cookie(&h).is_none());
 }
+
+/// Cookie mode: `resetPassword` signs in like the other sign-ins: the refresh cookie is set (and a
+/// browser gets no refresh token in the body), and that cookie refreshes the new session.
+#[tokio::test]
+async fn reset_password_sets_the_refresh_cookie() {
+    let app = TestApp::spawn_with(|c| {
+        c.http.cors_allowed_origins = APP.into();
+        c.tokens.refresh_token_cookie = true;
+        c.otp.otp_resend_cooldown_seconds = 0;
+    })
+    .await;
+    app.sign_up(PHONE, PASSWORD).await;
+    let sent = app.generate_code(PHONE).await;
+    assert!(sent["errors"].is_null(), "{sent}");
+    app.wait_outbox_empty().await;
+    let (s, h, v) = post(
+        &app,
+        &[("origin", APP)],
+        "mutation($p: String!, $c: String!, $n: String!) {
+            resetPassword(phone: $p, code: $c, newPassword: $n) { accessToken refreshToken } }",
+        json!({ "p": PHONE, "c": app.last_code(PHONE), "n": "saffron-harbour-2041" }),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["data"]["resetPassword"]["accessToken"].is_string(), "{v}");
+    assert!(
+        v["data"]["resetPassword"]["refreshToken"].is_null(),
+        "a browser never sees it: {v}"
+    );
+    let (cookie, _) = set_cookie(&h).expect("the refresh cookie is set");
+    let jar = format!("__Host-refresh={cookie}");
+    let (_, _, v) = post(&app, &[("origin", APP), ("cookie", &jar)], REFRESH, json!({})).await;
+    assert!(v["data"]["refreshToken"]["accessToken"].is_string(), "{v}");
+}

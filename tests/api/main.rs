@@ -2,6 +2,7 @@
 //! Integration tests: one binary (one link), many modules. Each test spawns the service over HTTP on
 //! the real PostgreSQL and Redis with its own database and key prefix, so they run in parallel.
 
+mod account;
 mod browser_apps;
 mod durability;
 mod faults;

@@ -25,6 +25,8 @@ fn every_error_code_is_documented() {
         "INVALID_TOKEN",
         "PHONE_ALREADY_REGISTERED",
         "UNAUTHENTICATED",
+        "REAUTHENTICATION_REQUIRED",
+        "NOT_FOUND",
         "SERVICE_UNAVAILABLE",
         "INTERNAL_SERVER_ERROR",
     ] {

@@ -2,6 +2,11 @@
 //! Lua snippet below, which `services::otp` embeds in its script) and the parse the workers read them
 //! back with. Nothing else knows the stream's field names.
 //!
+//! Two kinds of job: a code (fields `id`, `to`, `sealed`, `created_ms`), and a notice (`id`, `to`,
+//! `kind`, `created_ms`, no code): a fixed message about the account, e.g. `phone_changed` to the
+//! number an account has left. A notice carries no text of its own: the worker renders it from its
+//! kind, so nothing personal sits in the stream.
+//!
 //! The code travels sealed (`CodeCipher`): XChaCha20-Poly1305 (RFC 8439 with the 24-byte nonce of
 //! draft-irtf-cfrg-xchacha), a random nonce per job, the message id and the phone as associated data.
 //! A stream entry, an AOF or an RDB of a persistent Redis keeps a job's `to` after the job is deleted,
@@ -119,6 +124,49 @@ impl CodeCipher {
     }
 }
 
+/// The notices there are (the `kind` field of a notice job).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// To the old number, once an account moved to another one.
+    PhoneChanged,
+}
+
+impl Notice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notice::PhoneChanged => "phone_changed",
+        }
+    }
+
+    fn parse(kind: &str) -> Option<Notice> {
+        match kind {
+            "phone_changed" => Some(Notice::PhoneChanged),
+            _ => None,
+        }
+    }
+
+    /// The message text. Says which app, never the new number.
+    pub fn render(self, app: &str) -> String {
+        match self {
+            Notice::PhoneChanged => format!(
+                "{app}: the phone number of your account was changed to another number. If this was not \
+                 you, contact support."
+            ),
+        }
+    }
+}
+
+// KEYS: the outbox. ARGV: max len, ttl, message id, to, kind, created ms. Returns 0 when the outbox is
+// full (the notice is not queued), 1 queued.
+const APPEND_NOTICE_LUA: &str = r"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'id', ARGV[3], 'to', ARGV[4], 'kind', ARGV[5], 'created_ms', ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
 /// What a script needs to append jobs to the outbox: its key, its cap, its TTL and the cipher of the
 /// codes. Handed out by `Outbox::appender`, so the code service appends where the workers read, sealed
 /// under the key they open with.
@@ -131,14 +179,42 @@ pub struct Appender {
     pub cipher: CodeCipher,
 }
 
+impl Appender {
+    /// Queues a notice to `to`. False when the outbox is full (nothing queued): a notice is worth
+    /// less than the codes that fill it, and is not forced in.
+    pub async fn append_notice(
+        &self,
+        redis: &redis::aio::ConnectionManager,
+        to: &str,
+        notice: Notice,
+    ) -> redis::RedisResult<bool> {
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let queued: i64 = redis::Script::new(APPEND_NOTICE_LUA)
+            .key(&self.stream_key)
+            .arg(self.max_len)
+            .arg(self.ttl_seconds)
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(to)
+            .arg(notice.as_str())
+            .arg(created_ms)
+            .invoke_async(&mut redis.clone())
+            .await?;
+        Ok(queued == 1)
+    }
+}
+
 /// A job read back from the stream.
 pub(super) struct Job {
     pub stream_id: String,
     /// The message's id (a UUID): the idempotency key providers dedupe on.
     pub message_id: String,
     pub to: String,
-    /// The code, sealed (`CodeCipher`); only `Outbox::deliver` opens it.
+    /// The code, sealed (`CodeCipher`); only `Outbox::deliver` opens it. Empty for a notice.
     pub sealed: String,
+    /// Set for a notice (then there is no code, and nothing to open).
+    pub notice: Option<Notice>,
     pub created_ms: u64,
 }
 
@@ -146,12 +222,23 @@ impl Job {
     /// None for an entry that is not a job of ours (it is left alone).
     pub fn parse(entry: StreamId) -> Option<Job> {
         let field = |name: &str| entry.get::<String>(name);
+        // A `kind` we do not know is not a job of ours either.
+        let notice = match field("kind") {
+            Some(kind) => Some(Notice::parse(&kind)?),
+            None => None,
+        };
         Some(Job {
             message_id: field("id")?,
             to: field("to")?,
             // A job written before codes were sealed has `code` instead: it reads as a job whose code
-            // cannot be opened, and is dead-lettered rather than left pending for ever.
-            sealed: field("sealed").unwrap_or_default(),
+            // cannot be opened, and is dead-lettered rather than left pending for ever. A notice has
+            // no code at all.
+            sealed: if notice.is_some() {
+                String::new()
+            } else {
+                field("sealed").unwrap_or_default()
+            },
+            notice,
             created_ms: field("created_ms")?.parse().ok()?,
             stream_id: entry.id,
         })
@@ -160,7 +247,20 @@ impl Job {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    fn entry(fields: &[(&str, &str)]) -> StreamId {
+        StreamId {
+            id: "1-0".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), redis::Value::BulkString(v.as_bytes().to_vec())))
+                .collect::<HashMap<_, _>>(),
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn a_sealed_code_opens_only_with_its_key_and_its_job() {
@@ -185,5 +285,24 @@ mod tests {
             cipher.seal("id-1", "+16502530000", "980442").unwrap(),
             "a fresh nonce per job"
         );
+    }
+
+    #[test]
+    fn codes_notices_and_strangers() {
+        let base = [("id", "m1"), ("to", "+16502530000"), ("created_ms", "5")];
+        let code = Job::parse(entry(&[base[0], base[1], base[2], ("sealed", "c2VhbGVk")])).unwrap();
+        assert_eq!((code.sealed.as_str(), code.notice), ("c2VhbGVk", None));
+        let notice = Job::parse(entry(&[base[0], base[1], base[2], ("kind", "phone_changed")])).unwrap();
+        assert_eq!(
+            (notice.sealed.as_str(), notice.notice),
+            ("", Some(Notice::PhoneChanged))
+        );
+        assert!(Notice::PhoneChanged.render("Acme").starts_with("Acme: "));
+        // A job of a kind we do not know is not ours.
+        assert!(Job::parse(entry(&[base[0], base[1], base[2], ("kind", "other")])).is_none());
+        // A code job without a sealed code (one written before codes were sealed) is ours, with
+        // nothing to open: `deliver` dead-letters it.
+        let legacy = Job::parse(entry(&[base[0], base[1], base[2], ("code", "123456")])).unwrap();
+        assert_eq!((legacy.sealed.as_str(), legacy.notice), ("", None));
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Keys (bounded by length, and with a TTL like every key of the service):
 //! - `sms:outbox` jobs {id, to, sealed, created_ms} (`sealed`: the code encrypted, see `job.rs`; never
-//!   the code in clear); at most `max_len` (a full outbox refuses new codes with SERVICE_UNAVAILABLE
-//!   rather than trimming undelivered jobs); consumer group `sms-workers`.
+//!   the code in clear), and notices {id, to, kind, created_ms} (no code; job.rs); at most `max_len`
+//!   (a full outbox refuses new codes with SERVICE_UNAVAILABLE rather than trimming undelivered jobs);
+//!   consumer group `sms-workers`.
 //!   TTL `outbox_ttl(code lifetime)`, renewed by every new job: when it lapses, no job has been added
 //!   for twice a code's lifetime (at least an hour), so every job left is one that would be dropped
 //!   as expired anyway. Workers recreate the stream and group when it is gone.
@@ -23,9 +24,10 @@
 //! cost the codes sent during it; `max_attempts`, unset by default, can bound the calls too); before
 //! each retry the worker re-claims the job (XCLAIM JUSTID), which proves it still owns it and resets its
 //! idle time. A job whose worker died stays pending and is claimed by another worker once idle for
-//! `claim_idle` (XAUTOCLAIM). The job id (a UUID) is the idempotency key providers can dedupe on. A job
-//! older than the code's lifetime, or whose next retry would come after it, is dropped, not sent. A
-//! job whose code cannot be opened (the secret was rotated) is dead-lettered, never sent.
+//! `claim_idle` (XAUTOCLAIM). The job id (a UUID) is the idempotency key providers can dedupe on. A code job
+//! older than the code's lifetime, or whose next retry would come after it, is dropped, not sent (a
+//! notice: after the stream's TTL instead). A job whose code cannot be opened (the secret was rotated)
+//! is dead-lettered, never sent; a notice has no code and is rendered from its kind.
 //!
 //! Connections: every command but the blocking read goes over one shared `ConnectionManager`
 //! (multiplexed, reconnects by itself). A blocking read (XREADGROUP BLOCK) must never hold up a shared
@@ -53,7 +55,7 @@ mod job;
 
 pub(crate) use job::APPEND_LUA;
 use job::Job;
-pub use job::{Appender, CodeCipher};
+pub use job::{Appender, CodeCipher, Notice};
 
 pub const GROUP: &str = "sms-workers";
 
@@ -394,28 +396,40 @@ impl Outbox {
     /// Delivers one job to its end: `Some("")` delivered, `Some(reason)` to be dead-lettered (or
     /// dropped as expired), `None` if another worker took the job over (it finishes it).
     async fn deliver(&self, name: &str, job: &Job) -> Option<String> {
-        let Some(code) = self.cipher.open(&job.message_id, &job.to, &job.sealed) else {
-            tracing::warn!(message_id = %job.message_id, "outbox: the code cannot be decrypted (OTP_HMAC_SECRET changed?): dead-lettered");
-            self.stats.dead.fetch_add(1, Ordering::Relaxed);
-            crate::ops::metrics::sms_job(self.provider.name(), &job.to, "dead_lettered");
-            return Some(
-                "undecryptable: the code was sealed under another key (OTP_HMAC_SECRET changed?)".to_owned(),
-            );
+        let (code, body) = match job.notice {
+            // A notice has no code: nothing to open, rendered from its kind.
+            Some(notice) => (String::new(), notice.render(&self.settings.app_name)),
+            None => {
+                let Some(code) = self.cipher.open(&job.message_id, &job.to, &job.sealed) else {
+                    tracing::warn!(message_id = %job.message_id, "outbox: the code cannot be decrypted (OTP_HMAC_SECRET changed?): dead-lettered");
+                    self.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    crate::ops::metrics::sms_job(self.provider.name(), &job.to, "dead_lettered");
+                    return Some(
+                        "undecryptable: the code was sealed under another key (OTP_HMAC_SECRET changed?)"
+                            .to_owned(),
+                    );
+                };
+                let body = render(
+                    &self.settings.template,
+                    &self.settings.app_name,
+                    &code,
+                    self.settings.code_ttl.as_secs(),
+                    self.settings.webotp_domain.as_deref(),
+                    self.settings.android_app_hash.as_deref(),
+                );
+                (code, body)
+            }
         };
-        let body = render(
-            &self.settings.template,
-            &self.settings.app_name,
-            &code,
-            self.settings.code_ttl.as_secs(),
-            self.settings.webotp_domain.as_deref(),
-            self.settings.android_app_hash.as_deref(),
-        );
-        // The code is useless once it has expired: that, not a count, bounds the retries.
-        let deadline_ms = job
-            .created_ms
-            .saturating_add(self.settings.code_ttl.as_millis() as u64);
+        // A code is useless once it has expired: that, not a count, bounds the retries. A notice is
+        // still worth sending for as long as the stream keeps it (at least an hour:
+        // `outbox_ttl_seconds`).
+        let max_age_ms = match job.notice {
+            Some(_) => outbox_ttl_seconds(self.settings.code_ttl.as_secs()) * 1000,
+            None => self.settings.code_ttl.as_millis() as u64,
+        };
+        let deadline_ms = job.created_ms.saturating_add(max_age_ms);
         let expired = |why: String| {
-            tracing::info!(message_id = %job.message_id, %why, "outbox: the code expired before it could be sent: dropped");
+            tracing::info!(message_id = %job.message_id, %why, "outbox: the job expired before it could be sent: dropped");
             self.stats.expired.fetch_add(1, Ordering::Relaxed);
             crate::ops::metrics::sms_job(self.provider.name(), &job.to, "expired");
             Some(why)
