@@ -10,10 +10,10 @@ use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
-use crate::redis_roundtrips::RedisServer;
+use crate::private_redis::{DEBUGGABLE, PrivateRedis};
 
 /// Runs `redis-cli` against a private server (never the shared one).
-fn redis_cli(server: &RedisServer, args: &[&str]) -> std::process::Child {
+fn redis_cli(server: &PrivateRedis, args: &[&str]) -> std::process::Child {
     Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
         .args(args)
@@ -46,7 +46,7 @@ async fn exists(app: &TestApp, what: &str) -> bool {
 /// a refusal extends nothing.
 #[tokio::test]
 async fn a_stalled_redis_does_not_lock_the_user_out() {
-    let redis = RedisServer::start();
+    let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
         c.stores.redis_url = SecretString::from(redis.url.clone());
         c.stores.redis_timeout_ms = 300;
@@ -112,7 +112,7 @@ async fn a_stalled_redis_does_not_lock_the_user_out() {
 /// passwords are needed to lock (not two).
 #[tokio::test]
 async fn a_stalled_correct_login_counts_for_nothing() {
-    let redis = RedisServer::start();
+    let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
         c.stores.redis_url = SecretString::from(redis.url.clone());
         c.stores.redis_timeout_ms = 300;
@@ -360,7 +360,7 @@ async fn an_announced_oversized_body_is_refused_at_once() {
 /// generateCode (issue script) and a correct login.
 #[tokio::test]
 async fn a_killed_redis_connection_costs_no_request() {
-    let redis = RedisServer::start();
+    let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
         c.stores.redis_url = SecretString::from(redis.url.clone());
         c.otp.otp_resend_cooldown_seconds = 0;

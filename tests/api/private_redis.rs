@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 pub struct PrivateRedis {
     child: Child,
     dir: std::path::PathBuf,
+    pub port: u16,
     pub url: String,
 }
+
+/// A plain server that a test may stall on purpose (`DEBUG SLEEP`: Redis 7 refuses DEBUG by default).
+pub const DEBUGGABLE: &[&str] = &["--appendonly", "no", "--enable-debug-command", "local"];
 
 impl PrivateRedis {
     /// Starts `redis-server` with `args` after the port, bind and directory flags.
@@ -34,6 +38,7 @@ impl PrivateRedis {
             let mut server = PrivateRedis {
                 child,
                 dir,
+                port,
                 url: format!("redis://127.0.0.1:{port}"),
             };
             if server.wait_ready(Duration::from_secs(5)) {

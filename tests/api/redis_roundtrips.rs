@@ -20,69 +20,7 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use crate::helpers::*;
-
-/// A private redis-server, killed when dropped (faults.rs uses it too).
-pub(crate) struct RedisServer {
-    child: Child,
-    pub(crate) port: u16,
-    pub(crate) url: String,
-}
-
-impl RedisServer {
-    pub(crate) fn start() -> RedisServer {
-        // A free port: bind 0, read it, release it. Another process could take it in between; then
-        // redis-server fails to bind and we try another.
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
-                // DEBUG SLEEP stalls it on purpose (faults.rs); Redis 7 refuses DEBUG by default.
-                .args(["--enable-debug-command", "local"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is on PATH");
-            let mut server = RedisServer {
-                child,
-                port,
-                url: format!("redis://127.0.0.1:{port}"),
-            };
-            if server.wait_ready(Duration::from_secs(5)) {
-                return server;
-            }
-            // Dropping `server` kills it; try another port.
-        }
-        panic!("could not start a private redis-server");
-    }
-
-    fn wait_ready(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false; // exited: the port was taken
-            }
-            if let Ok(client) = redis::Client::open(self.url.as_str())
-                && let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::private_redis::{DEBUGGABLE, PrivateRedis};
 
 /// `redis-cli monitor` on the private server: every command it executes, one line each, killed when
 /// dropped. Lines look like `1700000000.000000 [0 127.0.0.1:50000] "evalsha" "..."`, or `[0 lua]` for
@@ -93,7 +31,7 @@ struct Monitor {
 }
 
 impl Monitor {
-    async fn start(server: &RedisServer, conn: &mut redis::aio::MultiplexedConnection) -> Monitor {
+    async fn start(server: &PrivateRedis, conn: &mut redis::aio::MultiplexedConnection) -> Monitor {
         let mut child = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "monitor"])
             .stdin(Stdio::null())
@@ -250,7 +188,7 @@ async fn assert_one_evalsha<F: std::future::Future<Output = serde_json::Value>>(
 #[tokio::test]
 async fn generate_code_and_wrong_verify_are_one_redis_round_trip_each() {
     // Declared first, dropped last: the app and the monitor let go before the server goes.
-    let redis_server = RedisServer::start();
+    let redis_server = PrivateRedis::start(DEBUGGABLE);
     let url = redis_server.url.clone();
     let app = TestApp::spawn_with(|c| {
         c.stores.redis_url = SecretString::from(url.clone());
