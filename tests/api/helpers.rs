@@ -286,38 +286,43 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let db = self.db_name.clone();
-        let prefix = self.prefix.clone();
-        // Drop runs inside the test's runtime; clean up from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async move {
-                use sqlx::ConnectOptions;
-                if let Ok(opts) =
-                    format!("{}/postgres", server_url()).parse::<sqlx::postgres::PgConnectOptions>()
-                    && let Ok(mut conn) = opts.connect().await
-                {
-                    let sql = format!("drop database if exists \"{db}\" with (force)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
-                }
-                if let Ok(client) = redis::Client::open(redis_url())
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}*"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
-                }
-            });
-        })
-        .join();
+        drop_test_stores(&self.db_name, Some(&self.prefix));
     }
+}
+
+/// Drops a test's database and deletes its Redis keys (`prefix`, when it has its own). Called from
+/// `Drop`, which cannot await and may run inside the test's runtime: the work runs on a thread with a
+/// runtime of its own.
+pub fn drop_test_stores(db: &str, prefix: Option<&str>) {
+    let (db, prefix) = (db.to_owned(), prefix.map(str::to_owned));
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async move {
+            use sqlx::ConnectOptions;
+            if let Ok(opts) = format!("{}/postgres", server_url()).parse::<sqlx::postgres::PgConnectOptions>()
+                && let Ok(mut conn) = opts.connect().await
+            {
+                let sql = format!("drop database if exists \"{db}\" with (force)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+            }
+            if let Some(prefix) = prefix
+                && let Ok(client) = redis::Client::open(redis_url())
+                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}*"))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+        });
+    })
+    .join();
 }
 
 /// `errors[0].extensions.code` of a response, if any.

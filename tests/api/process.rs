@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{redis_url, server_url};
+use crate::helpers::{drop_test_stores, redis_url, server_url};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phone-auth");
 
@@ -65,34 +65,7 @@ impl Stores {
 
 impl Drop for Stores {
     fn drop(&mut self) {
-        let db = self.db.clone();
-        let prefix = self.prefix.clone();
-        // Drop cannot await, and may run inside the test's runtime: clean up from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async move {
-                use sqlx::Connection as _;
-                if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{}/postgres", server_url())).await {
-                    let drop = format!("drop database if exists \"{db}\" with (force)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut c).await;
-                }
-                if let Ok(client) = redis::Client::open(redis_url())
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{prefix}*"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
-                }
-            });
-        })
-        .join();
+        drop_test_stores(&self.db, Some(&self.prefix));
     }
 }
 

@@ -18,23 +18,7 @@ impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let db = self.db.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async move {
-                use sqlx::ConnectOptions;
-                if let Ok(opts) =
-                    format!("{}/postgres", server_url()).parse::<sqlx::postgres::PgConnectOptions>()
-                    && let Ok(mut conn) = opts.connect().await
-                {
-                    let sql = format!("drop database if exists \"{db}\" with (force)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
-                }
-            });
-        })
-        .join();
+        drop_test_stores(&self.db, None);
     }
 }
 
