@@ -36,8 +36,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct App {
     pub router: axum::Router,
-    /// Renders the Prometheus metrics (served by `main` on METRICS_ADDR).
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Renders the Prometheus metrics (served by `main` on METRICS_ADDR); None with METRICS_ADDR=off:
+    /// then no recorder is installed and every metric call is a no-op.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub outbox: Arc<Outbox>,
     /// Field resolutions since start.
     pub resolvers: ResolverCounter,
@@ -143,7 +144,10 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     config.validate_with(sms.is_none())?;
     config.log_profile(sms.is_none());
     let production = config.production();
-    let metrics = crate::ops::metrics::install()?;
+    let metrics = match config.ops.metrics_addr()? {
+        Some(_) => Some(crate::ops::metrics::install()?),
+        None => None,
+    };
 
     let provider = match sms {
         Some(s) => s,
@@ -263,7 +267,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
             config.otp.registration_token_ttl_seconds,
         ),
         hasher,
-        audit: AuditLog::start(pg.clone()),
+        audit: AuditLog::start(pg.clone(), config.ops.audit_code_events),
         phone_changes: PhoneChanges::new(redis.clone(), key_names, config.otp.otp_ttl_seconds),
         notices: outbox.appender(),
         reauth_seconds: tokens_config.reauth_seconds,

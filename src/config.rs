@@ -86,6 +86,12 @@ pub struct OpsConfig {
     /// covers investigations; a year covers a yearly review.
     #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 365)]
     pub audit_retention_days: u32,
+
+    /// Record the high-volume code events (code sent, check failed) in the audit trail, besides the
+    /// account events that are always recorded. `false` leaves codes to the metrics: for a team whose
+    /// SMS volume makes one row per code too much, or to measure what the rows cost.
+    #[arg(long, env = "AUDIT_CODE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit_code_events: bool,
 }
 
 impl OpsConfig {

@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            phone_auth::ops::logging::init(cli.config.ops.log_format);
+            let _log = phone_auth::ops::logging::init(cli.config.ops.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(phone_auth::admin::run(&cli.config, command)),
         Command::Worker => {
-            phone_auth::ops::logging::init(cli.config.ops.log_format);
+            let _log = phone_auth::ops::logging::init(cli.config.ops.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -81,9 +81,8 @@ fn main() -> anyhow::Result<()> {
 async fn worker(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     config.log_profile(true);
-    let handle = phone_auth::ops::metrics::install()?;
     if let Some(addr) = config.ops.metrics_addr()? {
-        phone_auth::ops::metrics::serve(addr, handle).await?;
+        phone_auth::ops::metrics::serve(addr, phone_auth::ops::metrics::install()?).await?;
     }
     let provider = phone_auth::app::sms_provider(&config)?;
     // The codes in the jobs are sealed under a key derived from the server's secret: a generated one
@@ -121,8 +120,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.http.listen_addr))?;
     config.http.listen_addr = listener.local_addr()?;
     let app = phone_auth::app::build(&config, None).await?;
-    if let Some(addr) = config.ops.metrics_addr()? {
-        phone_auth::ops::metrics::serve(addr, app.metrics.clone()).await?;
+    if let (Some(addr), Some(handle)) = (config.ops.metrics_addr()?, app.metrics.clone()) {
+        phone_auth::ops::metrics::serve(addr, handle).await?;
     }
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
     let header_timeout = Duration::from_secs(config.http.header_read_timeout_seconds);

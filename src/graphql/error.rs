@@ -38,6 +38,43 @@ pub mod codes {
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
     /// Cookie mode: a mutation carrying the refresh cookie without an allowed Origin (CSRF).
     pub const FORBIDDEN: &str = "FORBIDDEN";
+
+    /// Every code above (a test checks none is missing).
+    pub const ALL: &[&str] = &[
+        BAD_USER_INPUT,
+        INVALID_CODE,
+        TOO_MANY_ATTEMPTS,
+        RATE_LIMITED,
+        INVALID_CREDENTIALS,
+        ACCOUNT_LOCKED,
+        INVALID_TOKEN,
+        PHONE_ALREADY_REGISTERED,
+        UNAUTHENTICATED,
+        REAUTHENTICATION_REQUIRED,
+        NOT_FOUND,
+        SERVICE_UNAVAILABLE,
+        INTERNAL_SERVER_ERROR,
+        GRAPHQL_PARSE_FAILED,
+        GRAPHQL_VALIDATION_FAILED,
+        PERSISTED_QUERY_NOT_SUPPORTED,
+        QUERY_LIMIT_EXCEEDED,
+        BATCH_NOT_SUPPORTED,
+        BAD_REQUEST,
+        UNSUPPORTED_MEDIA_TYPE,
+        NOT_ACCEPTABLE,
+        METHOD_NOT_ALLOWED,
+        PAYLOAD_TOO_LARGE,
+        FORBIDDEN,
+    ];
+
+    /// The constant for a code seen in a response (a bounded metric label without an allocation);
+    /// `OTHER` for anything else.
+    pub fn intern(code: &str) -> &'static str {
+        ALL.iter().find(|c| **c == code).copied().unwrap_or(OTHER)
+    }
+
+    /// A label for a code that is not ours (there should be none: `tag_uncoded` codes every error).
+    pub const OTHER: &str = "OTHER";
 }
 
 pub fn code(e: &AppError) -> &'static str {
@@ -162,4 +199,25 @@ pub fn tag_uncoded(error: &mut ServerError) {
         .extensions
         .get_or_insert_with(Default::default)
         .set("code", Value::String(code.into()));
+}
+
+#[cfg(test)]
+mod code_list_tests {
+    use super::codes;
+
+    #[test]
+    fn every_code_is_listed_and_interned() {
+        let source = include_str!("error.rs");
+        let declared: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub const "))
+            .filter(|l| !l.starts_with("ALL") && !l.starts_with("OTHER"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(declared.len() >= 24, "{declared:?}");
+        for code in declared {
+            assert_eq!(codes::intern(code), code, "{code} is missing from codes::ALL");
+        }
+        assert_eq!(codes::intern("made up"), codes::OTHER);
+    }
 }

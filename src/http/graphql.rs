@@ -293,8 +293,8 @@ async fn execute(
             .iter()
             .filter_map(|e| e.extensions.as_ref()?.get("code"))
             .map(|code| match code {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+                Value::String(s) => crate::graphql::error::codes::intern(s),
+                _ => crate::graphql::error::codes::OTHER,
             })
             .collect(),
         client_ip,

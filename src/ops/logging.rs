@@ -1,6 +1,10 @@
 //! Logs: the subscriber (`LOG_FORMAT=json|text`; colours only on a terminal and without `NO_COLOR`),
 //! request ids, and one access log line per request.
 //!
+//! At `info` the request span (its id) is the only span: the services' `#[instrument]` spans are at
+//! `debug`, since formatting three more spans for every request cost more than the access line
+//! itself (`RUST_LOG=phone_auth=debug` brings them back).
+//!
 //! Never logged: a phone in clear (masked: `+1650***0000`), a code, a token, a password. The access
 //! line carries the GraphQL root field and the `extensions.code`s, never variables or the document.
 
@@ -23,12 +27,30 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init(format: LogFormat) {
+/// Lines written by the log thread in one go at most (it flushes whenever its queue is empty).
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Installs the subscriber. Lines are formatted on the thread that logs them, then written to stdout
+/// by a thread of their own, in batches: a `write` call per line on the request path cost about a
+/// fifth of a cheap request's CPU (docs/BENCHMARKS.md, session 5). Nothing is dropped: when the
+/// queue is full (128k lines) the logging thread waits, as it did on a blocked stdout before. Keep
+/// the guard until exit: dropping it flushes what is queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // https://no-color.org: any non-empty NO_COLOR turns colours off; a file or a pipe never gets
     // escape codes.
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("phone-auth-log")
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_BUFFER_BYTES,
+            std::io::stdout(),
+        ));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder
             .json()
@@ -38,6 +60,7 @@ pub fn init(format: LogFormat) {
             .init(),
         LogFormat::Text => builder.with_ansi(ansi).init(),
     }
+    guard
 }
 
 /// `+16502530000` -> `+1650***0000`: enough to tell numbers apart in an investigation, not enough to
@@ -55,7 +78,7 @@ pub fn mask_phone(e164: &str) -> String {
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A client's `X-Request-Id` is kept when it is 1 to 128 characters of `[A-Za-z0-9._:-]` (what
-/// proxies and tracing systems send: UUIDs, hex, ULIDs); otherwise a new UUID is made, so a log line
+/// proxies and tracing systems send: UUIDs, hex, ULIDs); otherwise a new one is made, so a log line
 /// can never be forged or split through it.
 fn request_id(req: &Request) -> String {
     req.headers()
@@ -67,7 +90,17 @@ fn request_id(req: &Request) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+/// A new request id: a random (version 4) UUID from the thread's CSPRNG (rand's `ThreadRng`, seeded
+/// from the OS). Random, so it tells a client nothing about our traffic (a counter would), without a
+/// getrandom call per request (`Uuid::new_v4` makes one).
+fn new_request_id() -> String {
+    use rand::RngExt as _;
+    uuid::Builder::from_random_bytes(rand::rng().random())
+        .into_uuid()
+        .to_string()
 }
 
 /// What the GraphQL handler learned, for the access line and the metrics (response extension).
@@ -77,7 +110,8 @@ pub struct GraphqlOutcome {
     pub kind: &'static str,
     /// The operation's first root field, bounded (`ops::metrics::operation_label`).
     pub operation: &'static str,
-    pub codes: Vec<String>,
+    /// The `extensions.code`s answered, as the constants of `graphql::error::codes`.
+    pub codes: Vec<&'static str>,
     pub client_ip: std::net::IpAddr,
 }
 
@@ -149,7 +183,10 @@ mod tests {
         for bad in ["", "a b", "evil\"}", &"a".repeat(129), "semi;colon"] {
             let id = request_id(&req(bad));
             assert_ne!(id, bad);
-            assert_eq!(id.len(), 36, "a fresh UUID");
+            assert_eq!(id.len(), 36, "a fresh UUID-shaped id");
         }
+        let (a, b) = (request_id(&req("")), request_id(&req("")));
+        assert_ne!(a, b, "never the same twice");
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 4);
     }
 }

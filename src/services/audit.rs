@@ -10,7 +10,7 @@
 //!   that drops under overload (`record_bulk`, counted in `phone_auth_audit_events_dropped_total`):
 //!   an SMS-pumping flood must not turn into a write flood, nor slow or fail a request.
 //!
-//! One writer task empties both queues in batches (one INSERT of up to 256 rows).
+//! One writer task empties both queues in batches (one COPY of up to 256 rows).
 //!
 //! Who is asking (client IP, user agent) is request-scoped: the HTTP layer sets `CALLER` around the
 //! request, and `AuthService::detached` carries it into the flow's task, so flows do not thread it
@@ -165,15 +165,22 @@ const BULK_QUEUE: usize = 8192;
 pub struct AuditLog {
     account: mpsc::Sender<AuditRow>,
     bulk: mpsc::Sender<AuditRow>,
+    /// AUDIT_CODE_EVENTS.
+    code_events: bool,
 }
 
 impl AuditLog {
     /// Starts the writer task on the current runtime.
-    pub fn start(pool: PgPool) -> Self {
+    /// `code_events`: AUDIT_CODE_EVENTS (false: `record_bulk` records nothing).
+    pub fn start(pool: PgPool, code_events: bool) -> Self {
         let (account, account_rx) = mpsc::channel(ACCOUNT_QUEUE);
         let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
         tokio::spawn(writer(pool, account_rx, bulk_rx));
-        AuditLog { account, bulk }
+        AuditLog {
+            account,
+            bulk,
+            code_events,
+        }
     }
 
     /// An account event with no PostgreSQL change of its own: waits for room, never dropped.
@@ -184,8 +191,12 @@ impl AuditLog {
     }
 
     /// A high-volume code event: dropped (and counted) when the queue is full, never waited for.
-    pub fn record_bulk(&self, row: AuditRow) {
-        if self.bulk.try_send(row).is_err() {
+    /// `row` is built only when code events are recorded.
+    pub fn record_bulk(&self, row: impl FnOnce() -> AuditRow) {
+        if !self.code_events {
+            return;
+        }
+        if self.bulk.try_send(row()).is_err() {
             metrics::counter!(crate::ops::metrics::AUDIT_DROPPED).increment(1);
         }
     }
@@ -210,7 +221,7 @@ async fn writer(pool: PgPool, mut account: mpsc::Receiver<AuditRow>, mut bulk: m
         // A failed batch is retried (PostgreSQL down): account events must not be lost while the
         // process lives; backpressure holds new ones meanwhile.
         let mut wait = Duration::from_millis(100);
-        while let Err(e) = insert(&pool, &batch).await {
+        while let Err(e) = copy_batch(&pool, &batch).await {
             tracing::warn!(error = %e, events = batch.len(), "writing audit events failed; retrying");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
@@ -246,6 +257,84 @@ async fn insert<'e>(exec: impl sqlx::PgExecutor<'e>, rows: &[AuditRow]) -> Resul
             .push_bind(r.detail.clone());
     });
     qb.build().execute(exec).await.map(|_| ())
+}
+
+/// The writer's batches go in by `COPY ... FROM STDIN` (text format): one statement whatever the batch
+/// size. A multi-row INSERT was a new statement for every batch size (each prepared, planned and
+/// cached per connection) with 9 bind parameters a row; under a code flood that was most of the
+/// writer's cost and a good part of PostgreSQL's (docs/BENCHMARKS.md, session 5).
+async fn copy_batch(pool: &PgPool, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+    use sqlx::postgres::PgPoolCopyExt as _;
+    let mut data = String::with_capacity(rows.len() * 160);
+    for r in rows {
+        encode_copy_row(&mut data, r);
+    }
+    let mut copy = pool
+        .copy_in_raw(
+            "copy audit_events (at, event, user_id, phone_masked, phone_digest, client_ip, user_agent, \
+             session_id, detail) from stdin",
+        )
+        .await?;
+    if let Err(e) = copy.send(data.into_bytes()).await {
+        let _ = copy.abort("the batch could not be sent").await;
+        return Err(e);
+    }
+    copy.finish().await.map(|_| ())
+}
+
+/// One row of COPY's text format: tab-separated, `\N` for null, backslash escapes for the
+/// characters the format reserves (PostgreSQL docs, COPY, "Text Format"). Every client-supplied
+/// string (the user agent) goes through `escape`, so it can never end a field or a row.
+fn encode_copy_row(out: &mut String, r: &AuditRow) {
+    use std::fmt::Write as _;
+    fn text(out: &mut String, v: Option<&str>) {
+        match v {
+            None => out.push_str("\\N"),
+            Some(v) => escape(out, v),
+        }
+    }
+    fn escape(out: &mut String, v: &str) {
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c => out.push(c),
+            }
+        }
+    }
+    // RFC 3339 with an offset: what timestamptz reads back exactly.
+    let at =
+        r.at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| "now".to_owned());
+    escape(out, &at);
+    out.push('\t');
+    escape(out, r.event);
+    out.push('\t');
+    text(out, r.user_id.map(|u| u.to_string()).as_deref());
+    out.push('\t');
+    text(out, r.phone_masked.as_deref());
+    out.push('\t');
+    match &r.phone_digest {
+        None => out.push_str("\\N"),
+        // bytea's hex input `\x...`, its backslash escaped for COPY.
+        Some(d) => {
+            out.push_str("\\\\x");
+            for b in d {
+                let _ = write!(out, "{b:02x}");
+            }
+        }
+    }
+    out.push('\t');
+    text(out, r.client_ip.as_deref());
+    out.push('\t');
+    text(out, r.user_agent.as_deref());
+    out.push('\t');
+    text(out, r.session_id.map(|u| u.to_string()).as_deref());
+    out.push('\t');
+    escape(out, &r.detail.to_string());
+    out.push('\n');
 }
 
 /// Deletes events older than `days`. Returns how many.

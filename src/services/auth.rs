@@ -292,22 +292,22 @@ impl AuthService {
 
     /// Sends a code (queues its SMS). Answers the same whether or not the phone has an account.
     /// `client` is the caller's budget key (see `client_ip::budget_key`).
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn generate_code(&self, phone: &PhoneNumber, client: &str) -> AppResult<CodeSent> {
         // Storing the code also queues its SMS (the outbox); workers deliver it.
         let issued = self.otp.issue(phone, client).await?;
-        self.audit.record_bulk(
+        self.audit.record_bulk(|| {
             AuditRow::new("code_sent")
                 .phone(phone)
-                .detail(serde_json::json!({ "testNumber": issued.test_number })),
-        );
+                .detail(serde_json::json!({ "testNumber": issued.test_number }))
+        });
         Ok(CodeSent {
             expires_in_seconds: issued.expires_in_seconds,
             resend_in_seconds: issued.resend_in_seconds,
         })
     }
 
-    #[tracing::instrument(skip(self, code))]
+    #[tracing::instrument(level = "debug", skip(self, code))]
     pub async fn verify_user(
         &self,
         phone: &PhoneNumber,
@@ -323,7 +323,7 @@ impl AuthService {
             Err(_) => None,
         };
         if let Some(event) = event {
-            self.audit.record_bulk(AuditRow::new(event).phone(phone));
+            self.audit.record_bulk(|| AuditRow::new(event).phone(phone));
         }
         let consumed = checked?;
         let outcome = async {
@@ -361,7 +361,7 @@ impl AuthService {
         outcome
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn register(
         &self,
         registration_token: &str,
@@ -415,7 +415,7 @@ impl AuthService {
 
     /// Password sign-in. Unknown phone and wrong password are the same answer, the same work (a hash
     /// against a dummy) and the same count towards the lock.
-    #[tracing::instrument(skip(self, password))]
+    #[tracing::instrument(level = "debug", skip(self, password))]
     pub async fn login(
         &self,
         phone: &PhoneNumber,
@@ -463,7 +463,7 @@ impl AuthService {
         }
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn refresh(&self, refresh_token: &str) -> AppResult<SignedIn> {
         let (user, session) = Box::pin(self.sessions.rotate(refresh_token)).await?;
         self.signed_in(user, session)
@@ -482,7 +482,7 @@ impl AuthService {
             .map(|u| (u, verified.session_id)))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn logout(&self, bearer: Option<&str>, all_sessions: bool) -> AppResult<u64> {
         let (user, session_id) = self
             .current_user(bearer)

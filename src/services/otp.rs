@@ -269,7 +269,7 @@ impl OtpService {
     }
 
     /// Draws and stores a new code for `phone`, unless the phone is cooling down or out of budget.
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn issue(&self, phone: &PhoneNumber, client: &str) -> AppResult<Issued> {
         let (code, test_number) = match self.test_numbers.code_for(phone) {
             Some(fixed) => (fixed, true),
@@ -355,7 +355,7 @@ impl OtpService {
     /// Checks `code` against the pending code of `phone` and consumes it if it matches. Not rerun on
     /// a dropped connection: a rerun of a check that did run would find the code gone (INVALID_CODE)
     /// or count a wrong try twice; SERVICE_UNAVAILABLE is the honest answer.
-    #[tracing::instrument(skip(self, code))]
+    #[tracing::instrument(level = "debug", skip(self, code))]
     pub async fn consume(&self, phone: &PhoneNumber, code: &OtpCode, client: &str) -> AppResult<Consumed> {
         let s = &self.settings;
         let out: Vec<i64> = self

@@ -394,3 +394,43 @@ async fn admin_commands_through_the_binary() {
         "{text}"
     );
 }
+
+/// The writer's batches go in by COPY text format: a client-chosen user agent with the characters
+/// that format reserves (tab, newline, backslash, `\N`) must be stored exactly, in its own field.
+#[tokio::test]
+async fn audit_rows_keep_a_hostile_user_agent_exactly() {
+    let app = TestApp::spawn().await;
+    let phone = "+16502530456";
+    let agent = "evil\\tagent\t(real tab) \\N\\\\x00 \"quoted\"";
+    let response = app
+        .client
+        .post(format!("http://{}/graphql", app.addr))
+        .header("user-agent", agent)
+        .json(&json!({ "query": GENERATE, "variables": { "p": phone } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let start = Instant::now();
+    let row: (String, Option<String>, Vec<u8>, Option<String>, Value) = loop {
+        let row = sqlx::query_as(
+            "select event, user_agent, phone_digest, client_ip, detail from audit_events where event = 'code_sent'",
+        )
+        .fetch_optional(&app.pg)
+        .await
+        .unwrap();
+        if let Some(row) = row {
+            break row;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no code_sent row");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(row.1.as_deref(), Some(agent));
+    assert_eq!(row.2, phone_auth::services::audit::phone_digest(phone));
+    assert_eq!(row.3.as_deref(), Some("127.0.0.1"));
+    assert_eq!(row.4, json!({ "testNumber": false }));
+    // Read back by the admin lookup (the digest index), as an operator would.
+    let (ok, out) = admin(&app, &["audit", "--phone", phone]);
+    assert!(ok, "{out}");
+    assert!(out.contains("code_sent"), "{out}");
+}

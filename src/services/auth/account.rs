@@ -86,7 +86,7 @@ impl AuthService {
     /// checks one (same hashing queue, same lockout: three wrong ones lock password sign-in of the
     /// phone, as three wrong logins would). Afterwards every other session of the user is revoked (the
     /// caller's stays), and the phone's pending code and registration tokens are ended.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn change_password(
         &self,
         bearer: Option<&str>,
@@ -166,7 +166,7 @@ impl AuthService {
     /// the user in. Until the code is right the answers are those of `verifyUser` (INVALID_CODE,
     /// TOO_MANY_ATTEMPTS, RATE_LIMITED), whatever the phone; with the right code, a phone without an
     /// account gets INVALID_CREDENTIALS (its holder would learn as much from `verifyUser`).
-    #[tracing::instrument(skip(self, code, new))]
+    #[tracing::instrument(level = "debug", skip(self, code, new))]
     pub async fn reset_password(
         &self,
         phone: &PhoneNumber,
@@ -218,7 +218,7 @@ impl AuthService {
     /// Sends a code to the number the signed-in user wants to move to, with every budget of
     /// `generateCode` applied to that number. Needs a recent sign-in. Whether the number has an
     /// account is not said here: only to whoever proves to hold it (`confirm_phone_change`).
-    #[tracing::instrument(skip(self, bearer))]
+    #[tracing::instrument(level = "debug", skip(self, bearer))]
     pub async fn request_phone_change(
         &self,
         bearer: Option<&str>,
@@ -245,7 +245,7 @@ impl AuthService {
     /// of this same user. PHONE_ALREADY_REGISTERED only once the code is proven; the unique
     /// constraint decides a race with a sign-up or another change. Sessions stay; the new number
     /// starts with no password lock or pending registration; the old number gets a notice by SMS.
-    #[tracing::instrument(skip(self, bearer, code))]
+    #[tracing::instrument(level = "debug", skip(self, bearer, code))]
     pub async fn confirm_phone_change(
         &self,
         bearer: Option<&str>,
@@ -317,7 +317,7 @@ impl AuthService {
 
     /// Ends one of the signed-in user's sessions (the current one too, like `logout`). Any id that is
     /// not one of their live sessions, another user's included, is NOT_FOUND.
-    #[tracing::instrument(skip(self, bearer))]
+    #[tracing::instrument(level = "debug", skip(self, bearer))]
     pub async fn revoke_session(&self, bearer: Option<&str>, session_id: Uuid) -> AppResult<()> {
         let caller = self.caller(bearer).await?;
         let audit = AuditRow::new("session_revoked")
@@ -338,7 +338,7 @@ impl AuthService {
     /// cascade), and the phone's pending state in Redis (code, password lock, registration tokens).
     /// The phone's send and failure budgets stay until their window ends. Needs a recent sign-in.
     /// Returns the deleted user's id.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn delete_account(&self, bearer: Option<&str>) -> AppResult<Uuid> {
         let caller = self.recent_caller(bearer).await?;
         let phone = caller.phone();
@@ -364,7 +364,7 @@ impl AuthService {
             Err(_) => None,
         };
         if let Some(event) = event {
-            self.audit.record_bulk(AuditRow::new(event).phone(phone));
+            self.audit.record_bulk(|| AuditRow::new(event).phone(phone));
         }
         checked
     }
