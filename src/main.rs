@@ -125,6 +125,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         phone_auth::ops::metrics::serve(addr, app.metrics.clone()).await?;
     }
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
+    if app.embedded.is_some() {
+        embedded_banner(&config, listener.local_addr()?);
+    }
     let header_timeout = Duration::from_secs(config.http.header_read_timeout_seconds);
     let drain = Duration::from_secs(config.http.shutdown_drain_seconds);
     let draining = app.draining.clone();
@@ -150,6 +153,23 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Says, where a person starting the service will see it, that its data lives in memory only.
+fn embedded_banner(config: &Config, addr: std::net::SocketAddr) {
+    let graphiql = if config.http.graphiql.unwrap_or(!config.production()) {
+        format!("GraphiQL:  http://{addr}/graphql (open it in a browser)")
+    } else {
+        "GraphiQL:  off (GRAPHIQL=false)".to_owned()
+    };
+    let rule = "=".repeat(78);
+    eprintln!(
+        "\n{rule}\n phone-auth on its EMBEDDED backend: no DATABASE_URL / REDIS_URL was set.\n \
+         Users, sessions, codes, locks and queued SMS live in this process's memory\n \
+         and are LOST when it exits. For development only (refused with APP_ENV=production).\n \
+         {graphiql}\n \
+         Set DATABASE_URL and REDIS_URL to run on PostgreSQL and Redis.\n{rule}\n"
+    );
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send): stop accepting, finish what is in flight.

@@ -167,12 +167,39 @@ pub struct AuditLog {
     bulk: mpsc::Sender<AuditRow>,
 }
 
+/// Where the trail is kept: PostgreSQL (`audit_events`), or the embedded backend's memory.
+#[derive(Clone)]
+pub enum AuditSink {
+    Postgres(PgPool),
+    Embedded(std::sync::Arc<crate::services::embedded::Db>),
+}
+
+impl AuditSink {
+    async fn insert(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+        match self {
+            AuditSink::Postgres(pool) => insert(pool, rows).await,
+            AuditSink::Embedded(db) => {
+                db.audit_insert(rows);
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes events older than `days`. Returns how many.
+    pub async fn purge(&self, days: u32) -> Result<u64, sqlx::Error> {
+        match self {
+            AuditSink::Postgres(pool) => purge(pool, days).await,
+            AuditSink::Embedded(db) => Ok(db.audit_purge(days)),
+        }
+    }
+}
+
 impl AuditLog {
     /// Starts the writer task on the current runtime.
-    pub fn start(pool: PgPool) -> Self {
+    pub fn start(sink: AuditSink) -> Self {
         let (account, account_rx) = mpsc::channel(ACCOUNT_QUEUE);
         let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
-        tokio::spawn(writer(pool, account_rx, bulk_rx));
+        tokio::spawn(writer(sink, account_rx, bulk_rx));
         AuditLog { account, bulk }
     }
 
@@ -191,7 +218,7 @@ impl AuditLog {
     }
 }
 
-async fn writer(pool: PgPool, mut account: mpsc::Receiver<AuditRow>, mut bulk: mpsc::Receiver<AuditRow>) {
+async fn writer(sink: AuditSink, mut account: mpsc::Receiver<AuditRow>, mut bulk: mpsc::Receiver<AuditRow>) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         // Account events first: they are the ones that must not wait behind a flood.
@@ -210,7 +237,7 @@ async fn writer(pool: PgPool, mut account: mpsc::Receiver<AuditRow>, mut bulk: m
         // A failed batch is retried (PostgreSQL down): account events must not be lost while the
         // process lives; backpressure holds new ones meanwhile.
         let mut wait = Duration::from_millis(100);
-        while let Err(e) = insert(&pool, &batch).await {
+        while let Err(e) = sink.insert(&batch).await {
             tracing::warn!(error = %e, events = batch.len(), "writing audit events failed; retrying");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));

@@ -48,7 +48,7 @@ async fn login_token(app: &TestApp, phone: &str, password: &str) -> String {
 
 async fn live_sessions(app: &TestApp) -> i64 {
     sqlx::query_scalar("select count(*) from sessions where revoked_at is null")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap()
 }
@@ -56,14 +56,14 @@ async fn live_sessions(app: &TestApp) -> i64 {
 async fn password_hash(app: &TestApp, phone: &str) -> String {
     sqlx::query_scalar("select password_hash from users where phone = $1")
         .bind(phone)
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap()
 }
 
 async fn phones(app: &TestApp) -> Vec<String> {
     sqlx::query_scalar("select phone from users order by phone")
-        .fetch_all(&app.pg)
+        .fetch_all(app.pg())
         .await
         .unwrap()
 }
@@ -71,7 +71,7 @@ async fn phones(app: &TestApp) -> Vec<String> {
 async fn key_exists(app: &TestApp, suffix: &str) -> bool {
     let n: i64 = redis::cmd("EXISTS")
         .arg(format!("{}{suffix}", app.prefix))
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     n == 1
@@ -584,7 +584,7 @@ async fn deleted_account_phone_signs_up_again() {
     assert_eq!(r["data"]["deleteAccount"]["deletedUserId"], old_id, "{r}");
     assert!(phones(&app).await.is_empty());
     let sessions: i64 = sqlx::query_scalar("select count(*) from sessions")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(sessions, 0);
@@ -669,7 +669,7 @@ async fn account_flows_leave_their_audit_events() {
              where event = any($1) order by at, id",
         )
         .bind(&account_events[..])
-        .fetch_all(&app.pg)
+        .fetch_all(app.pg())
         .await
         .unwrap();
         if rows.len() >= account_events.len() {

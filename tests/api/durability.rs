@@ -17,7 +17,7 @@ fn production(c: &mut Config, redis: &PrivateRedis) {
     // Production refuses a loopback issuer (the address gateways reach us at).
     c.tokens.jwt_issuer = Some("https://auth.example.com".into());
     c.stores.redis_durability_check = DurabilityCheck::Refuse;
-    c.stores.redis_url = SecretString::from(redis.url.clone());
+    c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
     c.tokens.jwt_signing_keys = Some(SecretString::from(
         phone_auth::services::tokens::SigningKey::generate()
             .unwrap()
@@ -40,7 +40,10 @@ async fn production_refuses_a_redis_that_would_lose_locks() {
     let redis = PrivateRedis::start(&["--appendonly", "no", "--maxmemory-policy", "allkeys-lru"]);
     let mut config = test_config();
     production(&mut config, &redis);
-    config.stores.database_url = SecretString::from(format!("{}/phone_auth_never_created", server_url()));
+    config.stores.database_url = Some(SecretString::from(format!(
+        "{}/phone_auth_never_created",
+        server_url()
+    )));
     let err = start_error(&config).await;
     assert!(err.contains("APP_ENV=production"), "{err}");
     assert!(err.contains("maxmemory-policy is allkeys-lru"), "{err}");
@@ -49,7 +52,7 @@ async fn production_refuses_a_redis_that_would_lose_locks() {
 
     // Outside production it is a warning only, and with `warn` production starts too.
     let app = TestApp::spawn_with(|c| {
-        c.stores.redis_url = SecretString::from(redis.url.clone());
+        c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
         c.stores.redis_durability_check = DurabilityCheck::Refuse;
     })
     .await;
@@ -84,8 +87,11 @@ async fn production_starts_on_a_durable_redis() {
 async fn a_redis_cluster_is_refused() {
     let redis = PrivateRedis::start(&["--appendonly", "yes", "--cluster-enabled", "yes"]);
     let mut config = test_config();
-    config.stores.redis_url = SecretString::from(redis.url.clone());
-    config.stores.database_url = SecretString::from(format!("{}/phone_auth_never_created", server_url()));
+    config.stores.redis_url = Some(SecretString::from(redis.url.clone()));
+    config.stores.database_url = Some(SecretString::from(format!(
+        "{}/phone_auth_never_created",
+        server_url()
+    )));
     let err = start_error(&config).await;
     assert!(err.contains("Redis Cluster is not supported"), "{err}");
     assert!(err.contains("cluster_enabled:1"), "{err}");

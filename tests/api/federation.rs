@@ -92,7 +92,7 @@ async fn entities_are_loaded_with_one_statement_and_capped() {
     let pg = crate::private_pg::PrivatePg::start();
     let url = pg.url("phone_auth");
     let app = TestApp::spawn_with(|c| {
-        c.stores.database_url = url.into();
+        c.stores.database_url = Some(url.into());
         // 10,000 representations are about 500 KB: let them reach the cap, not the body limit.
         c.http.max_body_bytes = 2 << 20;
     })
@@ -103,7 +103,7 @@ async fn entities_are_loaded_with_one_statement_and_capped() {
     let bob_id = bob["user"]["id"].as_str().unwrap().to_owned();
     let token = ada["accessToken"].as_str().unwrap();
     sqlx::query("create extension if not exists pg_stat_statements")
-        .execute(&app.pg)
+        .execute(app.pg())
         .await
         .unwrap();
 
@@ -120,7 +120,7 @@ async fn entities_are_loaded_with_one_statement_and_capped() {
         representations.push(json!({ "__typename": "User", "id": id }));
     }
     sqlx::query("select pg_stat_statements_reset()")
-        .execute(&app.pg)
+        .execute(app.pg())
         .await
         .unwrap();
     let v = app
@@ -136,7 +136,7 @@ async fn entities_are_loaded_with_one_statement_and_capped() {
             _ => assert!(e.is_null(), "{i}: {e}"),
         }
     }
-    let statements = user_statements(&app.pg).await;
+    let statements = user_statements(app.pg()).await;
     let calls: Vec<i64> = statements.iter().map(|(_, c)| *c).collect();
     assert_eq!(calls, [1, 1], "one batch and one session lookup: {statements:#?}");
     assert!(
@@ -149,7 +149,7 @@ async fn entities_are_loaded_with_one_statement_and_capped() {
         .map(|_| json!({ "__typename": "User", "id": ada_id }))
         .collect();
     sqlx::query("select pg_stat_statements_reset()")
-        .execute(&app.pg)
+        .execute(app.pg())
         .await
         .unwrap();
     let v = app.gql(ENTITIES_NO_PHONE, json!({ "r": many })).await;
@@ -157,7 +157,7 @@ async fn entities_are_loaded_with_one_statement_and_capped() {
     assert_eq!(v["errors"][0]["extensions"]["limit"], "representations", "{v}");
     assert_eq!(v["errors"][0]["extensions"]["max"], 1000, "{v}");
     assert!(v["data"].is_null(), "{v}");
-    assert_eq!(user_statements(&app.pg).await, []);
+    assert_eq!(user_statements(app.pg()).await, []);
 }
 
 /// Several configured keys: all are published with their kid, the first signs.

@@ -58,7 +58,7 @@ async fn sign_up_sign_out_sign_in_through_http() {
 
     // The row in PostgreSQL: E.164 phone, argon2id hash with the OWASP parameters, never the password.
     let (phone, hash): (String, String) = sqlx::query_as("select phone, password_hash from users")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .expect("one user");
     assert_eq!(phone, PHONE);

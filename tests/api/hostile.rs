@@ -763,7 +763,7 @@ async fn sms_budget_and_country_allow_list() {
     // A refusal spends none of the budget, and stores no code.
     let spent: i64 = redis::cmd("GET")
         .arg(format!("{}sms:hour", app.prefix))
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     assert_eq!(spent, 2);

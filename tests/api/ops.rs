@@ -162,7 +162,7 @@ async fn metrics_count_a_flow_and_logs_carry_the_request_id() {
 
 async fn audit_events(app: &TestApp) -> Vec<(String, Option<uuid::Uuid>, Option<String>, Value)> {
     sqlx::query_as("select event, user_id, phone_masked, detail from audit_events order by at, id")
-        .fetch_all(&app.pg)
+        .fetch_all(app.pg())
         .await
         .unwrap()
 }
@@ -261,7 +261,7 @@ async fn the_audit_trail_holds_a_whole_flow_in_order() {
     assert_eq!(detail("unlocked", 0)["by"], "code");
     assert_eq!(detail("signed_out", 0)["allSessions"], true);
     let raw: Vec<(Option<String>,)> = sqlx::query_as("select client_ip from audit_events")
-        .fetch_all(&app.pg)
+        .fetch_all(app.pg())
         .await
         .unwrap();
     assert!(
@@ -327,7 +327,7 @@ async fn admin_commands_through_the_binary() {
     let (ok, out) = admin(&app, &["sessions", "revoke", "--phone", phone]);
     assert!(ok && out.contains("revoked 2 live session(s)"), "{out}");
     let (live,): (i64,) = sqlx::query_as("select count(*) from sessions where revoked_at is null")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(live, 0);
@@ -350,7 +350,7 @@ async fn admin_commands_through_the_binary() {
         .arg("HTTP 400")
         .arg("failed_ms")
         .arg(0)
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     let (ok, out) = admin(&app, &["sms", "dead-letters", "list"]);
@@ -370,7 +370,7 @@ async fn admin_commands_through_the_binary() {
     let (ok, out) = admin(&app, &["user", "delete", phone]);
     assert!(ok && out.contains("deleted user"), "{out}");
     let (users,): (i64,) = sqlx::query_as("select count(*) from users")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(users, 0);

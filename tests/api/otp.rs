@@ -30,7 +30,7 @@ async fn code_is_stored_hashed_with_ttls() {
     for (key, _) in &keys {
         let dump: redis::Value = redis::cmd("DUMP")
             .arg(key)
-            .query_async(&mut app.redis.clone())
+            .query_async(&mut app.redis().clone())
             .await
             .expect("dump");
         assert!(!format!("{dump:?}").contains(&code), "{key} holds the code");

@@ -32,7 +32,7 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
         .arg(format!("{}sms:dead", app.prefix))
         .arg("-")
         .arg("+")
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     reply
@@ -51,7 +51,7 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
 async fn on_key(app: &TestApp, command: &str, key: &str) -> i64 {
     redis::cmd(command)
         .arg(format!("{}{key}", app.prefix))
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap()
 }
@@ -145,7 +145,7 @@ async fn a_worker_delivers_its_jobs_concurrently() {
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(format!("{}sms:outbox", app.prefix))
         .arg(phone_auth::services::outbox::GROUP)
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     assert!(
@@ -399,7 +399,7 @@ async fn stream_fields(app: &TestApp, stream: &str) -> Vec<Vec<(String, String)>
         .arg(format!("{}{stream}", app.prefix))
         .arg("-")
         .arg("+")
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     reply

@@ -13,7 +13,7 @@ async fn register_requires_a_verified_phone() {
         assert_code(&app.register(token, PASSWORD).await, "INVALID_TOKEN");
     }
     let n: i64 = sqlx::query_scalar("select count(*) from users")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(n, 0);
@@ -78,7 +78,7 @@ async fn password_is_checked_after_normalisation() {
         assert_eq!(r["errors"][0]["extensions"]["reason"], reason, "{pw}");
     }
     let n: i64 = sqlx::query_scalar("select count(*) from users")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(n, 0, "no account was made");
@@ -126,7 +126,7 @@ async fn fifty_racing_registrations_with_one_token() {
         app.auth.hasher().hashes_computed()
     );
     let n: i64 = sqlx::query_scalar("select count(*) from users")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -154,7 +154,7 @@ async fn fifty_racing_registrations_of_one_phone() {
     exactly_one_success(&set.join_all().await, "PHONE_ALREADY_REGISTERED");
     let n: i64 = sqlx::query_scalar("select count(*) from users where phone = $1")
         .bind(PHONE)
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(n, 1);

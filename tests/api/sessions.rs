@@ -151,7 +151,7 @@ async fn refresh_rotation_and_reuse_detection() {
 
     // Stored only hashed.
     let stored: Vec<Vec<u8>> = sqlx::query_scalar("select token_hash from refresh_tokens")
-        .fetch_all(&app.pg)
+        .fetch_all(app.pg())
         .await
         .unwrap();
     assert_eq!(stored.len(), 2);
@@ -278,12 +278,12 @@ async fn ended_sessions_are_purged() {
         "ended less than a day ago"
     );
     sqlx::query("update sessions set revoked_at = now() - interval '2 days' where revoked_at is not null")
-        .execute(&app.pg)
+        .execute(app.pg())
         .await
         .unwrap();
     assert_eq!(app.auth.purge_expired_sessions().await.unwrap(), 1);
     let left: i64 = sqlx::query_scalar("select count(*) from sessions")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(left, 1, "the live session stays");
