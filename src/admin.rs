@@ -137,18 +137,23 @@ struct Stores {
 impl Stores {
     async fn connect(config: &Config) -> anyhow::Result<Stores> {
         let stores = &config.stores;
-        let (Some(database_url), Some(redis_url)) = (&stores.database_url, &stores.redis_url) else {
-            anyhow::bail!(
-                "admin commands need DATABASE_URL and REDIS_URL: the embedded backend's data lives in \
-                 the memory of the server process and cannot be reached from another one"
-            );
+        let needs = |name: &str| {
+            anyhow::anyhow!(
+                "admin commands need {name} (and the other store's URL): the embedded backend's data \
+                 lives in the memory of the server process and cannot be reached from another one"
+            )
         };
+        let database_url = stores
+            .database_url
+            .as_ref()
+            .ok_or_else(|| needs("DATABASE_URL"))?;
         let pg = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
             .connect(database_url.expose_secret())
             .await
             .context("cannot connect to PostgreSQL (DATABASE_URL)")?;
+        let redis_url = stores.redis_url.as_ref().ok_or_else(|| needs("REDIS_URL"))?;
         let client = redis::Client::open(redis_url.expose_secret()).context("REDIS_URL")?;
         let redis_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))

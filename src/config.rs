@@ -587,17 +587,6 @@ impl Config {
         let production = self.production();
         let (otp, sms) = (&self.otp, &self.sms);
 
-        ensure!(
-            !(production && self.embedded_stores()),
-            "APP_ENV=production needs DATABASE_URL and REDIS_URL: without them the service would run on \
-             its embedded backend, which keeps users, sessions, locks and budgets in this process's \
-             memory and loses them on exit (for development only)"
-        );
-        ensure!(
-            self.stores.database_url.is_some() == self.stores.redis_url.is_some(),
-            "set both DATABASE_URL and REDIS_URL (the real stores), or neither (the embedded backend, \
-             development only): one without the other is refused"
-        );
         if let Some(secret) = &otp.otp_hmac_secret {
             ensure!(
                 secret.expose_secret().len() >= 32,
@@ -729,6 +718,17 @@ impl Config {
         ensure!(
             sms.sms_claim_idle_ms > sms.sms_http_timeout_ms + sms.sms_backoff_max_ms,
             "SMS_CLAIM_IDLE_MS must exceed SMS_HTTP_TIMEOUT_MS + SMS_BACKOFF_MAX_MS, or live jobs get claimed twice"
+        );
+        ensure!(
+            !(production && self.embedded_stores()),
+            "APP_ENV=production needs DATABASE_URL and REDIS_URL: without them the service would run on \
+             its embedded backend, which keeps users, sessions, locks and budgets in this process's \
+             memory and loses them on exit (for development only)"
+        );
+        ensure!(
+            self.stores.database_url.is_some() == self.stores.redis_url.is_some(),
+            "set both DATABASE_URL and REDIS_URL (the real stores), or neither (the embedded backend, \
+             development only): one without the other is refused"
         );
         Ok(())
     }

@@ -37,6 +37,7 @@ async fn start_error(config: &Config) -> String {
 /// lets it start. (The refusal comes before PostgreSQL is touched: this test needs no database.)
 #[tokio::test]
 async fn production_refuses_a_redis_that_would_lose_locks() {
+    crate::real_stores_only!("the durability check of a real Redis server (private redis-server)");
     let redis = PrivateRedis::start(&["--appendonly", "no", "--maxmemory-policy", "allkeys-lru"]);
     let mut config = test_config();
     production(&mut config, &redis);
@@ -69,6 +70,7 @@ async fn production_refuses_a_redis_that_would_lose_locks() {
 /// With the AOF on and no eviction, production starts and serves.
 #[tokio::test]
 async fn production_starts_on_a_durable_redis() {
+    crate::real_stores_only!("the durability check of a real Redis server (private redis-server)");
     let redis = PrivateRedis::start(&[
         "--appendonly",
         "yes",
@@ -85,6 +87,7 @@ async fn production_starts_on_a_durable_redis() {
 /// A Redis Cluster node (even one without slots) is refused in every profile, with the reason.
 #[tokio::test]
 async fn a_redis_cluster_is_refused() {
+    crate::real_stores_only!("refusing a Redis Cluster (private redis-server)");
     let redis = PrivateRedis::start(&["--appendonly", "yes", "--cluster-enabled", "yes"]);
     let mut config = test_config();
     config.stores.redis_url = Some(SecretString::from(redis.url.clone()));

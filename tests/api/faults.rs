@@ -46,6 +46,7 @@ async fn exists(app: &TestApp, what: &str) -> bool {
 /// a refusal extends nothing.
 #[tokio::test]
 async fn a_stalled_redis_does_not_lock_the_user_out() {
+    crate::real_stores_only!("an outage of Redis (a private redis-server stalled)");
     let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
         c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
@@ -112,6 +113,7 @@ async fn a_stalled_redis_does_not_lock_the_user_out() {
 /// passwords are needed to lock (not two).
 #[tokio::test]
 async fn a_stalled_correct_login_counts_for_nothing() {
+    crate::real_stores_only!("an outage of Redis (a private redis-server stalled)");
     let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
         c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
@@ -260,6 +262,7 @@ fn on_throwaway_pg(pg: &PgServer) -> impl FnOnce(&mut phone_auth::config::Config
 /// registration token: register while PostgreSQL is down keeps the token.
 #[tokio::test]
 async fn a_postgres_outage_burns_neither_code_nor_token() {
+    crate::real_stores_only!("an outage of PostgreSQL (a private server stopped)");
     let pg = PgServer::start();
     let app = TestApp::spawn_with(on_throwaway_pg(&pg)).await;
     app.generate_code(PHONE).await;
@@ -298,6 +301,7 @@ async fn a_postgres_outage_burns_neither_code_nor_token() {
 /// failed completes as a sign-in when retried with the same token (same account, no second one).
 #[tokio::test]
 async fn a_failed_session_insert_is_completed_by_the_retry() {
+    crate::real_stores_only!("a failing PostgreSQL statement");
     let app = TestApp::spawn().await;
     let token = app.registration_token(PHONE).await;
     sqlx::raw_sql(
@@ -360,6 +364,7 @@ async fn an_announced_oversized_body_is_refused_at_once() {
 /// generateCode (issue script) and a correct login.
 #[tokio::test]
 async fn a_killed_redis_connection_costs_no_request() {
+    crate::real_stores_only!("a killed Redis connection (CLIENT KILL)");
     let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
         c.stores.redis_url = Some(SecretString::from(redis.url.clone()));

@@ -89,6 +89,7 @@ async fn user_statements(pg: &sqlx::PgPool) -> Vec<(String, i64)> {
 /// "is this the viewer" is one statement too. 10,000 are refused before any statement.
 #[tokio::test]
 async fn entities_are_loaded_with_one_statement_and_capped() {
+    crate::real_stores_only!("counts SQL statements with pg_stat_statements on a private PostgreSQL");
     let pg = crate::private_pg::PrivatePg::start();
     let url = pg.url("phone_auth");
     let app = TestApp::spawn_with(|c| {

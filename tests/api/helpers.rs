@@ -185,15 +185,6 @@ impl TestApp {
             .1
     }
 
-    /// The embedded backend's audit trail, oldest first: (event, detail).
-    pub fn embedded_audit(&self) -> Vec<(String, Value)> {
-        let (_, db) = self.embedded.as_ref().expect("the embedded backend");
-        db.audit_events()
-            .into_iter()
-            .map(|r| (r.event.to_owned(), r.detail))
-            .collect()
-    }
-
     /// The URL of this test's own database.
     pub fn database_url(&self) -> String {
         format!("{}/{}", server_url(), self.db_name)
@@ -353,6 +344,89 @@ impl TestApp {
             .query_async(&mut self.redis().clone())
             .await
             .expect("HGETALL")
+    }
+
+    /// Whether a key of this test exists, on either backend.
+    pub async fn key_exists(&self, key_suffix: &str) -> bool {
+        let key = format!("{}{}", self.prefix, key_suffix);
+        if let Some((memory, _)) = &self.embedded {
+            return memory.keys_with_ttl().iter().any(|(k, _)| *k == key);
+        }
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut self.redis().clone())
+            .await
+            .expect("EXISTS");
+        n == 1
+    }
+
+    /// Every account's phone, sorted (`users.phone`), on either backend.
+    pub async fn phones(&self) -> Vec<String> {
+        if let Some((_, db)) = &self.embedded {
+            return db.phones();
+        }
+        sqlx::query_scalar("select phone from users order by phone")
+            .fetch_all(self.pg())
+            .await
+            .expect("phones")
+    }
+
+    /// The stored password hash of `phone`'s account, on either backend.
+    pub async fn stored_password_hash(&self, phone: &str) -> String {
+        if let Some((_, db)) = &self.embedded {
+            return db.password_hash_of(phone).expect("an account");
+        }
+        sqlx::query_scalar("select password_hash from users where phone = $1")
+            .bind(phone)
+            .fetch_one(self.pg())
+            .await
+            .expect("an account")
+    }
+
+    /// Sessions stored, and those not revoked, on either backend.
+    pub async fn session_counts(&self) -> (i64, i64) {
+        if let Some((_, db)) = &self.embedded {
+            return db.session_counts();
+        }
+        sqlx::query_as("select count(*), count(*) filter (where revoked_at is null) from sessions")
+            .fetch_one(self.pg())
+            .await
+            .expect("sessions")
+    }
+
+    /// Refresh tokens stored, and those used, on either backend.
+    pub async fn refresh_token_counts(&self) -> (i64, i64) {
+        if let Some((_, db)) = &self.embedded {
+            return db.refresh_token_counts();
+        }
+        sqlx::query_as("select count(*), count(used_at) from refresh_tokens")
+            .fetch_one(self.pg())
+            .await
+            .expect("refresh tokens")
+    }
+
+    /// The audit events named in `events` (all when empty), oldest first: (event, user id, masked
+    /// phone, detail).
+    pub async fn audit_events(
+        &self,
+        events: &[&str],
+    ) -> Vec<(String, Option<uuid::Uuid>, Option<String>, Value)> {
+        if let Some((_, db)) = &self.embedded {
+            return db
+                .audit_events()
+                .into_iter()
+                .filter(|r| events.is_empty() || events.contains(&r.event))
+                .map(|r| (r.event.to_owned(), r.user_id, r.phone_masked, r.detail))
+                .collect();
+        }
+        sqlx::query_as(
+            "select event, user_id, phone_masked, detail from audit_events
+             where cardinality($1::text[]) = 0 or event = any($1) order by at, id",
+        )
+        .bind(events)
+        .fetch_all(self.pg())
+        .await
+        .expect("audit events")
     }
 
     /// ZCARD of a key of this test, on either backend.

@@ -160,13 +160,6 @@ async fn metrics_count_a_flow_and_logs_carry_the_request_id() {
     }
 }
 
-async fn audit_events(app: &TestApp) -> Vec<(String, Option<uuid::Uuid>, Option<String>, Value)> {
-    sqlx::query_as("select event, user_id, phone_masked, detail from audit_events order by at, id")
-        .fetch_all(app.pg())
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_audit_trail_holds_a_whole_flow_in_order() {
     let app = TestApp::spawn_with(|c| c.otp.otp_resend_cooldown_seconds = 0).await;
@@ -207,7 +200,7 @@ async fn the_audit_trail_holds_a_whole_flow_in_order() {
     // Code events are written off the request path: wait for the writer.
     let start = Instant::now();
     let events = loop {
-        let events = audit_events(&app).await;
+        let events = app.audit_events(&[]).await;
         if events.iter().filter(|e| e.0.starts_with("code_")).count() >= 4 {
             break events;
         }
@@ -260,6 +253,7 @@ async fn the_audit_trail_holds_a_whole_flow_in_order() {
     assert_eq!(detail("signed_in", 1)["method"], "code");
     assert_eq!(detail("unlocked", 0)["by"], "code");
     assert_eq!(detail("signed_out", 0)["allSessions"], true);
+    crate::real_stores_only!("the client address is checked on the rows of audit_events");
     let raw: Vec<(Option<String>,)> = sqlx::query_as("select client_ip from audit_events")
         .fetch_all(app.pg())
         .await
@@ -296,6 +290,7 @@ fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
 
 #[tokio::test]
 async fn admin_commands_through_the_binary() {
+    crate::real_stores_only!("admin commands run in another process, against the real stores");
     let app = TestApp::spawn().await;
     let phone = "+16502530456";
     app.sign_up(phone, "violet-anchor-1987").await;

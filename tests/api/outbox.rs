@@ -28,6 +28,9 @@ fn webhook(stub: &Stub) -> impl FnOnce(&mut phone_auth::config::Config) + '_ {
 }
 
 async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, String>> {
+    if let Some((memory, _)) = &app.embedded {
+        return memory.dead_letters();
+    }
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("{}sms:dead", app.prefix))
         .arg("-")
@@ -60,7 +63,12 @@ async fn ttl(app: &TestApp, key: &str) -> i64 {
     on_key(app, "TTL", key).await
 }
 
+/// XLEN of `sms:outbox` or `sms:dead`, on either backend.
 async fn xlen(app: &TestApp, stream: &str) -> i64 {
+    if app.embedded.is_some() {
+        let (depth, dead) = app.outbox.depth().await.unwrap();
+        return if stream == "sms:dead" { dead } else { depth } as i64;
+    }
     on_key(app, "XLEN", stream).await
 }
 
@@ -142,6 +150,8 @@ async fn a_worker_delivers_its_jobs_concurrently() {
         stub.max_in_flight()
     );
     assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 9);
+    assert_eq!(xlen(&app, "sms:outbox").await, 0);
+    crate::real_stores_only!("XPENDING of the Redis consumer group");
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(format!("{}sms:outbox", app.prefix))
         .arg(phone_auth::services::outbox::GROUP)
@@ -194,6 +204,7 @@ async fn client_errors_go_to_the_dead_letter_stream() {
     assert_eq!(xlen(&app, "sms:outbox").await, 0);
     // Both streams expire: the outbox twice a code's lifetime (at least an hour) after its last
     // job, dead letters 7 days after the last one.
+    crate::real_stores_only!("TTLs of the Redis streams");
     let outbox_ttl = ttl(&app, "sms:outbox").await;
     assert!((3500..=3600).contains(&outbox_ttl), "outbox TTL {outbox_ttl}");
     let dead_ttl = ttl(&app, "sms:dead").await;
@@ -207,6 +218,7 @@ async fn client_errors_go_to_the_dead_letter_stream() {
 /// and a TTL), and the next code is delivered as usual.
 #[tokio::test]
 async fn an_expired_outbox_is_recreated() {
+    crate::real_stores_only!("deletes the Redis stream and its consumer group");
     let stub = Stub::start([]).await;
     let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
     assert!(ttl(&app, "sms:outbox").await > 0, "created with a TTL");
@@ -426,6 +438,7 @@ async fn stream_fields(app: &TestApp, stream: &str) -> Vec<Vec<(String, String)>
 /// in any form. The worker opens it and the provider gets the right code.
 #[tokio::test]
 async fn a_queued_job_holds_no_code_in_clear() {
+    crate::real_stores_only!("reads the fields of the Redis stream's entries");
     let app = TestApp::spawn_with(|c| c.sms.sms_workers = 0).await;
     let r = app.request_code(PHONE).await;
     assert!(r["errors"].is_null(), "{r}");
@@ -454,6 +467,7 @@ async fn a_queued_job_holds_no_code_in_clear() {
 /// dead-lettered with its reason, and nothing is sent.
 #[tokio::test]
 async fn a_job_sealed_under_another_key_is_dead_lettered() {
+    crate::real_stores_only!("a second outbox process on the same Redis (phone-auth worker)");
     let app = TestApp::spawn_with(|c| c.sms.sms_workers = 0).await;
     let r = app.request_code(PHONE).await;
     assert!(r["errors"].is_null(), "{r}");

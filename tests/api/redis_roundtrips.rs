@@ -187,6 +187,7 @@ async fn assert_one_evalsha<F: std::future::Future<Output = serde_json::Value>>(
 
 #[tokio::test]
 async fn generate_code_and_wrong_verify_are_one_redis_round_trip_each() {
+    crate::real_stores_only!("counts commands on a private redis-server");
     // Declared first, dropped last: the app and the monitor let go before the server goes.
     let redis_server = PrivateRedis::start(DEBUGGABLE);
     let url = redis_server.url.clone();

@@ -112,7 +112,38 @@ impl Db {
 
     /// The events kept, oldest first (tests; the operator's `admin audit` reads PostgreSQL).
     pub fn audit_events(&self) -> Vec<AuditRow> {
-        self.lock().audit.iter().cloned().collect()
+        let mut rows: Vec<AuditRow> = self.lock().audit.iter().cloned().collect();
+        // As `order by at`: queued events are written a little after the change they follow.
+        rows.sort_by_key(|r| r.at);
+        rows
+    }
+
+    /// Inspection for tests, as their SQL asks it of PostgreSQL: every account's phone (sorted).
+    pub fn phones(&self) -> Vec<String> {
+        let mut phones: Vec<String> = self.lock().by_phone.keys().cloned().collect();
+        phones.sort();
+        phones
+    }
+
+    /// A phone's stored password hash (tests).
+    pub fn password_hash_of(&self, phone: &str) -> Option<String> {
+        let sql = self.lock();
+        let id = sql.by_phone.get(phone)?;
+        Some(sql.users.get(id)?.password_hash.clone())
+    }
+
+    /// Sessions stored, and those not revoked (tests).
+    pub fn session_counts(&self) -> (i64, i64) {
+        let sql = self.lock();
+        let unrevoked = sql.sessions.values().filter(|s| s.revoked_at.is_none()).count();
+        (sql.sessions.len() as i64, unrevoked as i64)
+    }
+
+    /// Refresh tokens stored, and those used (tests).
+    pub fn refresh_token_counts(&self) -> (i64, i64) {
+        let sql = self.lock();
+        let used = sql.tokens.values().filter(|(_, used)| *used).count();
+        (sql.tokens.len() as i64, used as i64)
     }
 }
 

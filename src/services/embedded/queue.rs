@@ -29,7 +29,6 @@ struct Entry {
 }
 
 struct Pending {
-    consumer: String,
     /// When it was last handed out or claimed (its idle time starts there).
     since_ms: i64,
 }
@@ -42,8 +41,9 @@ pub(super) struct Queue {
     last_delivered: u64,
     pending: HashMap<u64, Pending>,
     expires_ms: Option<i64>,
-    /// Dead letters kept (failed at, ms); the reason and message are logged by the worker.
-    dead: VecDeque<i64>,
+    /// Dead letters kept: {id, to, reason, failed_ms}, as in the Redis `sms:dead` stream (never the
+    /// code).
+    dead: VecDeque<HashMap<String, String>>,
     dead_expires_ms: Option<i64>,
 }
 
@@ -94,7 +94,7 @@ impl Queue {
     }
 
     /// XREADGROUP ... >: the next `count` new jobs, now pending for `name`.
-    fn read(&mut self, name: &str, count: usize, now: i64) -> Vec<Job> {
+    fn read(&mut self, count: usize, now: i64) -> Vec<Job> {
         self.expire(now);
         let seqs: Vec<u64> = self
             .entries
@@ -105,16 +105,20 @@ impl Queue {
         let mut jobs = Vec::with_capacity(seqs.len());
         for seq in seqs {
             self.last_delivered = seq;
-            self.pending.insert(
-                seq,
-                Pending {
-                    consumer: name.to_owned(),
-                    since_ms: now,
-                },
-            );
+            self.pending.insert(seq, Pending { since_ms: now });
             jobs.extend(self.job(seq));
         }
         jobs
+    }
+}
+
+impl Memory {
+    /// The dead letters kept, oldest first (tests, as they read `sms:dead`).
+    pub fn dead_letters(&self) -> Vec<HashMap<String, String>> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.queue.expire(now);
+        state.queue.dead.iter().cloned().collect()
     }
 }
 
@@ -125,7 +129,7 @@ impl OutboxStore for Memory {
 
     async fn read_new(
         &self,
-        name: &str,
+        _name: &str,
         _reader: &mut Reader,
         count: usize,
         settings: &OutboxSettings,
@@ -134,12 +138,12 @@ impl OutboxStore for Memory {
         let appended = self.queued.notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
-        let jobs = self.lock().queue.read(name, count, now_ms());
+        let jobs = self.lock().queue.read(count, now_ms());
         if !jobs.is_empty() {
             return Ok(jobs);
         }
         let _ = tokio::time::timeout(settings.block, appended).await;
-        Ok(self.lock().queue.read(name, count, now_ms()))
+        Ok(self.lock().queue.read(count, now_ms()))
     }
 
     async fn claim_stale(&self, name: &str, count: usize, claim_idle: Duration) -> anyhow::Result<Vec<Job>> {
@@ -159,13 +163,7 @@ impl OutboxStore for Memory {
         for seq in stale.into_iter().take(count) {
             match queue.job(seq) {
                 Some(job) => {
-                    queue.pending.insert(
-                        seq,
-                        Pending {
-                            consumer: name.to_owned(),
-                            since_ms: now,
-                        },
-                    );
+                    queue.pending.insert(seq, Pending { since_ms: now });
                     tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
                     jobs.push(job);
                 }
@@ -178,7 +176,7 @@ impl OutboxStore for Memory {
         Ok(jobs)
     }
 
-    async fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> bool {
+    async fn still_mine(&self, _name: &str, job: &Job, waited: Duration) -> bool {
         let Ok(seq) = job.stream_id.parse::<u64>() else {
             return false;
         };
@@ -190,8 +188,8 @@ impl OutboxStore for Memory {
             return false;
         }
         match queue.pending.get_mut(&seq) {
+            // The consumer's name matters to Redis's bookkeeping only: ownership is the idle time.
             Some(p) if now - p.since_ms >= waited.as_millis() as i64 => {
-                p.consumer = name.to_owned();
                 p.since_ms = now;
                 true
             }
@@ -209,7 +207,12 @@ impl OutboxStore for Memory {
                 queue.entries.remove(&seq);
             }
             if !reason.is_empty() {
-                queue.dead.push_back(now);
+                queue.dead.push_back(HashMap::from([
+                    ("id".to_owned(), job.message_id.clone()),
+                    ("to".to_owned(), job.to.clone()),
+                    ("reason".to_owned(), (*reason).to_owned()),
+                    ("failed_ms".to_owned(), now.to_string()),
+                ]));
                 while queue.dead.len() as u64 > settings.dead_max_len {
                     queue.dead.pop_front();
                 }
