@@ -5,6 +5,7 @@
 mod account;
 mod browser_apps;
 mod durability;
+mod embedded_binary;
 mod faults;
 mod federation;
 mod flow;
