@@ -190,6 +190,24 @@ impl std::fmt::Debug for Appender {
 }
 
 impl Appender {
+    /// An appender to `queue` (the service gets its own from `Outbox::appender`; the benchmark's
+    /// baseline server builds one).
+    pub fn new(
+        stream_key: String,
+        max_len: u64,
+        ttl_seconds: u64,
+        cipher: CodeCipher,
+        queue: super::OutboxQueue,
+    ) -> Self {
+        Appender {
+            stream_key,
+            max_len,
+            ttl_seconds,
+            cipher,
+            queue: std::sync::Arc::new(queue),
+        }
+    }
+
     /// Queues a notice to `to`. False when the outbox is full (nothing queued): a notice is worth
     /// less than the codes that fill it, and is not forced in.
     pub async fn append_notice(&self, to: &str, notice: Notice) -> anyhow::Result<bool> {
