@@ -218,9 +218,9 @@ return 1
 
 /// A code that `consume` used up, with what `restore` needs to give it back.
 pub struct Consumed {
-    pub(crate) tries: i64,
-    pub(crate) expires_at_ms: i64,
-    pub(crate) newest_send: i64,
+    pub tries: i64,
+    pub expires_at_ms: i64,
+    pub newest_send: i64,
 }
 
 /// One code request, as the store decides it (`CodeStore::issue`).

@@ -25,5 +25,6 @@ mod register;
 mod schema;
 mod sessions;
 mod shutdown;
+mod store_conformance;
 mod stub;
 mod transport;
