@@ -237,3 +237,37 @@ fn six_digits(line: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(run).into_owned())
     })
 }
+
+/// A production start with no store URL is refused, saying which settings are missing and why,
+/// before anything listens.
+#[test]
+fn production_refuses_the_embedded_backend() {
+    let key = Command::new(BIN).arg("generate-key").output().unwrap();
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_owned();
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("APP_ENV", "production")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("OTP_HMAC_SECRET", "x".repeat(32))
+        .env("JWT_SIGNING_KEYS", key)
+        .env("JWT_ISSUER", "https://auth.example.com")
+        .env("SMS_PROVIDER", "webhook")
+        .env("SMS_WEBHOOK_URL", "https://sms.example/hook")
+        .env("SMS_WEBHOOK_SECRET", "whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("APP_ENV=production needs DATABASE_URL and REDIS_URL"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("EMBEDDED backend"),
+        "no banner: it never started\n{text}"
+    );
+}
