@@ -39,7 +39,15 @@ pub fn embedded() -> bool {
 macro_rules! real_stores_only {
     ($why:expr) => {
         if $crate::helpers::embedded() {
-            eprintln!("skipped on the embedded backend (real stores only): {}", $why);
+            // Straight to stderr, not through eprintln!, which the test harness captures: the run's
+            // output lists every skip and its reason.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped on the embedded backend (real stores only): {}: {}",
+                module_path!(),
+                $why
+            );
             return;
         }
     };

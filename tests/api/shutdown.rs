@@ -137,7 +137,7 @@ fn sigterm_drains_then_exits_cleanly() {
 #[tokio::test]
 async fn shutdown_waits_for_detached_flows() {
     crate::real_stores_only!(
-        "runs the binary on the real stores; the binary on the embedded backend has its own test (process::the_readme_flow_runs_with_no_store_installed)"
+        "runs the binary on the real stores; the binary on the embedded backend has its own test (embedded_binary::the_readme_flow_runs_with_no_store_installed)"
     );
     let app = TestApp::spawn().await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
