@@ -247,7 +247,10 @@ pub struct IssueRequest<'a> {
 /// - `restore` -> whether the code was given back, as `RESTORE_LUA`.
 ///
 /// Implemented by Redis (`RedisCodes`) and by the embedded backend (`embedded::Memory`); `Codes`
-/// dispatches. Native `impl Future` methods: no boxing on the request path.
+/// dispatches. Native `impl Future` methods: no boxing on the request path. The boundary is the
+/// decision, not the keys: on a Redis Cluster, `RedisCodes` alone would reserve the per-IP and
+/// service-wide budgets in calls of their own before the phone's script and give them back on a
+/// refusal; callers would not change.
 pub trait CodeStore: Send + Sync {
     fn issue(
         &self,
