@@ -49,9 +49,9 @@ use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::services::Keys;
 use crate::services::embedded::Memory;
 use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
+use crate::services::{Keys, rerun_if_dropped};
 
 mod job;
 
@@ -738,22 +738,24 @@ impl OutboxStore for RedisOutbox {
         Ok(())
     }
 
-    /// Three cheap reads (XLEN, XLEN, XRANGE COUNT 1).
+    /// Three cheap reads (XLEN, XLEN, XRANGE COUNT 1); rerun on a dropped connection (reads).
     async fn sample(&self) -> anyhow::Result<(u64, u64, f64)> {
-        let mut redis = self.redis.clone();
-        let (depth, dead, oldest): (u64, u64, Vec<StreamEntry>) = redis::pipe()
-            .cmd("XLEN")
-            .arg(&self.stream)
-            .cmd("XLEN")
-            .arg(&self.dead)
-            .cmd("XRANGE")
-            .arg(&self.stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut redis)
-            .await?;
+        let (depth, dead, oldest): (u64, u64, Vec<StreamEntry>) = rerun_if_dropped(|| async {
+            redis::pipe()
+                .cmd("XLEN")
+                .arg(&self.stream)
+                .cmd("XLEN")
+                .arg(&self.dead)
+                .cmd("XRANGE")
+                .arg(&self.stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
         // A stream id is `<ms>-<seq>`: the oldest job's age without reading its fields.
         let age = oldest
             .first()
