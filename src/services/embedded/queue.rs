@@ -113,6 +113,49 @@ impl Queue {
 }
 
 impl Memory {
+    /// The queued jobs' fields as the Redis stream holds them, oldest first: id, to, sealed or kind,
+    /// created_ms (tests, as they read `sms:outbox`).
+    pub fn queued_jobs(&self) -> Vec<Vec<(String, String)>> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.queue.expire(now);
+        state
+            .queue
+            .entries
+            .values()
+            .map(|e| {
+                let j = &e.job;
+                let what = match j.notice {
+                    Some(n) => ("kind".to_owned(), n.as_str().to_owned()),
+                    None => ("sealed".to_owned(), j.sealed.clone()),
+                };
+                vec![
+                    ("id".to_owned(), j.message_id.clone()),
+                    ("to".to_owned(), j.to.clone()),
+                    what,
+                    ("created_ms".to_owned(), j.created_ms.to_string()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Jobs handed to a worker and not yet finished (XPENDING's count; tests).
+    pub fn pending_jobs(&self) -> usize {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.queue.expire(now);
+        state.queue.pending.len()
+    }
+
+    /// The outbox's and the dead letters' TTLs in seconds, as Redis's TTL answers them (-2: none).
+    pub fn outbox_ttls(&self) -> (i64, i64) {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.queue.expire(now);
+        let ttl = |t: Option<i64>| t.map_or(-2, |t| (t - now + 500) / 1000);
+        (ttl(state.queue.expires_ms), ttl(state.queue.dead_expires_ms))
+    }
+
     /// The dead letters kept, oldest first (tests, as they read `sms:dead`).
     pub fn dead_letters(&self) -> Vec<HashMap<String, String>> {
         let now = now_ms();
