@@ -80,6 +80,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    // Before anything listens: workers apart from the server need the outbox in Redis.
+    anyhow::ensure!(
+        !config.embedded_stores(),
+        "phone-auth worker needs REDIS_URL and DATABASE_URL: with the embedded backend the server \
+         delivers its SMS itself (SMS_WORKERS)"
+    );
     config.log_profile(true);
     let handle = phone_auth::ops::metrics::install()?;
     if let Some(addr) = config.ops.metrics_addr()? {
