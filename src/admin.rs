@@ -22,6 +22,7 @@ use crate::services::lockout::LockoutService;
 use crate::services::outbox::Outbox;
 use crate::services::sessions::SessionStore;
 use crate::services::tokens::{SigningKey, TokenService};
+use crate::services::users::UserStorage as _;
 use crate::services::users::{User, UserStore};
 
 #[derive(Subcommand)]
@@ -136,13 +137,24 @@ struct Stores {
 impl Stores {
     async fn connect(config: &Config) -> anyhow::Result<Stores> {
         let stores = &config.stores;
+        let needs = |name: &str| {
+            anyhow::anyhow!(
+                "admin commands need {name} (and the other store's URL): the embedded backend's data \
+                 lives in the memory of the server process and cannot be reached from another one"
+            )
+        };
+        let database_url = stores
+            .database_url
+            .as_ref()
+            .ok_or_else(|| needs("DATABASE_URL"))?;
         let pg = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(stores.database_url.expose_secret())
+            .connect(database_url.expose_secret())
             .await
             .context("cannot connect to PostgreSQL (DATABASE_URL)")?;
-        let client = redis::Client::open(stores.redis_url.expose_secret()).context("REDIS_URL")?;
+        let redis_url = stores.redis_url.as_ref().ok_or_else(|| needs("REDIS_URL"))?;
+        let client = redis::Client::open(redis_url.expose_secret()).context("REDIS_URL")?;
         let redis_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)))

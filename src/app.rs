@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::{ExposeSecret, SecretSlice};
+use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::{Config, SmsProvider};
 use crate::domain::{PhoneNumber, PhonePolicy};
@@ -17,20 +17,27 @@ use crate::graphql::metrics::ResolverCounter;
 use crate::http::client_ip::TrustedProxies;
 use crate::http::{BrowserApps, Draining, HttpState, router};
 use crate::random::random_bytes;
-use crate::services::Keys;
-use crate::services::audit::AuditLog;
+use crate::services::audit::{AuditLog, AuditSink};
 use crate::services::auth::{AuthService, Parts};
+use crate::services::embedded::{Db, Memory};
 use crate::services::lockout::LockoutService;
+use crate::services::lockout::{Lockouts, RedisLockout};
+use crate::services::otp::{Codes, RedisCodes};
 use crate::services::otp::{OtpService, TestNumbers};
 use crate::services::outbox::{CodeCipher, Outbox, spawn_workers};
+use crate::services::outbox::{OutboxQueue, RedisOutbox};
 use crate::services::password::PasswordHasher;
 use crate::services::phone_change::PhoneChanges;
+use crate::services::phone_change::{PhoneChangeStores, RedisPhoneChanges};
 use crate::services::redis_server;
 use crate::services::registration::RegistrationTokens;
+use crate::services::registration::{RedisRegistrations, Registrations};
 use crate::services::sessions::SessionStore;
+use crate::services::sessions::Sessions;
 use crate::services::sms::{LogSender, SmsSender, TwilioSender, WebhookSender, http_client};
 use crate::services::tokens::{SigningKey, TokenService};
 use crate::services::users::UserStore;
+use crate::services::{Backend, Keys};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -45,8 +52,11 @@ pub struct App {
     /// Parsed and validated documents (tests read its counters).
     pub documents: Arc<DocumentCache>,
     pub auth: Arc<AuthService>,
-    pub pg: PgPool,
-    pub redis: ConnectionManager,
+    /// The stores this process runs on: the real ones (tests reach them to inspect keys and rows),
+    /// or the embedded backend.
+    pub backend: Backend,
+    /// The embedded backend's two halves, when it runs (tests read its audit trail and keys).
+    pub embedded: Option<(Arc<Memory>, Arc<Db>)>,
     /// Set at SIGTERM (`serve`): /readyz answers 503 from then on.
     pub draining: Draining,
 }
@@ -119,17 +129,35 @@ pub fn sms_provider(config: &Config) -> anyhow::Result<Arc<dyn SmsSender>> {
     })
 }
 
-/// The SMS outbox and its delivery settings (used by the server and by `phone-auth worker`). `secret`
-/// is `OTP_HMAC_SECRET` (or the server's generated one): the codes in the jobs are sealed under a key
-/// derived from it, so a worker process needs the server's secret.
+/// The SMS outbox on Redis and its delivery settings (`phone-auth worker`, which runs apart from
+/// the server and so needs the real stores). `secret` is `OTP_HMAC_SECRET`: the codes in the jobs are
+/// sealed under a key derived from it, so a worker process needs the server's secret.
 pub async fn build_outbox(
+    config: &Config,
+    provider: Arc<dyn SmsSender>,
+    secret: &SecretSlice<u8>,
+) -> anyhow::Result<Outbox> {
+    let url = config.stores.redis_url.as_ref().context(
+        "phone-auth worker needs REDIS_URL: with the embedded backend the server delivers its SMS itself",
+    )?;
+    let keys = Keys::new(config.stores.redis_key_prefix.clone());
+    let queue = OutboxQueue::Redis(
+        RedisOutbox::connect(url.expose_secret(), &keys)
+            .await
+            .context("cannot set up the SMS outbox")?,
+    );
+    outbox_on(queue, config, provider, secret).await
+}
+
+async fn outbox_on(
+    queue: OutboxQueue,
     config: &Config,
     provider: Arc<dyn SmsSender>,
     secret: &SecretSlice<u8>,
 ) -> anyhow::Result<Outbox> {
     let keys = Keys::new(config.stores.redis_key_prefix.clone());
     Outbox::new(
-        config.stores.redis_url.expose_secret(),
+        queue,
         &keys,
         config.into(),
         provider,
@@ -137,6 +165,89 @@ pub async fn build_outbox(
     )
     .await
     .context("cannot set up the SMS outbox")
+}
+
+/// Every store of the service, on one backend.
+struct Stores {
+    backend: Backend,
+    embedded: Option<(Arc<Memory>, Arc<Db>)>,
+    codes: Codes,
+    lockouts: Lockouts,
+    registrations: Registrations,
+    phone_changes: PhoneChangeStores,
+    queue: OutboxQueue,
+    users: UserStore,
+    sessions: SessionStore,
+    audit: AuditSink,
+}
+
+/// The real stores: Redis and PostgreSQL, connected, checked and migrated.
+async fn real_stores(config: &Config, redis_url: &str, db_url: &str) -> anyhow::Result<Stores> {
+    let stores = &config.stores;
+    let production = config.production();
+    // One multiplexed connection that reconnects by itself: it pipelines concurrent commands over one
+    // socket, about 5x the throughput of a bb8 pool measured on this machine (docs/BENCHMARKS.md), and
+    // unlike bb8-redis (whose `has_broken` always says false) it recovers after a Redis restart.
+    let redis_client = redis::Client::open(redis_url).context("REDIS_URL")?;
+    let redis_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(stores.redis_timeout_ms)))
+        .set_response_timeout(Some(Duration::from_millis(stores.redis_timeout_ms)))
+        .set_number_of_retries(2);
+    let redis = ConnectionManager::new_with_config(redis_client, redis_config)
+        .await
+        .context("cannot connect to Redis")?;
+    // Before anything is written: a Redis that would lose locks and budgets, or a Cluster, is found
+    // at start, not after a restart.
+    redis_server::check(&redis, production, stores.redis_durability_check).await?;
+
+    ensure_database(db_url).await?;
+    let pg = PgPoolOptions::new()
+        .max_connections(stores.database_max_connections)
+        .acquire_timeout(Duration::from_millis(stores.database_acquire_timeout_ms))
+        .connect(db_url)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    MIGRATOR.run(&pg).await.context("migrations failed")?;
+
+    let keys = Keys::new(stores.redis_key_prefix.clone());
+    let queue = OutboxQueue::Redis(
+        RedisOutbox::connect(redis_url, &keys)
+            .await
+            .context("cannot set up the SMS outbox")?,
+    );
+    Ok(Stores {
+        codes: Codes::Redis(RedisCodes::new(redis.clone(), keys.clone())),
+        lockouts: Lockouts::Redis(RedisLockout::new(redis.clone(), keys.clone())),
+        registrations: Registrations::Redis(RedisRegistrations::new(redis.clone(), keys.clone())),
+        phone_changes: PhoneChangeStores::Redis(RedisPhoneChanges::new(redis.clone(), keys)),
+        queue,
+        users: UserStore::new(pg.clone()),
+        sessions: SessionStore::new(pg.clone(), config.tokens.session_ttl_seconds),
+        audit: AuditSink::Postgres(pg.clone()),
+        backend: Backend::Real { pg, redis },
+        embedded: None,
+    })
+}
+
+/// The embedded backend: every store in this process (`services::embedded`).
+fn embedded_stores(config: &Config) -> Stores {
+    let memory = Memory::start(Keys::new(config.stores.redis_key_prefix.clone()));
+    let db = Arc::new(Db::default());
+    Stores {
+        codes: Codes::Embedded(memory.clone()),
+        lockouts: Lockouts::Embedded(memory.clone()),
+        registrations: Registrations::Embedded(memory.clone()),
+        phone_changes: PhoneChangeStores::Embedded(memory.clone()),
+        queue: OutboxQueue::Embedded(memory.clone()),
+        users: UserStore::Embedded(db.clone()),
+        sessions: SessionStore::with_backend(
+            Sessions::Embedded(db.clone()),
+            config.tokens.session_ttl_seconds,
+        ),
+        audit: AuditSink::Embedded(db.clone()),
+        backend: Backend::Embedded,
+        embedded: Some((memory, db)),
+    }
 }
 
 /// Builds the service. `sms` overrides the configured provider (tests pass a `TestSender`).
@@ -202,34 +313,33 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     if !test_numbers.is_empty() {
         tracing::warn!("SMS_TEST_NUMBERS is set: those numbers get a fixed code and no SMS");
     }
-    let stores = &config.stores;
-    // One multiplexed connection that reconnects by itself: it pipelines concurrent commands over one
-    // socket, about 5x the throughput of a bb8 pool measured on this machine (docs/BENCHMARKS.md), and
-    // unlike bb8-redis (whose `has_broken` always says false) it recovers after a Redis restart.
-    let redis_client = redis::Client::open(stores.redis_url.expose_secret()).context("REDIS_URL")?;
-    let redis_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(stores.redis_timeout_ms)))
-        .set_response_timeout(Some(Duration::from_millis(stores.redis_timeout_ms)))
-        .set_number_of_retries(2);
-    let redis = ConnectionManager::new_with_config(redis_client, redis_config)
-        .await
-        .context("cannot connect to Redis")?;
-    // Before anything is written: a Redis that would lose locks and budgets, or a Cluster, is found
-    // at start, not after a restart.
-    redis_server::check(&redis, production, stores.redis_durability_check).await?;
-
-    let db_url = stores.database_url.expose_secret();
-    ensure_database(db_url).await?;
-    let pg = PgPoolOptions::new()
-        .max_connections(stores.database_max_connections)
-        .acquire_timeout(Duration::from_millis(stores.database_acquire_timeout_ms))
-        .connect(db_url)
-        .await
-        .context("cannot connect to PostgreSQL")?;
-    MIGRATOR.run(&pg).await.context("migrations failed")?;
-
-    let outbox = Arc::new(build_outbox(config, provider, &otp_secret).await?);
-    let key_names = Keys::new(stores.redis_key_prefix.clone());
+    let stores = match (&config.stores.redis_url, &config.stores.database_url) {
+        (Some(redis_url), Some(db_url)) => {
+            real_stores(config, redis_url.expose_secret(), db_url.expose_secret()).await?
+        }
+        // `validate` refused one URL without the other, and no URL in production.
+        _ => {
+            tracing::warn!(
+                "no DATABASE_URL and no REDIS_URL: running on the embedded backend; every user, session, \
+                 code and lock lives in this process's memory and is lost when it ends"
+            );
+            embedded_stores(config)
+        }
+    };
+    let Stores {
+        backend,
+        embedded,
+        codes,
+        lockouts,
+        registrations,
+        phone_changes,
+        queue,
+        users,
+        sessions,
+        audit,
+    } = stores;
+    let outbox = Arc::new(outbox_on(queue, config, provider, &otp_secret).await?);
+    let key_names = Keys::new(config.stores.redis_key_prefix.clone());
     let hashing = &config.hashing;
     let hasher = PasswordHasher::new(
         hashing
@@ -245,39 +355,31 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     // row), the hash (queue wait plus the grace of a started hash) and the outcome script (Redis
     // timeout). At the defaults: 2 + 3 + 4 + 2 = 11 s.
     let lockout_lease =
-        Duration::from_millis(2 * stores.redis_timeout_ms + stores.database_acquire_timeout_ms)
+        Duration::from_millis(2 * config.stores.redis_timeout_ms + config.stores.database_acquire_timeout_ms)
             + hasher.longest_wait();
     let auth = Arc::new(AuthService::new(Parts {
         phone_policy,
-        otp: OtpService::new(
-            redis.clone(),
-            key_names.clone(),
-            otp_secret,
-            config.into(),
-            test_numbers,
-            outbox.appender(),
-        ),
-        lockout: LockoutService::new(redis.clone(), key_names.clone(), config.into(), lockout_lease),
-        users: UserStore::new(pg.clone()),
-        sessions: SessionStore::new(pg.clone(), tokens_config.session_ttl_seconds),
+        otp: OtpService::new(codes, otp_secret, config.into(), test_numbers, outbox.appender()),
+        lockout: LockoutService::with_store(lockouts, config.into(), lockout_lease),
+        users,
+        sessions,
         tokens,
         registration: RegistrationTokens::new(
-            redis.clone(),
-            key_names.clone(),
+            registrations,
+            key_names,
             config.otp.registration_token_ttl_seconds,
         ),
         hasher,
-        audit: AuditLog::start(pg.clone(), config.ops.audit_code_events),
-        phone_changes: PhoneChanges::new(redis.clone(), key_names, config.otp.otp_ttl_seconds),
+        audit: AuditLog::start(audit.clone(), config.ops.audit_code_events),
+        phone_changes: PhoneChanges::new(phone_changes, config.otp.otp_ttl_seconds),
         notices: outbox.appender(),
         reauth_seconds: tokens_config.reauth_seconds,
-        pg: pg.clone(),
-        redis: redis.clone(),
+        backend: backend.clone(),
     }));
 
     // Ended sessions are deleted hourly, so the tables do not grow without bound.
     let purger = auth.clone();
-    let (purge_pg, retention_days) = (pg.clone(), config.ops.audit_retention_days);
+    let (purge_audit, retention_days) = (audit, config.ops.audit_retention_days);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(3600));
         loop {
@@ -287,7 +389,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = ?e, "purging ended sessions failed"),
             }
-            match crate::services::audit::purge(&purge_pg, retention_days).await {
+            match purge_audit.purge(retention_days).await {
                 Ok(n) if n > 0 => tracing::info!(events = n, "purged old audit events"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "purging audit events failed"),
@@ -339,8 +441,8 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         resolvers,
         documents,
         auth,
-        pg,
-        redis,
+        backend,
+        embedded,
         draining,
     })
 }

@@ -157,13 +157,10 @@ pub struct HttpConfig {
 #[command(next_help_heading = "Stores")]
 pub struct StoreConfig {
     /// PostgreSQL URL. The database is created if it does not exist; migrations run at start.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/phone_auth",
-        hide_env_values = true
-    )]
-    pub database_url: SecretString,
+    /// Unset together with REDIS_URL (outside production): the embedded backend, every store in
+    /// this process's memory, lost when it ends (for trying the API with nothing installed).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
 
     /// Maximum PostgreSQL connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
@@ -173,14 +170,9 @@ pub struct StoreConfig {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
     pub database_acquire_timeout_ms: u64,
 
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: SecretString,
+    /// Redis URL. Unset together with DATABASE_URL (outside production): the embedded backend.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretString>,
 
     /// Redis connect and response timeout, milliseconds: past it a request fails fast with
     /// SERVICE_UNAVAILABLE instead of hanging on a stalled Redis.
@@ -509,12 +501,21 @@ impl Config {
             .is_none_or(|s| s == clap::parser::ValueSource::DefaultValue);
     }
 
+    /// No store URL at all: the embedded backend (`services::embedded`). `validate` refuses it in
+    /// production, and refuses one URL without the other.
+    pub fn embedded_stores(&self) -> bool {
+        self.stores.database_url.is_none() && self.stores.redis_url.is_none()
+    }
+
     /// What this profile runs with that a deployment must not: the start-up log lists them.
     /// `configured_provider` as in `validate_with`.
     pub fn development_conveniences(&self, configured_provider: bool) -> Vec<&'static str> {
         let mut out = Vec::new();
         if self.production() {
             return out;
+        }
+        if self.embedded_stores() {
+            out.push("the embedded backend (no DATABASE_URL / REDIS_URL: data in memory, lost on exit)");
         }
         if configured_provider && self.sms.sms_provider == SmsProvider::Log {
             out.push("log SMS sender (codes are written to the log)");
@@ -724,6 +725,17 @@ impl Config {
             sms.sms_claim_idle_ms > sms.sms_http_timeout_ms + sms.sms_backoff_max_ms,
             "SMS_CLAIM_IDLE_MS must exceed SMS_HTTP_TIMEOUT_MS + SMS_BACKOFF_MAX_MS, or live jobs get claimed twice"
         );
+        ensure!(
+            !(production && self.embedded_stores()),
+            "APP_ENV=production needs DATABASE_URL and REDIS_URL: without them the service would run on \
+             its embedded backend, which keeps users, sessions, locks and budgets in this process's \
+             memory and loses them on exit (for development only)"
+        );
+        ensure!(
+            self.stores.database_url.is_some() == self.stores.redis_url.is_some(),
+            "set both DATABASE_URL and REDIS_URL (the real stores), or neither (the embedded backend, \
+             development only): one without the other is refused"
+        );
         Ok(())
     }
 }
@@ -850,6 +862,8 @@ mod tests {
         c.sms.sms_provider = SmsProvider::Webhook;
         c.sms.sms_webhook_url = Some("https://sms.example/hook".into());
         c.sms.sms_webhook_secret = Some(SecretString::from("whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"));
+        c.stores.database_url = Some(SecretString::from("postgres://db.internal/phone_auth"));
+        c.stores.redis_url = Some(SecretString::from("redis://redis.internal:6379"));
         c
     }
 
@@ -953,6 +967,26 @@ mod tests {
         refused(&c, "TWILIO_FROM");
         c.sms.twilio_from = Some("+16502530000".into());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn production_refuses_the_embedded_backend_and_half_configured_stores() {
+        let mut c = production();
+        assert!(c.validate().is_ok());
+        c.stores.database_url = None;
+        let half = c.validate().unwrap_err().to_string();
+        assert!(half.contains("set both DATABASE_URL and REDIS_URL"), "{half}");
+        c.stores.redis_url = None;
+        let embedded = c.validate().unwrap_err().to_string();
+        assert!(
+            embedded.contains("APP_ENV=production needs DATABASE_URL and REDIS_URL"),
+            "{embedded}"
+        );
+        let mut dev = Config::defaults();
+        assert!(dev.embedded_stores(), "no URL by default: the embedded backend");
+        assert!(dev.validate().is_ok());
+        dev.stores.redis_url = Some(SecretString::from("redis://127.0.0.1:6379"));
+        assert!(dev.validate().is_err(), "one store URL without the other");
     }
 
     #[test]

@@ -80,6 +80,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    // Before anything listens: workers apart from the server need the outbox in Redis.
+    anyhow::ensure!(
+        !config.embedded_stores(),
+        "phone-auth worker needs REDIS_URL and DATABASE_URL: with the embedded backend the server \
+         delivers its SMS itself (SMS_WORKERS)"
+    );
     config.log_profile(true);
     if let Some(addr) = config.ops.metrics_addr()? {
         phone_auth::ops::metrics::serve(addr, phone_auth::ops::metrics::install()?).await?;
@@ -124,6 +130,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         phone_auth::ops::metrics::serve(addr, handle).await?;
     }
     tracing::info!(addr = %listener.local_addr()?, env = ?config.app_env, "listening; GraphQL at /graphql");
+    if app.embedded.is_some() {
+        embedded_banner(&config, listener.local_addr()?);
+    }
     let header_timeout = Duration::from_secs(config.http.header_read_timeout_seconds);
     let drain = Duration::from_secs(config.http.shutdown_drain_seconds);
     let draining = app.draining.clone();
@@ -149,6 +158,23 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Says, where a person starting the service will see it, that its data lives in memory only.
+fn embedded_banner(config: &Config, addr: std::net::SocketAddr) {
+    let graphiql = if config.http.graphiql.unwrap_or(!config.production()) {
+        format!("GraphiQL:  http://{addr}/graphql (open it in a browser)")
+    } else {
+        "GraphiQL:  off (GRAPHIQL=false)".to_owned()
+    };
+    let rule = "=".repeat(78);
+    eprintln!(
+        "\n{rule}\n phone-auth on its EMBEDDED backend: no DATABASE_URL / REDIS_URL was set.\n \
+         Users, sessions, codes, locks and queued SMS live in this process's memory\n \
+         and are LOST when it exits. For development only (refused with APP_ENV=production).\n \
+         {graphiql}\n \
+         Set DATABASE_URL and REDIS_URL to run on PostgreSQL and Redis.\n{rule}\n"
+    );
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send): stop accepting, finish what is in flight.

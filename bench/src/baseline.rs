@@ -145,15 +145,20 @@ pub fn baseline_server(listen: SocketAddr, redis_url: &str, prefix: &str) -> any
         // The service's own generateCode settings (`Config::defaults()` reads the environment, which
         // `run_baseline` sets to the service's under the benchmark) and its own outbox appender.
         let keys = Keys::new(prefix);
-        let appender = phone_auth::services::outbox::Appender {
-            stream_key: phone_auth::services::outbox::Outbox::stream_key(&keys),
-            max_len: config.sms.sms_outbox_max_len,
-            ttl_seconds: phone_auth::services::outbox::outbox_ttl_seconds(config.otp.otp_ttl_seconds),
-            cipher: phone_auth::services::outbox::CodeCipher::from_secret(&secret),
-        };
+        let appender = phone_auth::services::outbox::Appender::new(
+            phone_auth::services::outbox::Outbox::stream_key(&keys),
+            config.sms.sms_outbox_max_len,
+            phone_auth::services::outbox::outbox_ttl_seconds(config.otp.otp_ttl_seconds),
+            phone_auth::services::outbox::CodeCipher::from_secret(&secret),
+            phone_auth::services::outbox::OutboxQueue::Redis(
+                phone_auth::services::outbox::RedisOutbox::connect(redis_url, &keys).await?,
+            ),
+        );
         let otp = OtpService::new(
-            redis.clone(),
-            keys,
+            phone_auth::services::otp::Codes::Redis(phone_auth::services::otp::RedisCodes::new(
+                redis.clone(),
+                keys,
+            )),
             secrecy::SecretSlice::from(secret),
             (&config).into(),
             TestNumbers::default(),

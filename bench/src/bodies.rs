@@ -39,6 +39,13 @@ pub fn register_body(token: &str) -> String {
     .to_string()
 }
 
+/// A registration with `password` (the embedded phase signs its users up with the seed password).
+pub fn register_body_with(token: &str, password: &str) -> String {
+    json!({ "query": REGISTER, "variables": { "i": {
+        "registrationToken": token, "password": password, "firstName": "Load", "lastName": "Gen" } } })
+    .to_string()
+}
+
 pub fn login_body(phone: &str, password: &str) -> String {
     json!({ "query": LOGIN, "variables": { "p": phone, "w": password } }).to_string()
 }

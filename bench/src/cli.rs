@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +79,11 @@ pub struct RunArgs {
     /// then disturbed by whatever else uses it.
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// The stores of the service under test: `real` (PostgreSQL and Redis), `embedded` (no store URL:
+    /// generate-code and login against the in-process backend, needing neither server), or `both`
+    /// (the real run, then generate-code and login on the embedded backend, in the same report).
+    #[arg(long, value_enum, default_value = "real")]
+    pub backend: BackendChoice,
     /// Extra server environment, KEY=VALUE (repeatable), e.g. HASH_CONCURRENCY=1.
     #[arg(long = "server-env")]
     pub server_env: Vec<String>,
@@ -93,4 +98,11 @@ pub struct RunArgs {
     /// The whole run stops (children included) after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub max_total_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    Real,
+    Embedded,
+    Both,
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::cli::BackendChoice;
 use crate::cli::RunArgs;
 use crate::client::{Client, Recorded, drive};
 use crate::procs::{self, ChildGuard};
@@ -226,6 +227,7 @@ fn hash_slots(args: &RunArgs) -> usize {
 /// The whole run: checks the flags, starts redis-server (unless --redis-url), runs the selected
 /// phases, writes the report (also when a phase failed).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let real = args.backend != BackendChoice::Embedded;
     procs::ensure_loopback(&args.pg_server, "--pg-server")?;
     if let Some(url) = &args.redis_url {
         procs::ensure_loopback(url, "--redis-url")?;
@@ -246,6 +248,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (redis_guard, redis_url) = match &args.redis_url {
         Some(url) => (None, url.clone()),
+        // The embedded backend alone needs no Redis.
+        None if !real => (None, String::new()),
         None => {
             let dir = args.work_dir.join("redis");
             std::fs::create_dir_all(&dir)?;
@@ -311,6 +315,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// The selected phases, in order: a fresh database, argon2, the baselines, the main server, the users
 /// comparison.
 async fn phases(bench: &mut Bench) -> anyhow::Result<()> {
+    if bench.args.backend != BackendChoice::Real {
+        // First, so that a run with both backends measures the embedded one on a quiet machine too
+        // (the real phases leave a large database and Redis behind).
+        scenarios::embedded::embedded_phase(bench).await?;
+    }
+    if bench.args.backend == BackendChoice::Embedded {
+        return Ok(());
+    }
     seed::recreate_database(&bench.args.pg_server, &bench.args.database).await?;
     if bench.wants("argon2") || bench.wants("login") {
         baseline::argon2_rates(bench)?;

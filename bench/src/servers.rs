@@ -48,6 +48,17 @@ pub async fn start_server(
     name: &str,
     extra_env: &[(&str, String)],
 ) -> anyhow::Result<Server> {
+    start_server_on(bench, name, extra_env, false).await
+}
+
+/// `start_server`; `embedded`: with no DATABASE_URL and no REDIS_URL, so the service runs on its
+/// embedded backend.
+pub async fn start_server_on(
+    bench: &mut Bench,
+    name: &str,
+    extra_env: &[(&str, String)],
+    embedded: bool,
+) -> anyhow::Result<Server> {
     let port = procs::free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let prefix = format!("bench:{}:{name}:", bench.run_id);
@@ -59,8 +70,6 @@ pub async fn start_server(
     let mut env: Vec<(String, String)> = vec![
         ("APP_ENV".into(), "development".into()),
         ("LISTEN_ADDR".into(), addr.to_string()),
-        ("DATABASE_URL".into(), bench.db_url()),
-        ("REDIS_URL".into(), bench.redis_url.clone()),
         ("REDIS_KEY_PREFIX".into(), prefix.clone()),
         ("RUST_LOG".into(), "warn,phone_auth::dev_sms=off".into()),
         ("NO_COLOR".into(), "1".into()),
@@ -69,6 +78,10 @@ pub async fn start_server(
             "loadgen-benchmark-secret-0123456789abcdef".into(),
         ),
     ];
+    if !embedded {
+        env.push(("DATABASE_URL".into(), bench.db_url()));
+        env.push(("REDIS_URL".into(), bench.redis_url.clone()));
+    }
     let extra = bench_settings().into_iter().chain(extra_env.iter().cloned());
     env.extend(extra.map(|(k, v)| (k.to_owned(), v)));
     for kv in &bench.args.server_env {

@@ -19,6 +19,9 @@ pub(super) async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
             .into_response();
     }
     let ready = state.auth.readiness().await;
+    if ready.embedded {
+        return (StatusCode::OK, axum::Json(json!({ "store": "embedded" }))).into_response();
+    }
     let status = if ready.postgres && ready.redis {
         StatusCode::OK
     } else {

@@ -169,13 +169,40 @@ pub struct AuditLog {
     code_events: bool,
 }
 
+/// Where the trail is kept: PostgreSQL (`audit_events`), or the embedded backend's memory.
+#[derive(Clone)]
+pub enum AuditSink {
+    Postgres(PgPool),
+    Embedded(std::sync::Arc<crate::services::embedded::Db>),
+}
+
+impl AuditSink {
+    async fn insert(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+        match self {
+            AuditSink::Postgres(pool) => copy_batch(pool, rows).await,
+            AuditSink::Embedded(db) => {
+                db.audit_insert(rows);
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes events older than `days`. Returns how many.
+    pub async fn purge(&self, days: u32) -> Result<u64, sqlx::Error> {
+        match self {
+            AuditSink::Postgres(pool) => purge(pool, days).await,
+            AuditSink::Embedded(db) => Ok(db.audit_purge(days)),
+        }
+    }
+}
+
 impl AuditLog {
     /// Starts the writer task on the current runtime.
     /// `code_events`: AUDIT_CODE_EVENTS (false: `record_bulk` records nothing).
-    pub fn start(pool: PgPool, code_events: bool) -> Self {
+    pub fn start(sink: AuditSink, code_events: bool) -> Self {
         let (account, account_rx) = mpsc::channel(ACCOUNT_QUEUE);
         let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
-        tokio::spawn(writer(pool, account_rx, bulk_rx));
+        tokio::spawn(writer(sink, account_rx, bulk_rx));
         AuditLog {
             account,
             bulk,
@@ -202,7 +229,7 @@ impl AuditLog {
     }
 }
 
-async fn writer(pool: PgPool, mut account: mpsc::Receiver<AuditRow>, mut bulk: mpsc::Receiver<AuditRow>) {
+async fn writer(sink: AuditSink, mut account: mpsc::Receiver<AuditRow>, mut bulk: mpsc::Receiver<AuditRow>) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         // Account events first: they are the ones that must not wait behind a flood.
@@ -221,7 +248,7 @@ async fn writer(pool: PgPool, mut account: mpsc::Receiver<AuditRow>, mut bulk: m
         // A failed batch is retried (PostgreSQL down): account events must not be lost while the
         // process lives; backpressure holds new ones meanwhile.
         let mut wait = Duration::from_millis(100);
-        while let Err(e) = copy_batch(&pool, &batch).await {
+        while let Err(e) = sink.insert(&batch).await {
             tracing::warn!(error = %e, events = batch.len(), "writing audit events failed; retrying");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));

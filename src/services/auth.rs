@@ -12,14 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jsonwebtoken::jwk::JwkSet;
-use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::{OtpCode, Password, PersonName, PhoneNumber, PhonePolicy};
 use crate::error::{AppError, AppResult};
+use crate::services::Backend;
 use crate::services::audit::{AuditLog, AuditRow, CALLER, Caller};
 use crate::services::lockout::LockoutService;
 use crate::services::otp::OtpService;
@@ -29,7 +28,7 @@ use crate::services::phone_change::PhoneChanges;
 use crate::services::registration::RegistrationTokens;
 use crate::services::sessions::{Amr, Device, NewSession, SessionAuth, SessionStore};
 use crate::services::tokens::TokenService;
-use crate::services::users::{User, UserStore};
+use crate::services::users::{User, UserStorage as _, UserStore};
 
 pub struct AuthService {
     phone_policy: PhonePolicy,
@@ -46,9 +45,8 @@ pub struct AuthService {
     notices: Appender,
     /// How recent a sign-in must be for a sensitive change (`REAUTH_SECONDS`).
     reauth_seconds: u64,
-    /// The stores themselves: readiness, and the transactions of `account` that span two stores.
-    pg: PgPool,
-    redis: ConnectionManager,
+    /// The stores themselves, for readiness.
+    backend: Backend,
     /// Detached flows still running: shutdown waits for them (`wait_detached`).
     flows: Arc<FlowCount>,
 }
@@ -92,15 +90,10 @@ pub struct Parts {
     pub phone_changes: PhoneChanges,
     pub notices: Appender,
     pub reauth_seconds: u64,
-    pub pg: PgPool,
-    pub redis: ConnectionManager,
+    pub backend: Backend,
 }
 
-/// Which store answers (`/readyz`).
-pub struct Readiness {
-    pub postgres: bool,
-    pub redis: bool,
-}
+pub use crate::services::Readiness;
 
 pub struct CodeSent {
     pub expires_in_seconds: u64,
@@ -141,8 +134,7 @@ impl AuthService {
             phone_changes: p.phone_changes,
             notices: p.notices,
             reauth_seconds: p.reauth_seconds,
-            pg: p.pg,
-            redis: p.redis,
+            backend: p.backend,
             flows: Arc::default(),
         }
     }
@@ -211,21 +203,9 @@ impl AuthService {
         self.flows.running.load(Ordering::SeqCst)
     }
 
-    /// Whether PostgreSQL and Redis answer within 2 s each.
+    /// Whether the stores answer (PostgreSQL and Redis within 2 s each; the embedded backend always).
     pub async fn readiness(&self) -> Readiness {
-        let timeout = std::time::Duration::from_secs(2);
-        let pg = sqlx::query("select 1").execute(&self.pg);
-        let mut redis = self.redis.clone();
-        let ping_cmd = redis::cmd("PING");
-        let ping = ping_cmd.query_async::<String>(&mut redis);
-        let (pg, redis) = tokio::join!(
-            tokio::time::timeout(timeout, pg),
-            tokio::time::timeout(timeout, ping)
-        );
-        Readiness {
-            postgres: matches!(pg, Ok(Ok(_))),
-            redis: matches!(redis, Ok(Ok(_))),
-        }
+        self.backend.readiness().await
     }
 
     /// Users by id, for anyone who has the ids (federation `_entities`): no phone check here, the

@@ -27,6 +27,8 @@
 //! handled: a success clears the failures and the lock; a failure that resolves after that counts in
 //! the new run, and a release only ever removes its own attempt.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
@@ -34,6 +36,7 @@ use redis::aio::ConnectionManager;
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
+use crate::services::embedded::Memory;
 use crate::services::{Keys, budget_script, rerun_if_dropped, retry_after_secs};
 
 #[derive(Clone, Debug)]
@@ -109,27 +112,202 @@ end
 return was_locked
 ";
 
-pub struct LockoutService {
+/// The lockout store: each decision about one phone's password attempts is one atomic step, with
+/// the answers of the scripts above (`reserve` -> `(status, value)` as `RESERVE_LUA`; `fail` ->
+/// locked as `FAIL_LUA`; `clear` -> a lock was lifted as `CLEAR_LUA`). Implemented by Redis
+/// (`RedisLockout`) and the embedded backend; `Lockouts` dispatches.
+pub trait LockoutStore: Send + Sync {
+    fn reserve(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+        id: &str,
+        s: &LockoutSettings,
+        lease_ms: u64,
+    ) -> impl Future<Output = AppResult<(i64, i64)>> + Send;
+    fn fail(
+        &self,
+        phone: &PhoneNumber,
+        id: &str,
+        s: &LockoutSettings,
+    ) -> impl Future<Output = AppResult<bool>> + Send;
+    /// `id`: the succeeding attempt, or None (a sign-in by code, a registration, an operator).
+    fn clear(&self, phone: &PhoneNumber, id: Option<&str>) -> impl Future<Output = AppResult<bool>> + Send;
+    /// The lock's PTTL in ms (as Redis answers it: -2 none, -1 no expiry).
+    fn lock_pttl(&self, phone: &PhoneNumber) -> impl Future<Output = AppResult<i64>> + Send;
+    fn release(&self, phone: &PhoneNumber, id: &str) -> impl Future<Output = AppResult<()>> + Send;
+}
+
+/// The lockout store in Redis.
+pub struct RedisLockout {
     redis: ConnectionManager,
     keys: Keys,
-    settings: LockoutSettings,
-    lease_ms: u64,
     reserve: Script,
     fail: Script,
     clear: Script,
 }
 
-impl LockoutService {
-    /// `lease`: how long a reservation holds its place if its end is never recorded.
-    pub fn new(redis: ConnectionManager, keys: Keys, settings: LockoutSettings, lease: Duration) -> Self {
-        LockoutService {
+impl RedisLockout {
+    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+        RedisLockout {
             redis,
             keys,
-            settings,
-            lease_ms: (lease.as_millis() as u64).max(1),
             reserve: budget_script(RESERVE_LUA),
             fail: budget_script(FAIL_LUA),
             clear: Script::new(CLEAR_LUA),
+        }
+    }
+
+    fn key(&self, phone: &PhoneNumber, what: &str) -> String {
+        self.keys.phone(phone, what)
+    }
+}
+
+impl LockoutStore for RedisLockout {
+    async fn reserve(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+        id: &str,
+        s: &LockoutSettings,
+        lease_ms: u64,
+    ) -> AppResult<(i64, i64)> {
+        Ok(rerun_if_dropped(|| async {
+            self.reserve
+                .key(self.key(phone, "pw_fails"))
+                .key(self.key(phone, "pw_inflight"))
+                .key(self.key(phone, "pw_lock"))
+                .key(self.keys.other(&format!("ip:{client}:password_attempts")))
+                .arg(s.max_failures)
+                .arg(s.lock_seconds)
+                .arg(s.ip_max_attempts)
+                .arg(s.ip_window_seconds)
+                .arg(id)
+                .arg(lease_ms)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?)
+    }
+
+    async fn fail(&self, phone: &PhoneNumber, id: &str, s: &LockoutSettings) -> AppResult<bool> {
+        let locked: i64 = rerun_if_dropped(|| async {
+            self.fail
+                .key(self.key(phone, "pw_fails"))
+                .key(self.key(phone, "pw_inflight"))
+                .key(self.key(phone, "pw_lock"))
+                .arg(s.max_failures)
+                .arg(s.lock_seconds)
+                .arg(id)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(locked == 1)
+    }
+
+    async fn clear(&self, phone: &PhoneNumber, id: Option<&str>) -> AppResult<bool> {
+        let lifted: i64 = rerun_if_dropped(|| async {
+            self.clear
+                .key(self.key(phone, "pw_fails"))
+                .key(self.key(phone, "pw_inflight"))
+                .key(self.key(phone, "pw_lock"))
+                .arg(id.unwrap_or(""))
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(lifted == 1)
+    }
+
+    async fn lock_pttl(&self, phone: &PhoneNumber) -> AppResult<i64> {
+        Ok(redis::cmd("PTTL")
+            .arg(self.key(phone, "pw_lock"))
+            .query_async(&mut self.redis.clone())
+            .await?)
+    }
+
+    async fn release(&self, phone: &PhoneNumber, id: &str) -> AppResult<()> {
+        let _: i64 = rerun_if_dropped(|| async {
+            redis::cmd("ZREM")
+                .arg(self.key(phone, "pw_inflight"))
+                .arg(id)
+                .query_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// The lockout store of this process: Redis, or the embedded backend.
+pub enum Lockouts {
+    Redis(RedisLockout),
+    Embedded(Arc<Memory>),
+}
+
+impl LockoutStore for Lockouts {
+    async fn reserve(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+        id: &str,
+        s: &LockoutSettings,
+        lease_ms: u64,
+    ) -> AppResult<(i64, i64)> {
+        match self {
+            Lockouts::Redis(store) => store.reserve(phone, client, id, s, lease_ms).await,
+            Lockouts::Embedded(store) => store.reserve(phone, client, id, s, lease_ms).await,
+        }
+    }
+
+    async fn fail(&self, phone: &PhoneNumber, id: &str, s: &LockoutSettings) -> AppResult<bool> {
+        match self {
+            Lockouts::Redis(store) => store.fail(phone, id, s).await,
+            Lockouts::Embedded(store) => store.fail(phone, id, s).await,
+        }
+    }
+
+    async fn clear(&self, phone: &PhoneNumber, id: Option<&str>) -> AppResult<bool> {
+        match self {
+            Lockouts::Redis(store) => store.clear(phone, id).await,
+            Lockouts::Embedded(store) => store.clear(phone, id).await,
+        }
+    }
+
+    async fn lock_pttl(&self, phone: &PhoneNumber) -> AppResult<i64> {
+        match self {
+            Lockouts::Redis(store) => store.lock_pttl(phone).await,
+            Lockouts::Embedded(store) => store.lock_pttl(phone).await,
+        }
+    }
+
+    async fn release(&self, phone: &PhoneNumber, id: &str) -> AppResult<()> {
+        match self {
+            Lockouts::Redis(store) => store.release(phone, id).await,
+            Lockouts::Embedded(store) => store.release(phone, id).await,
+        }
+    }
+}
+
+pub struct LockoutService {
+    store: Lockouts,
+    settings: LockoutSettings,
+    lease_ms: u64,
+}
+
+impl LockoutService {
+    /// Against Redis (the operator commands). `lease`: how long a reservation holds its place if its
+    /// end is never recorded.
+    pub fn new(redis: ConnectionManager, keys: Keys, settings: LockoutSettings, lease: Duration) -> Self {
+        Self::with_store(Lockouts::Redis(RedisLockout::new(redis, keys)), settings, lease)
+    }
+
+    pub fn with_store(store: Lockouts, settings: LockoutSettings, lease: Duration) -> Self {
+        LockoutService {
+            store,
+            settings,
+            lease_ms: (lease.as_millis() as u64).max(1),
         }
     }
 
@@ -137,29 +315,13 @@ impl LockoutService {
         self.settings.lock_seconds
     }
 
-    fn key(&self, phone: &PhoneNumber, what: &str) -> String {
-        self.keys.phone(phone, what)
-    }
-
     /// Reserves one password attempt for `phone`, or answers ACCOUNT_LOCKED / RATE_LIMITED.
     pub async fn reserve(&self, phone: &PhoneNumber, client: &str) -> AppResult<Reservation> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (status, value): (i64, i64) = rerun_if_dropped(|| async {
-            self.reserve
-                .key(self.key(phone, "pw_fails"))
-                .key(self.key(phone, "pw_inflight"))
-                .key(self.key(phone, "pw_lock"))
-                .key(self.keys.other(&format!("ip:{client}:password_attempts")))
-                .arg(self.settings.max_failures)
-                .arg(self.settings.lock_seconds)
-                .arg(self.settings.ip_max_attempts)
-                .arg(self.settings.ip_window_seconds)
-                .arg(&id)
-                .arg(self.lease_ms)
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
+        let (status, value) = self
+            .store
+            .reserve(phone, client, &id, &self.settings, self.lease_ms)
+            .await?;
         match status {
             0 => Ok(Reservation { id }),
             1 => Err(AppError::AccountLocked {
@@ -183,63 +345,35 @@ impl LockoutService {
 
     /// The reserved attempt was a wrong password. Returns whether the phone is now locked.
     pub async fn record_failure(&self, phone: &PhoneNumber, reservation: &Reservation) -> AppResult<bool> {
-        let locked: i64 = rerun_if_dropped(|| async {
-            self.fail
-                .key(self.key(phone, "pw_fails"))
-                .key(self.key(phone, "pw_inflight"))
-                .key(self.key(phone, "pw_lock"))
-                .arg(self.settings.max_failures)
-                .arg(self.settings.lock_seconds)
-                .arg(&reservation.id)
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        if locked == 1 {
+        let locked = self.store.fail(phone, &reservation.id, &self.settings).await?;
+        if locked {
             metrics::counter!(crate::ops::metrics::LOCKOUTS).increment(1);
         }
-        Ok(locked == 1)
+        Ok(locked)
     }
 
     /// A correct password (`reservation`: its attempt), or a sign-in by code or a registration (None):
     /// clears the failures and lifts any lock. Returns whether a lock was lifted.
     pub async fn clear(&self, phone: &PhoneNumber, reservation: Option<&Reservation>) -> AppResult<bool> {
-        let lifted: i64 = rerun_if_dropped(|| async {
-            self.clear
-                .key(self.key(phone, "pw_fails"))
-                .key(self.key(phone, "pw_inflight"))
-                .key(self.key(phone, "pw_lock"))
-                .arg(reservation.map_or("", |r| r.id.as_str()))
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        if lifted == 1 {
+        let lifted = self
+            .store
+            .clear(phone, reservation.map(|r| r.id.as_str()))
+            .await?;
+        if lifted {
             metrics::counter!(crate::ops::metrics::UNLOCKS, "by" => "sign_in").increment(1);
         }
-        Ok(lifted == 1)
+        Ok(lifted)
     }
 
     /// Seconds the phone stays locked for password sign-in; None when it is not locked.
     pub async fn locked_for(&self, phone: &PhoneNumber) -> AppResult<Option<u64>> {
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(self.key(phone, "pw_lock"))
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let pttl = self.store.lock_pttl(phone).await?;
         Ok((pttl > 0).then(|| retry_after_secs(pttl)))
     }
 
     /// Gives back a reservation whose attempt never got an answer (the hash pool was full, a store
     /// failed): it neither failed nor succeeded, so it must not count.
     pub async fn release(&self, phone: &PhoneNumber, reservation: &Reservation) -> AppResult<()> {
-        let _: i64 = rerun_if_dropped(|| async {
-            redis::cmd("ZREM")
-                .arg(self.key(phone, "pw_inflight"))
-                .arg(&reservation.id)
-                .query_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        Ok(())
+        self.store.release(phone, &reservation.id).await
     }
 }

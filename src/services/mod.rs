@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod embedded;
 pub mod lockout;
 pub mod otp;
 pub mod outbox;
@@ -16,6 +17,54 @@ pub mod tokens;
 pub mod users;
 
 use crate::domain::PhoneNumber;
+
+/// The stores a process runs on, chosen at start (`app::build`): the real ones, or the embedded
+/// backend (development only, no servers: `embedded`). Only readiness and wiring look at it; the
+/// services reach their stores through one narrow interface each (`otp::CodeStore`,
+/// `lockout::LockoutStore`, ...), whose enums are the only code that knows both.
+#[derive(Clone)]
+pub enum Backend {
+    Real {
+        pg: sqlx::PgPool,
+        redis: redis::aio::ConnectionManager,
+    },
+    Embedded,
+}
+
+/// Which store answers (`/readyz`).
+pub struct Readiness {
+    pub postgres: bool,
+    pub redis: bool,
+    /// The embedded backend: in this process, so it answers while the process does.
+    pub embedded: bool,
+}
+
+impl Backend {
+    /// Whether PostgreSQL and Redis answer within 2 s each.
+    pub async fn readiness(&self) -> Readiness {
+        let Backend::Real { pg, redis } = self else {
+            return Readiness {
+                postgres: false,
+                redis: false,
+                embedded: true,
+            };
+        };
+        let timeout = std::time::Duration::from_secs(2);
+        let pg = sqlx::query("select 1").execute(pg);
+        let mut redis = redis.clone();
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<String>(&mut redis);
+        let (pg, redis) = tokio::join!(
+            tokio::time::timeout(timeout, pg),
+            tokio::time::timeout(timeout, ping)
+        );
+        Readiness {
+            postgres: matches!(pg, Ok(Ok(_))),
+            redis: matches!(redis, Ok(Ok(_))),
+            embedded: false,
+        }
+    }
+}
 
 /// Redis key naming. Every key of one phone carries the phone in a hash tag (`{+16502530000}`), so a
 /// Redis Cluster keeps them on one slot and each Lua script touches a single slot.

@@ -18,6 +18,9 @@
 //! live codes. Issuing and checking are each one Lua script, that is one atomic step and one
 //! round trip: of many parallel correct submissions exactly one consumes the code.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use hmac::{Hmac, Mac};
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -26,6 +29,7 @@ use sha2::Sha256;
 
 use crate::domain::{OtpCode, PhoneNumber};
 use crate::error::{AppError, AppResult};
+use crate::services::embedded::Memory;
 use crate::services::outbox::{APPEND_LUA, Appender};
 use crate::services::{BUDGET_LUA, Keys, budget_script, rerun_if_dropped, retry_after_secs};
 
@@ -214,29 +218,230 @@ return 1
 
 /// A code that `consume` used up, with what `restore` needs to give it back.
 pub struct Consumed {
-    tries: i64,
-    expires_at_ms: i64,
-    newest_send: i64,
+    pub tries: i64,
+    pub expires_at_ms: i64,
+    pub newest_send: i64,
+}
+
+/// One code request, as the store decides it (`CodeStore::issue`).
+pub struct IssueRequest<'a> {
+    pub phone: &'a PhoneNumber,
+    /// The caller's budget key.
+    pub client: &'a str,
+    /// HMAC of the code (the code itself is never stored).
+    pub mac: String,
+    /// The send's id: a rerun of the same request is recognised by it; also the SMS job's id.
+    pub send_id: &'a str,
+    pub queued_at_ms: u64,
+    /// The code sealed for its SMS job (empty for a test number).
+    pub sealed: &'a str,
+    /// A real SMS: spends the service-wide budget and gets a delivery job.
+    pub sms: bool,
+}
+
+/// The code store: every decision about one phone's codes and their budgets is one atomic step.
+/// The answers are those of the Lua scripts above (status and milliseconds, the same numbers), so
+/// every implementation says the same thing to the same requests:
+/// - `issue` -> `(status, pttl_ms)` as `ISSUE_LUA`;
+/// - `check` -> `[status, pttl_ms, (tries, expires_at_ms, newest_send)]` as `CHECK_LUA`;
+/// - `restore` -> whether the code was given back, as `RESTORE_LUA`.
+///
+/// Implemented by Redis (`RedisCodes`) and by the embedded backend (`embedded::Memory`); `Codes`
+/// dispatches. Native `impl Future` methods: no boxing on the request path. The boundary is the
+/// decision, not the keys: on a Redis Cluster, `RedisCodes` alone would reserve the per-IP and
+/// service-wide budgets in calls of their own before the phone's script and give them back on a
+/// refusal; callers would not change.
+pub trait CodeStore: Send + Sync {
+    fn issue(
+        &self,
+        req: &IssueRequest<'_>,
+        s: &OtpSettings,
+        outbox: &Appender,
+    ) -> impl Future<Output = AppResult<(i64, i64)>> + Send;
+    fn check(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+        mac: &str,
+        s: &OtpSettings,
+    ) -> impl Future<Output = AppResult<Vec<i64>>> + Send;
+    fn restore(
+        &self,
+        phone: &PhoneNumber,
+        mac: &str,
+        consumed: &Consumed,
+    ) -> impl Future<Output = AppResult<bool>> + Send;
+    /// Deletes the pending code of `phone`, if any.
+    fn revoke(&self, phone: &PhoneNumber) -> impl Future<Output = AppResult<()>> + Send;
+}
+
+/// The code store in Redis: one script per decision.
+pub struct RedisCodes {
+    redis: ConnectionManager,
+    keys: Keys,
+    issue: Script,
+    check: Script,
+    restore: Script,
+}
+
+impl RedisCodes {
+    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+        RedisCodes {
+            redis,
+            keys,
+            issue: redis::Script::new(&format!("{BUDGET_LUA}{APPEND_LUA}{ISSUE_LUA}")),
+            check: budget_script(CHECK_LUA),
+            restore: budget_script(RESTORE_LUA),
+        }
+    }
+}
+
+impl CodeStore for RedisCodes {
+    async fn issue(&self, r: &IssueRequest<'_>, s: &OtpSettings, outbox: &Appender) -> AppResult<(i64, i64)> {
+        let phone = r.phone;
+        // Rerun on a dropped connection: safe, a rerun of a script that did run finds its send id in
+        // otp_sends and answers as the first run did (one code, one SMS job).
+        Ok(rerun_if_dropped(|| async {
+            self.issue
+                .key(self.keys.phone(phone, "otp"))
+                .key(self.keys.phone(phone, "otp_sends"))
+                .key(self.keys.other(&format!("ip:{}:code_requests", r.client)))
+                .key(self.keys.other("sms:hour"))
+                .key(&outbox.stream_key)
+                .arg(&r.mac)
+                .arg(s.ttl_seconds)
+                .arg(s.resend_cooldown_seconds)
+                .arg(s.max_sends_per_window)
+                .arg(s.window_seconds)
+                .arg(s.ip_max_code_requests)
+                .arg(s.ip_window_seconds)
+                .arg(s.sms_max_per_hour)
+                // Only a real SMS spends the service-wide budget and gets a delivery job.
+                .arg(if r.sms { "1" } else { "0" })
+                .arg(r.send_id)
+                .arg(r.queued_at_ms)
+                .arg(outbox.max_len)
+                .arg(phone.e164())
+                .arg(r.sealed)
+                .arg(outbox.ttl_seconds)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?)
+    }
+
+    /// Not rerun on a dropped connection: a rerun of a check that did run would find the code gone
+    /// (INVALID_CODE) or count a wrong try twice; SERVICE_UNAVAILABLE is the honest answer.
+    async fn check(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+        mac: &str,
+        s: &OtpSettings,
+    ) -> AppResult<Vec<i64>> {
+        Ok(self
+            .check
+            .key(self.keys.phone(phone, "otp"))
+            .key(self.keys.phone(phone, "otp_fails"))
+            .key(self.keys.other(&format!("ip:{client}:code_checks")))
+            .key(self.keys.phone(phone, "otp_sends"))
+            .arg(mac)
+            .arg(s.max_attempts)
+            .arg(s.max_failures_per_window)
+            .arg(s.window_seconds)
+            .arg(s.ip_max_code_checks)
+            .arg(s.ip_window_seconds)
+            .arg(uuid::Uuid::new_v4().simple().to_string())
+            .invoke_async(&mut self.redis.clone())
+            .await?)
+    }
+
+    async fn restore(&self, phone: &PhoneNumber, mac: &str, consumed: &Consumed) -> AppResult<bool> {
+        // Rerun on a dropped connection: safe, a restored code exists and is not restored twice.
+        let restored: i64 = rerun_if_dropped(|| async {
+            self.restore
+                .key(self.keys.phone(phone, "otp"))
+                .key(self.keys.phone(phone, "otp_sends"))
+                .arg(mac)
+                .arg(consumed.tries)
+                .arg(consumed.expires_at_ms)
+                .arg(consumed.newest_send)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(restored == 1)
+    }
+
+    /// Safe to rerun on a dropped connection: a second DEL finds nothing.
+    async fn revoke(&self, phone: &PhoneNumber) -> AppResult<()> {
+        let key = self.keys.phone(phone, "otp");
+        let _: i64 = rerun_if_dropped(|| async {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// The code store of this process: Redis, or the embedded backend.
+pub enum Codes {
+    Redis(RedisCodes),
+    Embedded(Arc<Memory>),
+}
+
+impl CodeStore for Codes {
+    async fn issue(&self, r: &IssueRequest<'_>, s: &OtpSettings, outbox: &Appender) -> AppResult<(i64, i64)> {
+        match self {
+            Codes::Redis(store) => store.issue(r, s, outbox).await,
+            Codes::Embedded(store) => store.issue(r, s, outbox).await,
+        }
+    }
+
+    async fn check(
+        &self,
+        phone: &PhoneNumber,
+        client: &str,
+        mac: &str,
+        s: &OtpSettings,
+    ) -> AppResult<Vec<i64>> {
+        match self {
+            Codes::Redis(store) => store.check(phone, client, mac, s).await,
+            Codes::Embedded(store) => store.check(phone, client, mac, s).await,
+        }
+    }
+
+    async fn restore(&self, phone: &PhoneNumber, mac: &str, consumed: &Consumed) -> AppResult<bool> {
+        match self {
+            Codes::Redis(store) => store.restore(phone, mac, consumed).await,
+            Codes::Embedded(store) => store.restore(phone, mac, consumed).await,
+        }
+    }
+
+    async fn revoke(&self, phone: &PhoneNumber) -> AppResult<()> {
+        match self {
+            Codes::Redis(store) => store.revoke(phone).await,
+            Codes::Embedded(store) => store.revoke(phone).await,
+        }
+    }
 }
 
 pub struct OtpService {
-    redis: ConnectionManager,
-    keys: Keys,
+    store: Codes,
     /// HMAC-SHA256 keyed with the server secret once (the key schedule is two SHA-256 blocks), cloned
     /// for each code.
     keyed_mac: Hmac<Sha256>,
     settings: OtpSettings,
     test_numbers: TestNumbers,
     outbox: Appender,
-    issue: Script,
-    check: Script,
-    restore: Script,
 }
 
 impl OtpService {
     pub fn new(
-        redis: ConnectionManager,
-        keys: Keys,
+        store: Codes,
         secret: SecretSlice<u8>,
         settings: OtpSettings,
         test_numbers: TestNumbers,
@@ -244,15 +449,11 @@ impl OtpService {
     ) -> Self {
         OtpService {
             outbox,
-            redis,
-            keys,
+            store,
             keyed_mac: <Hmac<Sha256> as Mac>::new_from_slice(secret.expose_secret())
                 .expect("HMAC accepts keys of any length"),
             settings,
             test_numbers,
-            issue: redis::Script::new(&format!("{BUDGET_LUA}{APPEND_LUA}{ISSUE_LUA}")),
-            check: budget_script(CHECK_LUA),
-            restore: budget_script(RESTORE_LUA),
         }
     }
 
@@ -290,35 +491,22 @@ impl OtpService {
                 .seal(&send_id, phone.e164(), code.expose())
                 .map_err(AppError::Internal)?
         };
-        // Rerun on a dropped connection: safe, a rerun of a script that did run finds its send id in
-        // otp_sends and answers as the first run did (one code, one SMS job).
-        let (status, pttl): (i64, i64) = rerun_if_dropped(|| async {
-            self.issue
-                .key(self.keys.phone(phone, "otp"))
-                .key(self.keys.phone(phone, "otp_sends"))
-                .key(self.keys.other(&format!("ip:{client}:code_requests")))
-                .key(self.keys.other("sms:hour"))
-                .key(&self.outbox.stream_key)
-                .arg(self.mac(phone, &code))
-                .arg(s.ttl_seconds)
-                .arg(s.resend_cooldown_seconds)
-                .arg(s.max_sends_per_window)
-                .arg(s.window_seconds)
-                .arg(s.ip_max_code_requests)
-                .arg(s.ip_window_seconds)
-                .arg(s.sms_max_per_hour)
-                // Only a real SMS spends the service-wide budget and gets a delivery job.
-                .arg(if test_number { "0" } else { "1" })
-                .arg(&send_id)
-                .arg(queued_at_ms)
-                .arg(self.outbox.max_len)
-                .arg(phone.e164())
-                .arg(&sealed)
-                .arg(self.outbox.ttl_seconds)
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
+        let (status, pttl) = self
+            .store
+            .issue(
+                &IssueRequest {
+                    phone,
+                    client,
+                    mac: self.mac(phone, &code),
+                    send_id: &send_id,
+                    queued_at_ms,
+                    sealed: &sealed,
+                    sms: !test_number,
+                },
+                s,
+                &self.outbox,
+            )
+            .await?;
         crate::ops::metrics::issue_outcome(status);
         match status {
             0 => Ok(Issued {
@@ -339,39 +527,16 @@ impl OtpService {
 
     /// Ends the pending code of `phone`, if any (a password change, a deleted account). The phone's
     /// budgets stay: they count what was sent and tried, whatever became of the account.
-    /// Safe to rerun on a dropped connection: a second DEL finds nothing.
     pub async fn revoke(&self, phone: &PhoneNumber) -> AppResult<()> {
-        let key = self.keys.phone(phone, "otp");
-        let _: i64 = rerun_if_dropped(|| async {
-            redis::cmd("DEL")
-                .arg(&key)
-                .query_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        Ok(())
+        self.store.revoke(phone).await
     }
 
-    /// Checks `code` against the pending code of `phone` and consumes it if it matches. Not rerun on
-    /// a dropped connection: a rerun of a check that did run would find the code gone (INVALID_CODE)
-    /// or count a wrong try twice; SERVICE_UNAVAILABLE is the honest answer.
+    /// Checks `code` against the pending code of `phone` and consumes it if it matches.
     #[tracing::instrument(level = "debug", skip(self, code))]
     pub async fn consume(&self, phone: &PhoneNumber, code: &OtpCode, client: &str) -> AppResult<Consumed> {
-        let s = &self.settings;
-        let out: Vec<i64> = self
-            .check
-            .key(self.keys.phone(phone, "otp"))
-            .key(self.keys.phone(phone, "otp_fails"))
-            .key(self.keys.other(&format!("ip:{client}:code_checks")))
-            .key(self.keys.phone(phone, "otp_sends"))
-            .arg(self.mac(phone, code))
-            .arg(s.max_attempts)
-            .arg(s.max_failures_per_window)
-            .arg(s.window_seconds)
-            .arg(s.ip_max_code_checks)
-            .arg(s.ip_window_seconds)
-            .arg(uuid::Uuid::new_v4().simple().to_string())
-            .invoke_async(&mut self.redis.clone())
+        let out = self
+            .store
+            .check(phone, client, &self.mac(phone, code), &self.settings)
             .await?;
         crate::ops::metrics::check_outcome(out.first().copied().unwrap_or(-1));
         match out[..] {
@@ -394,19 +559,6 @@ impl OtpService {
     /// Gives back a code that `consume` used up when the flow after it failed (the user got nothing
     /// for it): same tries, same expiry; not if a newer code was issued since. Returns whether it did.
     pub async fn restore(&self, phone: &PhoneNumber, code: &OtpCode, consumed: &Consumed) -> AppResult<bool> {
-        // Rerun on a dropped connection: safe, a restored code exists and is not restored twice.
-        let restored: i64 = rerun_if_dropped(|| async {
-            self.restore
-                .key(self.keys.phone(phone, "otp"))
-                .key(self.keys.phone(phone, "otp_sends"))
-                .arg(self.mac(phone, code))
-                .arg(consumed.tries)
-                .arg(consumed.expires_at_ms)
-                .arg(consumed.newest_send)
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        Ok(restored == 1)
+        self.store.restore(phone, &self.mac(phone, code), consumed).await
     }
 }

@@ -22,12 +22,16 @@
 //! twice: a claim carries its id, unclaim and finish are idempotent, a token is created under a fresh
 //! random key, and a presentation counted twice only errs on the safe side.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
 use crate::random::OpaqueToken;
+use crate::services::embedded::Memory;
 use crate::services::{Keys, budget_script, rerun_if_dropped};
 
 /// A register call that fails after the hash (a race lost, the store down) may be retried; a few
@@ -108,10 +112,37 @@ pub struct Claim {
     key: String,
 }
 
-pub struct RegistrationTokens {
+/// The registration-token store: each call one atomic step with the answers of the scripts above.
+/// `key` is the token's key (`reg:<sha256>`, made by `RegistrationTokens`: the token is never
+/// stored). Implemented by Redis (`RedisRegistrations`) and the embedded backend; `Registrations`
+/// dispatches.
+pub trait RegistrationStore: Send + Sync {
+    fn create(
+        &self,
+        key: &str,
+        phone: &PhoneNumber,
+        ttl_seconds: u64,
+    ) -> impl Future<Output = AppResult<()>> + Send;
+    /// The phone, or None when the token is unknown or was presented more than `max` times.
+    fn present(&self, key: &str, max: u32) -> impl Future<Output = AppResult<Option<String>>> + Send;
+    /// `(phone, account id)`, or None when unknown or held by another live claim.
+    fn claim(
+        &self,
+        key: &str,
+        claim_id: &str,
+        lease_ms: u64,
+        new_user_id: &str,
+    ) -> impl Future<Output = AppResult<Option<(String, String)>>> + Send;
+    fn unclaim(&self, key: &str, claim_id: &str) -> impl Future<Output = AppResult<()>> + Send;
+    fn finish(&self, key: &str) -> impl Future<Output = AppResult<()>> + Send;
+    /// Ends every token of `phone`; how many were live.
+    fn revoke_all(&self, phone: &PhoneNumber) -> impl Future<Output = AppResult<u64>> + Send;
+}
+
+/// Registration tokens in Redis.
+pub struct RedisRegistrations {
     redis: ConnectionManager,
     keys: Keys,
-    ttl_seconds: u64,
     create: Script,
     present: Script,
     claim: Script,
@@ -119,17 +150,170 @@ pub struct RegistrationTokens {
     revoke_all: Script,
 }
 
-impl RegistrationTokens {
-    pub fn new(redis: ConnectionManager, keys: Keys, ttl_seconds: u64) -> Self {
-        RegistrationTokens {
+impl RedisRegistrations {
+    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+        RedisRegistrations {
             redis,
             keys,
-            ttl_seconds,
             create: Script::new(CREATE_LUA),
             present: Script::new(PRESENT_LUA),
             claim: budget_script(CLAIM_LUA),
             unclaim: Script::new(UNCLAIM_LUA),
             revoke_all: Script::new(REVOKE_ALL_LUA),
+        }
+    }
+}
+
+impl RegistrationStore for RedisRegistrations {
+    async fn create(&self, key: &str, phone: &PhoneNumber, ttl_seconds: u64) -> AppResult<()> {
+        let _: i64 = rerun_if_dropped(|| async {
+            self.create
+                .key(key)
+                .key(self.keys.phone(phone, "reg_tokens"))
+                .arg(phone.e164())
+                .arg(ttl_seconds)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn present(&self, key: &str, max: u32) -> AppResult<Option<String>> {
+        Ok(rerun_if_dropped(|| async {
+            self.present
+                .key(key)
+                .arg(max)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?)
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        claim_id: &str,
+        lease_ms: u64,
+        new_user_id: &str,
+    ) -> AppResult<Option<(String, String)>> {
+        Ok(rerun_if_dropped(|| async {
+            self.claim
+                .key(key)
+                .arg(claim_id)
+                .arg(lease_ms)
+                .arg(new_user_id)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?)
+    }
+
+    async fn unclaim(&self, key: &str, claim_id: &str) -> AppResult<()> {
+        let _: i64 = rerun_if_dropped(|| async {
+            self.unclaim
+                .key(key)
+                .arg(claim_id)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn finish(&self, key: &str) -> AppResult<()> {
+        let _: i64 = rerun_if_dropped(|| async {
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_all(&self, phone: &PhoneNumber) -> AppResult<u64> {
+        let set = self.keys.phone(phone, "reg_tokens");
+        Ok(rerun_if_dropped(|| async {
+            self.revoke_all
+                .key(&set)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?)
+    }
+}
+
+/// The registration-token store of this process: Redis, or the embedded backend (one per process:
+/// the Redis variant's size costs nothing worth a box).
+#[allow(clippy::large_enum_variant)]
+pub enum Registrations {
+    Redis(RedisRegistrations),
+    Embedded(Arc<Memory>),
+}
+
+impl RegistrationStore for Registrations {
+    async fn create(&self, key: &str, phone: &PhoneNumber, ttl_seconds: u64) -> AppResult<()> {
+        match self {
+            Registrations::Redis(s) => s.create(key, phone, ttl_seconds).await,
+            Registrations::Embedded(s) => RegistrationStore::create(&**s, key, phone, ttl_seconds).await,
+        }
+    }
+
+    async fn present(&self, key: &str, max: u32) -> AppResult<Option<String>> {
+        match self {
+            Registrations::Redis(s) => s.present(key, max).await,
+            Registrations::Embedded(s) => s.present(key, max).await,
+        }
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        claim_id: &str,
+        lease_ms: u64,
+        new_user_id: &str,
+    ) -> AppResult<Option<(String, String)>> {
+        match self {
+            Registrations::Redis(s) => s.claim(key, claim_id, lease_ms, new_user_id).await,
+            Registrations::Embedded(s) => s.claim(key, claim_id, lease_ms, new_user_id).await,
+        }
+    }
+
+    async fn unclaim(&self, key: &str, claim_id: &str) -> AppResult<()> {
+        match self {
+            Registrations::Redis(s) => s.unclaim(key, claim_id).await,
+            Registrations::Embedded(s) => s.unclaim(key, claim_id).await,
+        }
+    }
+
+    async fn finish(&self, key: &str) -> AppResult<()> {
+        match self {
+            Registrations::Redis(s) => RegistrationStore::finish(s, key).await,
+            Registrations::Embedded(s) => RegistrationStore::finish(&**s, key).await,
+        }
+    }
+
+    async fn revoke_all(&self, phone: &PhoneNumber) -> AppResult<u64> {
+        match self {
+            Registrations::Redis(s) => s.revoke_all(phone).await,
+            Registrations::Embedded(s) => s.revoke_all(phone).await,
+        }
+    }
+}
+
+pub struct RegistrationTokens {
+    store: Registrations,
+    keys: Keys,
+    ttl_seconds: u64,
+}
+
+impl RegistrationTokens {
+    pub fn new(store: Registrations, keys: Keys, ttl_seconds: u64) -> Self {
+        RegistrationTokens {
+            store,
+            keys,
+            ttl_seconds,
         }
     }
 
@@ -146,38 +330,28 @@ impl RegistrationTokens {
     pub async fn create(&self, phone: &PhoneNumber) -> AppResult<String> {
         let OpaqueToken { token, digest } = OpaqueToken::generate().map_err(AppError::Internal)?;
         let key = self.keys.other(&format!("reg:{}", hex::encode(digest)));
-        let _: i64 = rerun_if_dropped(|| async {
-            self.create
-                .key(&key)
-                .key(self.keys.phone(phone, "reg_tokens"))
-                .arg(phone.e164())
-                .arg(self.ttl_seconds)
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
+        self.store.create(&key, phone, self.ttl_seconds).await?;
         Ok(token)
     }
 
     /// The phone a live token is bound to, without using it up; counts a presentation.
     pub async fn present(&self, token: &str) -> AppResult<PhoneNumber> {
-        self.run(&self.present, token).await
+        let key = self.key(token).ok_or(AppError::InvalidToken)?;
+        self.store
+            .present(&key, MAX_PRESENTATIONS)
+            .await?
+            .map(PhoneNumber::from_trusted_e164)
+            .ok_or(AppError::InvalidToken)
     }
 
     /// Claims the token for one registration: of racing uses, exactly one holds it.
     pub async fn claim(&self, token: &str) -> AppResult<Claim> {
         let key = self.key(token).ok_or(AppError::InvalidToken)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let claimed: Option<(String, String)> = rerun_if_dropped(|| async {
-            self.claim
-                .key(&key)
-                .arg(&id)
-                .arg(CLAIM_LEASE_MS)
-                .arg(uuid::Uuid::new_v4().to_string())
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
+        let claimed = self
+            .store
+            .claim(&key, &id, CLAIM_LEASE_MS, &uuid::Uuid::new_v4().to_string())
+            .await?;
         let (phone, user_id) = claimed.ok_or(AppError::InvalidToken)?;
         let user_id = user_id
             .parse()
@@ -192,55 +366,17 @@ impl RegistrationTokens {
 
     /// Gives a claimed token back, as it was: its registration failed before it ended.
     pub async fn unclaim(&self, claim: &Claim) -> AppResult<()> {
-        let _: i64 = rerun_if_dropped(|| async {
-            self.unclaim
-                .key(&claim.key)
-                .arg(&claim.id)
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        Ok(())
+        self.store.unclaim(&claim.key, &claim.id).await
     }
 
     /// Uses a claimed token up: its registration ended (signed in, or the phone has another account).
     pub async fn finish(&self, claim: &Claim) -> AppResult<()> {
-        let _: i64 = rerun_if_dropped(|| async {
-            redis::cmd("DEL")
-                .arg(&claim.key)
-                .query_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        Ok(())
+        self.store.finish(&claim.key).await
     }
 
     /// Ends every pending registration token of `phone` (a password change, a deleted account).
     /// Returns how many were live. Safe to rerun: a second run finds nothing left.
     pub async fn revoke_all(&self, phone: &PhoneNumber) -> AppResult<u64> {
-        let set = self.keys.phone(phone, "reg_tokens");
-        let n: u64 = rerun_if_dropped(|| async {
-            self.revoke_all
-                .key(&set)
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        Ok(n)
-    }
-
-    async fn run(&self, script: &Script, token: &str) -> AppResult<PhoneNumber> {
-        let key = self.key(token).ok_or(AppError::InvalidToken)?;
-        let phone: Option<String> = rerun_if_dropped(|| async {
-            script
-                .key(&key)
-                .arg(MAX_PRESENTATIONS)
-                .invoke_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        phone
-            .map(PhoneNumber::from_trusted_e164)
-            .ok_or(AppError::InvalidToken)
+        self.store.revoke_all(phone).await
     }
 }

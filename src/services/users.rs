@@ -1,12 +1,16 @@
 //! The user store, in PostgreSQL. Owns table `users` (see migrations/).
 
-use sqlx::{PgConnection, PgPool};
+use std::future::Future;
+use std::sync::Arc;
+
+use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
-use crate::services::audit::AuditRow;
+use crate::services::audit::{AuditRow, write_in};
+use crate::services::embedded::Db;
 
 #[derive(Clone, sqlx::FromRow)]
 pub struct User {
@@ -33,16 +37,127 @@ struct UserWithHash {
     password_hash: String,
 }
 
-pub struct UserStore {
-    pool: PgPool,
+/// The user store: each call one statement or one transaction, with its audit event inside it.
+/// PostgreSQL (`PgUsers`) and the embedded backend implement it; `UserStore` dispatches.
+pub trait UserStorage: Send + Sync {
+    fn find_by_phone(&self, phone: &PhoneNumber) -> impl Future<Output = AppResult<Option<User>>> + Send;
+    /// The user and their password hash, for sign-in.
+    fn find_credentials(
+        &self,
+        phone: &PhoneNumber,
+    ) -> impl Future<Output = AppResult<Option<(User, String)>>> + Send;
+    /// Creates the account `id`, or answers PHONE_ALREADY_REGISTERED. If the phone's account is this
+    /// very `id` (a registration retried after its answer was lost), it is completed with this
+    /// request's password and names. The sign-up event is written only when the row was created.
+    fn create(
+        &self,
+        id: Uuid,
+        phone: &PhoneNumber,
+        password_hash: &str,
+        first_name: Option<&str>,
+        last_name: Option<&str>,
+    ) -> impl Future<Output = AppResult<User>> + Send;
+    fn find_by_ids(&self, ids: &[Uuid]) -> impl Future<Output = AppResult<Vec<User>>> + Send;
+    fn password_hash(&self, id: Uuid) -> impl Future<Output = AppResult<Option<String>>> + Send;
+    /// Replaces the password hash and revokes every live session of the user but `keep` (`reason`
+    /// recorded), and writes `audit` with `revokedSessions` in its detail: all or nothing. None when
+    /// the user no longer exists; else how many sessions were revoked.
+    fn set_password_revoking(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+        keep: Option<Uuid>,
+        reason: &str,
+        audit: AuditRow,
+    ) -> impl Future<Output = AppResult<Option<u64>>> + Send;
+    /// Moves the account to `new_phone`; the phone it had, None when the user is gone;
+    /// PHONE_ALREADY_REGISTERED when another account has it.
+    fn change_phone(
+        &self,
+        id: Uuid,
+        new_phone: &PhoneNumber,
+        audit: AuditRow,
+    ) -> impl Future<Output = AppResult<Option<String>>> + Send;
+    /// Deletes the account with its sessions and refresh tokens; its phone, None when already gone.
+    fn delete(&self, id: Uuid, audit: AuditRow) -> impl Future<Output = AppResult<Option<String>>> + Send;
+}
+
+/// The user store of this process: PostgreSQL, or the embedded backend.
+pub enum UserStore {
+    Postgres(PgUsers),
+    Embedded(Arc<Db>),
 }
 
 impl UserStore {
     pub fn new(pool: PgPool) -> Self {
-        UserStore { pool }
+        UserStore::Postgres(PgUsers { pool })
     }
+}
 
-    pub async fn find_by_phone(&self, phone: &PhoneNumber) -> AppResult<Option<User>> {
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            UserStore::Postgres($s) => $call.await,
+            UserStore::Embedded($s) => {
+                let $s = &**$s;
+                $call.await
+            }
+        }
+    };
+}
+
+impl UserStorage for UserStore {
+    async fn find_by_phone(&self, phone: &PhoneNumber) -> AppResult<Option<User>> {
+        dispatch!(self, s => s.find_by_phone(phone))
+    }
+    async fn find_credentials(&self, phone: &PhoneNumber) -> AppResult<Option<(User, String)>> {
+        dispatch!(self, s => s.find_credentials(phone))
+    }
+    async fn create(
+        &self,
+        id: Uuid,
+        phone: &PhoneNumber,
+        password_hash: &str,
+        first_name: Option<&str>,
+        last_name: Option<&str>,
+    ) -> AppResult<User> {
+        dispatch!(self, s => s.create(id, phone, password_hash, first_name, last_name))
+    }
+    async fn find_by_ids(&self, ids: &[Uuid]) -> AppResult<Vec<User>> {
+        dispatch!(self, s => s.find_by_ids(ids))
+    }
+    async fn password_hash(&self, id: Uuid) -> AppResult<Option<String>> {
+        dispatch!(self, s => s.password_hash(id))
+    }
+    async fn set_password_revoking(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+        keep: Option<Uuid>,
+        reason: &str,
+        audit: AuditRow,
+    ) -> AppResult<Option<u64>> {
+        dispatch!(self, s => s.set_password_revoking(id, password_hash, keep, reason, audit))
+    }
+    async fn change_phone(
+        &self,
+        id: Uuid,
+        new_phone: &PhoneNumber,
+        audit: AuditRow,
+    ) -> AppResult<Option<String>> {
+        dispatch!(self, s => s.change_phone(id, new_phone, audit))
+    }
+    async fn delete(&self, id: Uuid, audit: AuditRow) -> AppResult<Option<String>> {
+        dispatch!(self, s => s.delete(id, audit))
+    }
+}
+
+pub struct PgUsers {
+    pool: PgPool,
+}
+
+impl UserStorage for PgUsers {
+    async fn find_by_phone(&self, phone: &PhoneNumber) -> AppResult<Option<User>> {
         Ok(sqlx::query_as::<_, User>(
             "select id, phone, first_name, last_name, created_at from users where phone = $1",
         )
@@ -52,7 +167,7 @@ impl UserStore {
     }
 
     /// The user and their password hash, for sign-in.
-    pub async fn find_credentials(&self, phone: &PhoneNumber) -> AppResult<Option<(User, String)>> {
+    async fn find_credentials(&self, phone: &PhoneNumber) -> AppResult<Option<(User, String)>> {
         let row = sqlx::query_as::<_, UserWithHash>(
             "select id, phone, first_name, last_name, created_at, password_hash from users where phone = $1",
         )
@@ -66,7 +181,7 @@ impl UserStore {
     /// races. If the phone's account is this very `id` (a registration retried after its answer was
     /// lost), it is completed with this request's password and names, as the client last asked.
     /// The sign-up event is written by the same statement, only when the row was created.
-    pub async fn create(
+    async fn create(
         &self,
         id: Uuid,
         phone: &PhoneNumber,
@@ -101,7 +216,7 @@ impl UserStore {
 
     /// The users among `ids`, in one statement whatever their number (federation `_entities`: a
     /// gateway sends every `User` reference of a response in one request). Unknown ids are absent.
-    pub async fn find_by_ids(&self, ids: &[Uuid]) -> AppResult<Vec<User>> {
+    async fn find_by_ids(&self, ids: &[Uuid]) -> AppResult<Vec<User>> {
         Ok(sqlx::query_as::<_, User>(
             "select id, phone, first_name, last_name, created_at from users where id = any($1)",
         )
@@ -111,7 +226,7 @@ impl UserStore {
     }
 
     /// The password hash of a user, for checking the current password before a change.
-    pub async fn password_hash(&self, id: Uuid) -> AppResult<Option<String>> {
+    async fn password_hash(&self, id: Uuid) -> AppResult<Option<String>> {
         Ok(
             sqlx::query_scalar::<_, String>("select password_hash from users where id = $1")
                 .bind(id)
@@ -120,22 +235,45 @@ impl UserStore {
         )
     }
 
-    /// Replaces the password hash, inside the caller's transaction (sessions are revoked in the same
-    /// one). False when the user no longer exists.
-    pub async fn set_password(conn: &mut PgConnection, id: Uuid, password_hash: &str) -> AppResult<bool> {
+    /// One transaction: the new hash, the revocations, and the event.
+    async fn set_password_revoking(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+        keep: Option<Uuid>,
+        reason: &str,
+        audit: AuditRow,
+    ) -> AppResult<Option<u64>> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("update users set password_hash = $2, updated_at = now() where id = $1")
             .bind(id)
             .bind(password_hash)
-            .execute(conn)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let revoked = sqlx::query(
+            "update sessions set revoked_at = now(), revoked_reason = $3
+             where user_id = $1 and revoked_at is null and ($2::uuid is null or id <> $2)",
+        )
+        .bind(id)
+        .bind(keep)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let audit = audit.detail(serde_json::json!({ "revokedSessions": revoked }));
+        write_in(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Some(revoked))
     }
 
     /// Moves the account to `new_phone`; returns the phone it had. The unique constraint on `phone`
     /// decides a race with a registration or another change to the same number: the loser gets
     /// PHONE_ALREADY_REGISTERED. None when the user no longer exists. The event (`audit`,
     /// phone_changed) is written by the same statement.
-    pub async fn change_phone(
+    async fn change_phone(
         &self,
         id: Uuid,
         new_phone: &PhoneNumber,
@@ -167,7 +305,7 @@ impl UserStore {
     /// Deletes the account (its sessions and refresh tokens go by cascade); returns its phone. None
     /// when it was already gone. The event (`audit`, account_deleted) is written by the same
     /// statement (the trail has no foreign key to users: it outlives the account).
-    pub async fn delete(&self, id: Uuid, audit: AuditRow) -> AppResult<Option<String>> {
+    async fn delete(&self, id: Uuid, audit: AuditRow) -> AppResult<Option<String>> {
         let sql = format!(
             "with d as (delete from users where id = $1 returning phone),
              {}

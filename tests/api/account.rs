@@ -47,34 +47,19 @@ async fn login_token(app: &TestApp, phone: &str, password: &str) -> String {
 }
 
 async fn live_sessions(app: &TestApp) -> i64 {
-    sqlx::query_scalar("select count(*) from sessions where revoked_at is null")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap()
+    app.session_counts().await.1
 }
 
 async fn password_hash(app: &TestApp, phone: &str) -> String {
-    sqlx::query_scalar("select password_hash from users where phone = $1")
-        .bind(phone)
-        .fetch_one(&app.pg)
-        .await
-        .unwrap()
+    app.stored_password_hash(phone).await
 }
 
 async fn phones(app: &TestApp) -> Vec<String> {
-    sqlx::query_scalar("select phone from users order by phone")
-        .fetch_all(&app.pg)
-        .await
-        .unwrap()
+    app.phones().await
 }
 
 async fn key_exists(app: &TestApp, suffix: &str) -> bool {
-    let n: i64 = redis::cmd("EXISTS")
-        .arg(format!("{}{suffix}", app.prefix))
-        .query_async(&mut app.redis.clone())
-        .await
-        .unwrap();
-    n == 1
+    app.key_exists(suffix).await
 }
 
 async fn request_change(app: &TestApp, token: &str, phone: &str) -> Value {
@@ -583,11 +568,7 @@ async fn deleted_account_phone_signs_up_again() {
     let r = app.gql_with(Some(&me), DELETE_ACCOUNT, json!({})).await;
     assert_eq!(r["data"]["deleteAccount"]["deletedUserId"], old_id, "{r}");
     assert!(phones(&app).await.is_empty());
-    let sessions: i64 = sqlx::query_scalar("select count(*) from sessions")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
-    assert_eq!(sessions, 0);
+    assert_eq!(app.session_counts().await.0, 0, "deleted with the account");
     assert!(app.me(Some(&me)).await["data"]["me"].is_null());
     for key in ["otp", "pw_lock", "pw_attempts", "reg_tokens"] {
         assert!(
@@ -664,14 +645,7 @@ async fn account_flows_leave_their_audit_events() {
     // A refused change goes through the writer's queue: wait for it.
     let start = std::time::Instant::now();
     let events = loop {
-        let rows: Vec<(String, Option<uuid::Uuid>, Option<String>, Value)> = sqlx::query_as(
-            "select event, user_id, phone_masked, detail from audit_events
-             where event = any($1) order by at, id",
-        )
-        .bind(&account_events[..])
-        .fetch_all(&app.pg)
-        .await
-        .unwrap();
+        let rows = app.audit_events(&account_events).await;
         if rows.len() >= account_events.len() {
             break rows;
         }

@@ -17,7 +17,7 @@ fn production(c: &mut Config, redis: &PrivateRedis) {
     // Production refuses a loopback issuer (the address gateways reach us at).
     c.tokens.jwt_issuer = Some("https://auth.example.com".into());
     c.stores.redis_durability_check = DurabilityCheck::Refuse;
-    c.stores.redis_url = SecretString::from(redis.url.clone());
+    c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
     c.tokens.jwt_signing_keys = Some(SecretString::from(
         phone_auth::services::tokens::SigningKey::generate()
             .unwrap()
@@ -37,10 +37,14 @@ async fn start_error(config: &Config) -> String {
 /// lets it start. (The refusal comes before PostgreSQL is touched: this test needs no database.)
 #[tokio::test]
 async fn production_refuses_a_redis_that_would_lose_locks() {
+    crate::real_stores_only!("the durability check of a real Redis server (private redis-server)");
     let redis = PrivateRedis::start(&["--appendonly", "no", "--maxmemory-policy", "allkeys-lru"]);
     let mut config = test_config();
     production(&mut config, &redis);
-    config.stores.database_url = SecretString::from(format!("{}/phone_auth_never_created", server_url()));
+    config.stores.database_url = Some(SecretString::from(format!(
+        "{}/phone_auth_never_created",
+        server_url()
+    )));
     let err = start_error(&config).await;
     assert!(err.contains("APP_ENV=production"), "{err}");
     assert!(err.contains("maxmemory-policy is allkeys-lru"), "{err}");
@@ -49,7 +53,7 @@ async fn production_refuses_a_redis_that_would_lose_locks() {
 
     // Outside production it is a warning only, and with `warn` production starts too.
     let app = TestApp::spawn_with(|c| {
-        c.stores.redis_url = SecretString::from(redis.url.clone());
+        c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
         c.stores.redis_durability_check = DurabilityCheck::Refuse;
     })
     .await;
@@ -66,6 +70,7 @@ async fn production_refuses_a_redis_that_would_lose_locks() {
 /// With the AOF on and no eviction, production starts and serves.
 #[tokio::test]
 async fn production_starts_on_a_durable_redis() {
+    crate::real_stores_only!("the durability check of a real Redis server (private redis-server)");
     let redis = PrivateRedis::start(&[
         "--appendonly",
         "yes",
@@ -82,10 +87,14 @@ async fn production_starts_on_a_durable_redis() {
 /// A Redis Cluster node (even one without slots) is refused in every profile, with the reason.
 #[tokio::test]
 async fn a_redis_cluster_is_refused() {
+    crate::real_stores_only!("refusing a Redis Cluster (private redis-server)");
     let redis = PrivateRedis::start(&["--appendonly", "yes", "--cluster-enabled", "yes"]);
     let mut config = test_config();
-    config.stores.redis_url = SecretString::from(redis.url.clone());
-    config.stores.database_url = SecretString::from(format!("{}/phone_auth_never_created", server_url()));
+    config.stores.redis_url = Some(SecretString::from(redis.url.clone()));
+    config.stores.database_url = Some(SecretString::from(format!(
+        "{}/phone_auth_never_created",
+        server_url()
+    )));
     let err = start_error(&config).await;
     assert!(err.contains("Redis Cluster is not supported"), "{err}");
     assert!(err.contains("cluster_enabled:1"), "{err}");

@@ -26,7 +26,7 @@ fn redis_cli(server: &PrivateRedis, args: &[&str]) -> std::process::Child {
 async fn zcard(app: &TestApp, what: &str) -> i64 {
     redis::cmd("ZCARD")
         .arg(format!("{}{{{PHONE}}}:{what}", app.prefix))
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap()
 }
@@ -34,7 +34,7 @@ async fn zcard(app: &TestApp, what: &str) -> i64 {
 async fn exists(app: &TestApp, what: &str) -> bool {
     redis::cmd("EXISTS")
         .arg(format!("{}{{{PHONE}}}:{what}", app.prefix))
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap()
 }
@@ -46,9 +46,10 @@ async fn exists(app: &TestApp, what: &str) -> bool {
 /// a refusal extends nothing.
 #[tokio::test]
 async fn a_stalled_redis_does_not_lock_the_user_out() {
+    crate::real_stores_only!("an outage of Redis (a private redis-server stalled)");
     let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
-        c.stores.redis_url = SecretString::from(redis.url.clone());
+        c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
         c.stores.redis_timeout_ms = 300;
         c.stores.database_acquire_timeout_ms = 1000;
         c.hashing.hash_queue_timeout_ms = 3000;
@@ -73,7 +74,7 @@ async fn a_stalled_redis_does_not_lock_the_user_out() {
     let pttl = || async {
         redis::cmd("PTTL")
             .arg(format!("{}{{{PHONE}}}:pw_inflight", app.prefix))
-            .query_async::<i64>(&mut app.redis.clone())
+            .query_async::<i64>(&mut app.redis().clone())
             .await
             .unwrap()
     };
@@ -112,9 +113,10 @@ async fn a_stalled_redis_does_not_lock_the_user_out() {
 /// passwords are needed to lock (not two).
 #[tokio::test]
 async fn a_stalled_correct_login_counts_for_nothing() {
+    crate::real_stores_only!("an outage of Redis (a private redis-server stalled)");
     let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
-        c.stores.redis_url = SecretString::from(redis.url.clone());
+        c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
         c.stores.redis_timeout_ms = 300;
         c.stores.database_acquire_timeout_ms = 1000;
         c.hashing.hash_queue_timeout_ms = 3000;
@@ -136,7 +138,7 @@ async fn a_stalled_correct_login_counts_for_nothing() {
     assert_eq!(zcard(&app, "pw_fails").await, 0);
     let left: i64 = redis::cmd("PTTL")
         .arg(format!("{}{{{PHONE}}}:pw_inflight", app.prefix))
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(left.max(0) as u64 + 100)).await;
@@ -250,7 +252,7 @@ impl Drop for PgServer {
 
 fn on_throwaway_pg(pg: &PgServer) -> impl FnOnce(&mut phone_auth::config::Config) + '_ {
     move |c| {
-        c.stores.database_url = SecretString::from(pg.url());
+        c.stores.database_url = Some(SecretString::from(pg.url()));
         c.stores.database_acquire_timeout_ms = 1000;
     }
 }
@@ -260,6 +262,7 @@ fn on_throwaway_pg(pg: &PgServer) -> impl FnOnce(&mut phone_auth::config::Config
 /// registration token: register while PostgreSQL is down keeps the token.
 #[tokio::test]
 async fn a_postgres_outage_burns_neither_code_nor_token() {
+    crate::real_stores_only!("an outage of PostgreSQL (a private server stopped)");
     let pg = PgServer::start();
     let app = TestApp::spawn_with(on_throwaway_pg(&pg)).await;
     app.generate_code(PHONE).await;
@@ -287,7 +290,7 @@ async fn a_postgres_outage_burns_neither_code_nor_token() {
     );
     assert_code(&app.register(&token, PASSWORD).await, "INVALID_TOKEN");
     let n: i64 = sqlx::query_scalar("select count(*) from users")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -298,6 +301,7 @@ async fn a_postgres_outage_burns_neither_code_nor_token() {
 /// failed completes as a sign-in when retried with the same token (same account, no second one).
 #[tokio::test]
 async fn a_failed_session_insert_is_completed_by_the_retry() {
+    crate::real_stores_only!("a failing PostgreSQL statement");
     let app = TestApp::spawn().await;
     let token = app.registration_token(PHONE).await;
     sqlx::raw_sql(
@@ -306,17 +310,17 @@ async fn a_failed_session_insert_is_completed_by_the_retry() {
                  using errcode = '57P03'; end $$;
          create trigger refuse before insert on sessions for each row execute function refuse();",
     )
-    .execute(&app.pg)
+    .execute(app.pg())
     .await
     .unwrap();
     assert_code(&app.register(&token, PASSWORD).await, "SERVICE_UNAVAILABLE");
     let created: Vec<uuid::Uuid> = sqlx::query_scalar("select id from users")
-        .fetch_all(&app.pg)
+        .fetch_all(app.pg())
         .await
         .unwrap();
     assert_eq!(created.len(), 1, "the account was created");
     sqlx::raw_sql("drop trigger refuse on sessions")
-        .execute(&app.pg)
+        .execute(app.pg())
         .await
         .unwrap();
 
@@ -324,7 +328,7 @@ async fn a_failed_session_insert_is_completed_by_the_retry() {
     assert!(r["errors"].is_null(), "the retry signs in: {r}");
     assert_eq!(r["data"]["register"]["user"]["id"], created[0].to_string());
     let n: i64 = sqlx::query_scalar("select count(*) from users")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -360,9 +364,10 @@ async fn an_announced_oversized_body_is_refused_at_once() {
 /// generateCode (issue script) and a correct login.
 #[tokio::test]
 async fn a_killed_redis_connection_costs_no_request() {
+    crate::real_stores_only!("a killed Redis connection (CLIENT KILL)");
     let redis = PrivateRedis::start(DEBUGGABLE);
     let app = TestApp::spawn_with(|c| {
-        c.stores.redis_url = SecretString::from(redis.url.clone());
+        c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
         c.otp.otp_resend_cooldown_seconds = 0;
     })
     .await;

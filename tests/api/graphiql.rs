@@ -154,6 +154,7 @@ async fn graphiql_setting_turns_the_page_and_its_assets_on_and_off() {
         assert_eq!(r.status(), 404, "GRAPHIQL=false: {path}");
     }
 
+    crate::real_stores_only!("APP_ENV=production refuses the embedded backend (the part before ran on it)");
     let production = |graphiql: Option<bool>| {
         move |c: &mut phone_auth::config::Config| {
             c.app_env = phone_auth::config::AppEnv::Production;

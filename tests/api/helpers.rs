@@ -1,13 +1,21 @@
 //! Spawns the real service on 127.0.0.1:0 against the real PostgreSQL and Redis of this machine, with
 //! a fresh database and a fresh Redis key prefix per test, so tests run in parallel without sharing
 //! state. The database is dropped and the keys deleted when the `TestApp` is dropped.
+//!
+//! With `TEST_BACKEND=embedded` the same tests run on the embedded backend instead (no store URL;
+//! every store in the test's own process memory): one conformance suite, two backends. Tests about
+//! the real stores themselves (SQL rows, Redis commands other than the keys and TTLs both backends
+//! expose, outages, several processes sharing stores) start with `real_stores_only!("why")`, which
+//! skips them on the embedded backend and prints why.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use phone_auth::app::{App, build};
 use phone_auth::config::{AppEnv, Config};
+use phone_auth::services::Backend;
 use phone_auth::services::auth::AuthService;
+use phone_auth::services::embedded::{Db, Memory};
 use phone_auth::services::sms::TestSender;
 use redis::aio::ConnectionManager;
 use secrecy::SecretString;
@@ -15,6 +23,35 @@ use serde_json::{Value, json};
 
 pub const PHONE: &str = "+16502530000";
 pub const PASSWORD: &str = "violet-anchor-1987";
+
+/// Whether this run is on the embedded backend (`TEST_BACKEND=embedded`; the real stores otherwise).
+pub fn embedded() -> bool {
+    match std::env::var("TEST_BACKEND").as_deref() {
+        Ok("embedded") => true,
+        Ok("real") | Err(_) => false,
+        Ok(other) => panic!("TEST_BACKEND={other:?}: expected real or embedded"),
+    }
+}
+
+/// Skips the rest of a test on the embedded backend, saying why: for tests about the real stores
+/// themselves.
+#[macro_export]
+macro_rules! real_stores_only {
+    ($why:expr) => {
+        if $crate::helpers::embedded() {
+            // Straight to stderr, not through eprintln!, which the test harness captures: the run's
+            // output lists every skip and its reason.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped on the embedded backend (real stores only): {}: {}",
+                module_path!(),
+                $why
+            );
+            return;
+        }
+    };
+}
 
 pub fn server_url() -> String {
     std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -32,8 +69,10 @@ pub struct TestApp {
     pub resolvers: phone_auth::graphql::metrics::ResolverCounter,
     pub outbox: Arc<phone_auth::services::outbox::Outbox>,
     pub documents: Arc<phone_auth::graphql::documents::DocumentCache>,
-    pub redis: ConnectionManager,
-    pub pg: sqlx::PgPool,
+    /// The real stores (None on the embedded backend: `redis()` and `pg()`).
+    real: Option<(ConnectionManager, sqlx::PgPool)>,
+    /// The embedded backend's memory and database (None on the real stores).
+    pub embedded: Option<(Arc<Memory>, Arc<Db>)>,
     pub prefix: String,
     db_name: String,
 }
@@ -51,7 +90,12 @@ pub fn test_config() -> Config {
     c.otp.default_region = None;
     c.otp.otp_hmac_secret = Some(SecretString::from("test-secret-test-secret-test-secret!"));
     c.tokens.jwt_signing_keys = None;
-    c.stores.redis_url = SecretString::from(redis_url());
+    if embedded() {
+        c.stores.redis_url = None;
+        c.stores.database_url = None;
+    } else {
+        c.stores.redis_url = Some(SecretString::from(redis_url()));
+    }
     c.http.shutdown_drain_seconds = 0;
     // The shared Redis runs without the AOF, and tests never reconfigure it: the production-profile
     // tests start on it with a warning. durability.rs checks the refusal on private servers.
@@ -80,7 +124,9 @@ impl TestApp {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("phone_auth_test_{id}");
         let mut config = test_config();
-        config.stores.database_url = SecretString::from(format!("{}/{db_name}", server_url()));
+        if !embedded() {
+            config.stores.database_url = Some(SecretString::from(format!("{}/{db_name}", server_url())));
+        }
         config.stores.redis_key_prefix = format!("test:{id}:");
         config.stores.database_max_connections = 20;
         // Bound before the build, as the binary does: the default JWT_ISSUER names this address.
@@ -91,8 +137,8 @@ impl TestApp {
         let App {
             router,
             auth,
-            pg,
-            redis,
+            backend,
+            embedded,
             resolvers,
             outbox,
             documents,
@@ -118,11 +164,33 @@ impl TestApp {
             resolvers,
             outbox,
             documents,
-            redis,
-            pg,
+            real: match backend {
+                Backend::Real { pg, redis } => Some((redis, pg)),
+                Backend::Embedded => None,
+            },
+            embedded,
             prefix: config.stores.redis_key_prefix.clone(),
             db_name,
         }
+    }
+
+    /// The real Redis of this test (a test that calls it on the embedded backend lacks its
+    /// `real_stores_only!`).
+    pub fn redis(&self) -> &ConnectionManager {
+        &self
+            .real
+            .as_ref()
+            .expect("a real-store test: mark it real_stores_only!")
+            .0
+    }
+
+    /// The real PostgreSQL database of this test (see `redis`).
+    pub fn pg(&self) -> &sqlx::PgPool {
+        &self
+            .real
+            .as_ref()
+            .expect("a real-store test: mark it real_stores_only!")
+            .1
     }
 
     /// The URL of this test's own database.
@@ -176,13 +244,8 @@ impl TestApp {
 
     /// Waits (at most 30 s) until every queued SMS job was delivered (or dead-lettered).
     pub async fn wait_outbox_empty(&self) {
-        let stream = format!("{}sms:outbox", self.prefix);
         for _ in 0..6000 {
-            let len: u64 = redis::cmd("XLEN")
-                .arg(&stream)
-                .query_async(&mut self.redis.clone())
-                .await
-                .expect("XLEN");
+            let (len, _) = self.outbox.depth().await.expect("outbox depth");
             if len == 0 {
                 return;
             }
@@ -252,9 +315,13 @@ impl TestApp {
     }
 
     /// Every Redis key of this test with its TTL in seconds, except the SMS streams (the outbox exists
-    /// from the start; their TTLs are checked in outbox.rs).
+    /// from the start; their TTLs are checked in outbox.rs). The embedded backend keeps the same keys
+    /// with the same TTLs (its outbox is not a key).
     pub async fn keys_with_ttl(&self) -> Vec<(String, i64)> {
-        let mut conn = self.redis.clone();
+        if let Some((memory, _)) = &self.embedded {
+            return memory.keys_with_ttl();
+        }
+        let mut conn = self.redis().clone();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.prefix))
             .query_async(&mut conn)
@@ -276,17 +343,132 @@ impl TestApp {
     }
 
     pub async fn redis_get_hash(&self, key_suffix: &str) -> std::collections::HashMap<String, String> {
+        let key = format!("{}{}", self.prefix, key_suffix);
+        if let Some((memory, _)) = &self.embedded {
+            return memory.hash_fields(&key);
+        }
         redis::cmd("HGETALL")
-            .arg(format!("{}{}", self.prefix, key_suffix))
-            .query_async(&mut self.redis.clone())
+            .arg(key)
+            .query_async(&mut self.redis().clone())
             .await
             .expect("HGETALL")
+    }
+
+    /// Whether a key of this test exists, on either backend.
+    pub async fn key_exists(&self, key_suffix: &str) -> bool {
+        let key = format!("{}{}", self.prefix, key_suffix);
+        if let Some((memory, _)) = &self.embedded {
+            return memory.keys_with_ttl().iter().any(|(k, _)| *k == key);
+        }
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut self.redis().clone())
+            .await
+            .expect("EXISTS");
+        n == 1
+    }
+
+    /// Every account's phone, sorted (`users.phone`), on either backend.
+    pub async fn phones(&self) -> Vec<String> {
+        if let Some((_, db)) = &self.embedded {
+            return db.phones();
+        }
+        sqlx::query_scalar("select phone from users order by phone")
+            .fetch_all(self.pg())
+            .await
+            .expect("phones")
+    }
+
+    /// The stored password hash of `phone`'s account, on either backend.
+    pub async fn stored_password_hash(&self, phone: &str) -> String {
+        if let Some((_, db)) = &self.embedded {
+            return db.password_hash_of(phone).expect("an account");
+        }
+        sqlx::query_scalar("select password_hash from users where phone = $1")
+            .bind(phone)
+            .fetch_one(self.pg())
+            .await
+            .expect("an account")
+    }
+
+    /// Sessions stored, and those not revoked, on either backend.
+    pub async fn session_counts(&self) -> (i64, i64) {
+        if let Some((_, db)) = &self.embedded {
+            return db.session_counts();
+        }
+        sqlx::query_as("select count(*), count(*) filter (where revoked_at is null) from sessions")
+            .fetch_one(self.pg())
+            .await
+            .expect("sessions")
+    }
+
+    /// Refresh tokens stored, and those used, on either backend.
+    pub async fn refresh_token_counts(&self) -> (i64, i64) {
+        if let Some((_, db)) = &self.embedded {
+            return db.refresh_token_counts();
+        }
+        sqlx::query_as("select count(*), count(used_at) from refresh_tokens")
+            .fetch_one(self.pg())
+            .await
+            .expect("refresh tokens")
+    }
+
+    /// The audit events named in `events` (all when empty), oldest first: (event, user id, masked
+    /// phone, detail).
+    pub async fn audit_events(
+        &self,
+        events: &[&str],
+    ) -> Vec<(String, Option<uuid::Uuid>, Option<String>, Value)> {
+        if let Some((_, db)) = &self.embedded {
+            return db
+                .audit_events()
+                .into_iter()
+                .filter(|r| events.is_empty() || events.contains(&r.event))
+                .map(|r| (r.event.to_owned(), r.user_id, r.phone_masked, r.detail))
+                .collect();
+        }
+        sqlx::query_as(
+            "select event, user_id, phone_masked, detail from audit_events
+             where cardinality($1::text[]) = 0 or event = any($1) order by at, id",
+        )
+        .bind(events)
+        .fetch_all(self.pg())
+        .await
+        .expect("audit events")
+    }
+
+    /// ZCARD of a key of this test, on either backend.
+    pub async fn zcard(&self, key_suffix: &str) -> i64 {
+        let key = format!("{}{}", self.prefix, key_suffix);
+        if let Some((memory, _)) = &self.embedded {
+            return memory.zcard(&key);
+        }
+        redis::cmd("ZCARD")
+            .arg(key)
+            .query_async(&mut self.redis().clone())
+            .await
+            .expect("ZCARD")
+    }
+
+    /// GET of a key of this test, on either backend.
+    pub async fn get_key(&self, key_suffix: &str) -> Option<String> {
+        let key = format!("{}{}", self.prefix, key_suffix);
+        if let Some((memory, _)) = &self.embedded {
+            return memory.get(&key);
+        }
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.redis().clone())
+            .await
+            .expect("GET")
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        drop_test_stores(&self.db_name, Some(&self.prefix));
+        if self.real.is_some() {
+            drop_test_stores(&self.db_name, Some(&self.prefix));
+        }
     }
 }
 

@@ -190,6 +190,9 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
 /// per-IP and service budgets are raised (every request comes from 127.0.0.1).
 #[tokio::test]
 async fn three_instances_share_codes_locks_sessions_and_delivery() {
+    crate::real_stores_only!(
+        "several processes sharing one Redis and one PostgreSQL (the embedded backend is one process's memory)"
+    );
     let started = Instant::now();
     let c = Cluster::start(&[
         ("OTP_RESEND_COOLDOWN_SECONDS", "0".into()),
@@ -449,6 +452,9 @@ async fn three_instances_share_codes_locks_sessions_and_delivery() {
 /// so each part of the test has a client address of its own (X-Forwarded-For).
 #[tokio::test]
 async fn three_instances_count_budgets_together() {
+    crate::real_stores_only!(
+        "several processes sharing one Redis and one PostgreSQL (the embedded backend is one process's memory)"
+    );
     let c = Cluster::start(&[
         ("TRUSTED_PROXIES", "127.0.0.1".into()),
         ("IP_MAX_CODE_REQUESTS", "4".into()),

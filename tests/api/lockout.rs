@@ -153,16 +153,8 @@ async fn full_hash_queue_is_service_unavailable_and_not_a_failure() {
         .iter()
         .filter(|r| code(r) == Some("INVALID_CREDENTIALS"))
         .count();
-    let counted: i64 = redis::cmd("ZCARD")
-        .arg(format!("{}{{{PHONE}}}:pw_fails", app.prefix))
-        .query_async(&mut app.redis.clone())
-        .await
-        .unwrap();
+    let counted = app.zcard(&format!("{{{PHONE}}}:pw_fails")).await;
     assert_eq!(counted as usize, failures, "only answered attempts count");
-    let in_flight: i64 = redis::cmd("ZCARD")
-        .arg(format!("{}{{{PHONE}}}:pw_inflight", app.prefix))
-        .query_async(&mut app.redis.clone())
-        .await
-        .unwrap();
+    let in_flight = app.zcard(&format!("{{{PHONE}}}:pw_inflight")).await;
     assert_eq!(in_flight, 0, "the refused attempts were released");
 }

@@ -5,6 +5,7 @@
 mod account;
 mod browser_apps;
 mod durability;
+mod embedded_binary;
 mod faults;
 mod federation;
 mod flow;
@@ -24,5 +25,6 @@ mod register;
 mod schema;
 mod sessions;
 mod shutdown;
+mod store_conformance;
 mod stub;
 mod transport;

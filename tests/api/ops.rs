@@ -160,13 +160,6 @@ async fn metrics_count_a_flow_and_logs_carry_the_request_id() {
     }
 }
 
-async fn audit_events(app: &TestApp) -> Vec<(String, Option<uuid::Uuid>, Option<String>, Value)> {
-    sqlx::query_as("select event, user_id, phone_masked, detail from audit_events order by at, id")
-        .fetch_all(&app.pg)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_audit_trail_holds_a_whole_flow_in_order() {
     let app = TestApp::spawn_with(|c| c.otp.otp_resend_cooldown_seconds = 0).await;
@@ -207,7 +200,7 @@ async fn the_audit_trail_holds_a_whole_flow_in_order() {
     // Code events are written off the request path: wait for the writer.
     let start = Instant::now();
     let events = loop {
-        let events = audit_events(&app).await;
+        let events = app.audit_events(&[]).await;
         if events.iter().filter(|e| e.0.starts_with("code_")).count() >= 4 {
             break events;
         }
@@ -260,8 +253,13 @@ async fn the_audit_trail_holds_a_whole_flow_in_order() {
     assert_eq!(detail("signed_in", 1)["method"], "code");
     assert_eq!(detail("unlocked", 0)["by"], "code");
     assert_eq!(detail("signed_out", 0)["allSessions"], true);
+    if let Some((_, db)) = &app.embedded {
+        let ips: Vec<Option<String>> = db.audit_events().into_iter().map(|r| r.client_ip).collect();
+        assert!(ips.iter().all(|ip| ip.as_deref() == Some("127.0.0.1")), "{ips:?}");
+        return;
+    }
     let raw: Vec<(Option<String>,)> = sqlx::query_as("select client_ip from audit_events")
-        .fetch_all(&app.pg)
+        .fetch_all(app.pg())
         .await
         .unwrap();
     assert!(
@@ -296,6 +294,7 @@ fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
 
 #[tokio::test]
 async fn admin_commands_through_the_binary() {
+    crate::real_stores_only!("admin commands run in another process, against the real stores");
     let app = TestApp::spawn().await;
     let phone = "+16502530456";
     app.sign_up(phone, "violet-anchor-1987").await;
@@ -327,7 +326,7 @@ async fn admin_commands_through_the_binary() {
     let (ok, out) = admin(&app, &["sessions", "revoke", "--phone", phone]);
     assert!(ok && out.contains("revoked 2 live session(s)"), "{out}");
     let (live,): (i64,) = sqlx::query_as("select count(*) from sessions where revoked_at is null")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(live, 0);
@@ -350,7 +349,7 @@ async fn admin_commands_through_the_binary() {
         .arg("HTTP 400")
         .arg("failed_ms")
         .arg(0)
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     let (ok, out) = admin(&app, &["sms", "dead-letters", "list"]);
@@ -370,7 +369,7 @@ async fn admin_commands_through_the_binary() {
     let (ok, out) = admin(&app, &["user", "delete", phone]);
     assert!(ok && out.contains("deleted user"), "{out}");
     let (users,): (i64,) = sqlx::query_as("select count(*) from users")
-        .fetch_one(&app.pg)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(users, 0);

@@ -28,11 +28,14 @@ fn webhook(stub: &Stub) -> impl FnOnce(&mut phone_auth::config::Config) + '_ {
 }
 
 async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, String>> {
+    if let Some((memory, _)) = &app.embedded {
+        return memory.dead_letters();
+    }
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("{}sms:dead", app.prefix))
         .arg("-")
         .arg("+")
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     reply
@@ -51,16 +54,26 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
 async fn on_key(app: &TestApp, command: &str, key: &str) -> i64 {
     redis::cmd(command)
         .arg(format!("{}{key}", app.prefix))
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap()
 }
 
+/// TTL of `sms:outbox` or `sms:dead`, on either backend.
 async fn ttl(app: &TestApp, key: &str) -> i64 {
+    if let Some((memory, _)) = &app.embedded {
+        let (outbox, dead) = memory.outbox_ttls();
+        return if key == "sms:dead" { dead } else { outbox };
+    }
     on_key(app, "TTL", key).await
 }
 
+/// XLEN of `sms:outbox` or `sms:dead`, on either backend.
 async fn xlen(app: &TestApp, stream: &str) -> i64 {
+    if app.embedded.is_some() {
+        let (depth, dead) = app.outbox.depth().await.unwrap();
+        return if stream == "sms:dead" { dead } else { depth } as i64;
+    }
     on_key(app, "XLEN", stream).await
 }
 
@@ -142,10 +155,15 @@ async fn a_worker_delivers_its_jobs_concurrently() {
         stub.max_in_flight()
     );
     assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 9);
+    assert_eq!(xlen(&app, "sms:outbox").await, 0);
+    if let Some((memory, _)) = &app.embedded {
+        assert_eq!(memory.pending_jobs(), 0, "every job acknowledged");
+        return;
+    }
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(format!("{}sms:outbox", app.prefix))
         .arg(phone_auth::services::outbox::GROUP)
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     assert!(
@@ -207,6 +225,7 @@ async fn client_errors_go_to_the_dead_letter_stream() {
 /// and a TTL), and the next code is delivered as usual.
 #[tokio::test]
 async fn an_expired_outbox_is_recreated() {
+    crate::real_stores_only!("deletes the Redis stream and its consumer group");
     let stub = Stub::start([]).await;
     let app = TestApp::spawn_with_provider(webhook(&stub), false).await;
     assert!(ttl(&app, "sms:outbox").await > 0, "created with a TTL");
@@ -395,11 +414,15 @@ async fn a_job_older_than_its_code_is_dropped() {
 /// Every field of every entry of a stream of this test, as strings (Redis may hand a field such as
 /// "123456" back as an integer: compare what it says, whatever its type).
 async fn stream_fields(app: &TestApp, stream: &str) -> Vec<Vec<(String, String)>> {
+    if let Some((memory, _)) = &app.embedded {
+        assert_eq!(stream, "sms:outbox");
+        return memory.queued_jobs();
+    }
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("{}{stream}", app.prefix))
         .arg("-")
         .arg("+")
-        .query_async(&mut app.redis.clone())
+        .query_async(&mut app.redis().clone())
         .await
         .unwrap();
     reply
@@ -454,6 +477,7 @@ async fn a_queued_job_holds_no_code_in_clear() {
 /// dead-lettered with its reason, and nothing is sent.
 #[tokio::test]
 async fn a_job_sealed_under_another_key_is_dead_lettered() {
+    crate::real_stores_only!("a second outbox process on the same Redis (phone-auth worker)");
     let app = TestApp::spawn_with(|c| c.sms.sms_workers = 0).await;
     let r = app.request_code(PHONE).await;
     assert!(r["errors"].is_null(), "{r}");

@@ -136,6 +136,9 @@ fn sigterm_drains_then_exits_cleanly() {
 /// A detached flow whose request went away still runs to its end, and shutdown waits for it.
 #[tokio::test]
 async fn shutdown_waits_for_detached_flows() {
+    crate::real_stores_only!(
+        "runs the binary on the real stores; the binary on the embedded backend has its own test (embedded_binary::the_readme_flow_runs_with_no_store_installed)"
+    );
     let app = TestApp::spawn().await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = done.clone();

@@ -162,9 +162,14 @@ pub async fn graphql_floor(bench: &mut Bench, server: &Server) -> anyhow::Result
 
 /// generateCode for fresh non-test numbers (the real path: code stored, SMS job queued).
 pub async fn generate_code(bench: &mut Bench, server: &Server) -> anyhow::Result<()> {
+    generate_code_as(bench, server, "generate-code").await
+}
+
+/// generate-code under the scenario name `scenario`.
+pub async fn generate_code_as(bench: &mut Bench, server: &Server, scenario: &str) -> anyhow::Result<()> {
     let clients = bench.args.clients;
     let numbers = PhoneGen::new("+1415");
-    measured(bench, server, "generate-code", clients, move |mut c| {
+    measured(bench, server, scenario, clients, move |mut c| {
         let numbers = numbers.clone();
         async move {
             while c.limits.next() {

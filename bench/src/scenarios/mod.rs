@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod codes;
+pub mod embedded;
 pub mod mixed;
 pub mod users;
 

@@ -23,11 +23,11 @@ use uuid::Uuid;
 use super::{AuthService, CodeSent, SignedIn};
 use crate::domain::{OtpCode, Password, PhoneNumber};
 use crate::error::{AppError, AppResult};
-use crate::services::audit::{AuditRow, write_in};
+use crate::services::audit::AuditRow;
 use crate::services::otp::Consumed;
 use crate::services::outbox::Notice;
-use crate::services::sessions::{Amr, Device, SessionAuth, SessionInfo, SessionStore};
-use crate::services::users::{User, UserStore};
+use crate::services::sessions::{Amr, Device, SessionAuth, SessionInfo};
+use crate::services::users::{User, UserStorage as _};
 
 pub struct PasswordChanged {
     /// The caller's other sessions, now revoked.
@@ -138,24 +138,22 @@ impl AuthService {
         // registration token obtained before the change is worth nothing after it.
         self.otp.revoke(&phone).await?;
         self.registration.revoke_all(&phone).await?;
-        let mut tx = self.pg.begin().await?;
-        if !UserStore::set_password(&mut tx, caller.user.id, &hash).await? {
-            return Err(AppError::Unauthenticated);
-        }
-        let revoked = SessionStore::revoke_all_but(
-            &mut tx,
-            caller.user.id,
-            Some(caller.session_id),
-            "password_changed",
-        )
-        .await?;
         let audit = AuditRow::new("password_changed")
             .phone(&phone)
             .user(caller.user.id)
-            .session(caller.session_id)
-            .detail(serde_json::json!({ "revokedSessions": revoked }));
-        write_in(&mut tx, &audit).await?;
-        tx.commit().await?;
+            .session(caller.session_id);
+        // The new hash, the other sessions' revocation and the event: one transaction.
+        let revoked = self
+            .users
+            .set_password_revoking(
+                caller.user.id,
+                &hash,
+                Some(caller.session_id),
+                "password_changed",
+                audit,
+            )
+            .await?
+            .ok_or(AppError::Unauthenticated)?;
         Ok(PasswordChanged {
             revoked_sessions: revoked,
         })
@@ -195,18 +193,16 @@ impl AuthService {
                     .await;
             }
             self.registration.revoke_all(phone).await?;
-            let mut tx = self.pg.begin().await?;
-            if !UserStore::set_password(&mut tx, user.id, &hash).await? {
+            let audit = AuditRow::new("password_reset").phone(phone).user(user.id);
+            if self
+                .users
+                .set_password_revoking(user.id, &hash, None, "password_reset", audit)
+                .await?
+                .is_none()
+            {
                 // Deleted meanwhile: as if it never existed.
                 return Err(AppError::InvalidCredentials);
             }
-            let revoked = SessionStore::revoke_all_but(&mut tx, user.id, None, "password_reset").await?;
-            let audit = AuditRow::new("password_reset")
-                .phone(phone)
-                .user(user.id)
-                .detail(serde_json::json!({ "revokedSessions": revoked }));
-            write_in(&mut tx, &audit).await?;
-            tx.commit().await?;
             self.sign_in(user, Amr::Sms, device).await
         }
         .await;
@@ -289,11 +285,7 @@ impl AuthService {
         if let Err(e) = self.phone_changes.finish(new_phone, caller.user.id).await {
             tracing::warn!(error = ?e, "phone change: could not end the pending change (it expires)");
         }
-        match self
-            .notices
-            .append_notice(&self.redis, &old, Notice::PhoneChanged)
-            .await
-        {
+        match self.notices.append_notice(&old, Notice::PhoneChanged).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!("phone change: the SMS outbox is full; the old number gets no notice")

@@ -138,7 +138,7 @@ impl Notice {
         }
     }
 
-    fn parse(kind: &str) -> Option<Notice> {
+    pub(crate) fn parse(kind: &str) -> Option<Notice> {
         match kind {
             "phone_changed" => Some(Notice::PhoneChanged),
             _ => None,
@@ -158,7 +158,7 @@ impl Notice {
 
 // KEYS: the outbox. ARGV: max len, ttl, message id, to, kind, created ms. Returns 0 when the outbox is
 // full (the notice is not queued), 1 queued.
-const APPEND_NOTICE_LUA: &str = r"
+pub(super) const APPEND_NOTICE_LUA: &str = r"
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
   return 0
 end
@@ -167,46 +167,57 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
-/// What a script needs to append jobs to the outbox: its key, its cap, its TTL and the cipher of the
-/// codes. Handed out by `Outbox::appender`, so the code service appends where the workers read, sealed
-/// under the key they open with.
-#[derive(Clone, Debug)]
+/// What the code store needs to append jobs to the outbox: its key, its cap, its TTL and the cipher
+/// of the codes, and the outbox itself for notices. Handed out by `Outbox::appender`, so the code
+/// service appends where the workers read, sealed under the key they open with.
+#[derive(Clone)]
 pub struct Appender {
     pub stream_key: String,
     /// Jobs the outbox holds at most: a full outbox refuses new codes rather than trimming.
     pub max_len: u64,
     pub ttl_seconds: u64,
     pub cipher: CodeCipher,
+    pub(super) queue: std::sync::Arc<super::OutboxQueue>,
+}
+
+impl std::fmt::Debug for Appender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appender")
+            .field("stream_key", &self.stream_key)
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Appender {
+    /// An appender to `queue` (the service gets its own from `Outbox::appender`; the benchmark's
+    /// baseline server builds one).
+    pub fn new(
+        stream_key: String,
+        max_len: u64,
+        ttl_seconds: u64,
+        cipher: CodeCipher,
+        queue: super::OutboxQueue,
+    ) -> Self {
+        Appender {
+            stream_key,
+            max_len,
+            ttl_seconds,
+            cipher,
+            queue: std::sync::Arc::new(queue),
+        }
+    }
+
     /// Queues a notice to `to`. False when the outbox is full (nothing queued): a notice is worth
     /// less than the codes that fill it, and is not forced in.
-    pub async fn append_notice(
-        &self,
-        redis: &redis::aio::ConnectionManager,
-        to: &str,
-        notice: Notice,
-    ) -> redis::RedisResult<bool> {
-        let created_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let queued: i64 = redis::Script::new(APPEND_NOTICE_LUA)
-            .key(&self.stream_key)
-            .arg(self.max_len)
-            .arg(self.ttl_seconds)
-            .arg(uuid::Uuid::new_v4().to_string())
-            .arg(to)
-            .arg(notice.as_str())
-            .arg(created_ms)
-            .invoke_async(&mut redis.clone())
-            .await?;
-        Ok(queued == 1)
+    pub async fn append_notice(&self, to: &str, notice: Notice) -> anyhow::Result<bool> {
+        use super::OutboxStore as _;
+        self.queue.append_notice(self, to, notice).await
     }
 }
 
 /// A job read back from the stream.
-pub(super) struct Job {
+pub struct Job {
     pub stream_id: String,
     /// The message's id (a UUID): the idempotency key providers dedupe on.
     pub message_id: String,
@@ -220,7 +231,7 @@ pub(super) struct Job {
 
 impl Job {
     /// None for an entry that is not a job of ours (it is left alone).
-    pub fn parse(entry: StreamId) -> Option<Job> {
+    pub(crate) fn parse(entry: StreamId) -> Option<Job> {
         let field = |name: &str| entry.get::<String>(name);
         // A `kind` we do not know is not a job of ours either.
         let notice = match field("kind") {

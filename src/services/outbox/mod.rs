@@ -37,6 +37,7 @@
 //! tests here), and reopened after any error so that a Redis restart heals. (A bb8 pool of workers + 1
 //! connections served every command before: a worker's 16 concurrent deliveries could wait on it.)
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,14 +49,14 @@ use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::services::Keys;
+use crate::services::embedded::Memory;
 use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
+use crate::services::{Keys, rerun_if_dropped};
 
 mod job;
 
 pub(crate) use job::APPEND_LUA;
-use job::Job;
-pub use job::{Appender, CodeCipher, Notice};
+pub use job::{Appender, CodeCipher, Job, Notice};
 
 pub const GROUP: &str = "sms-workers";
 
@@ -144,16 +145,168 @@ pub fn outbox_ttl_seconds(code_ttl_seconds: u64) -> u64 {
     code_ttl_seconds.saturating_mul(2).max(3600)
 }
 
-pub struct Outbox {
+/// The outbox's store, worker side and notices: each call one step of the stream's life, with
+/// Redis Streams semantics (a consumer group: a read hands jobs to one worker and keeps them pending
+/// until finished; an idle pending job can be claimed by another worker). Implemented by Redis
+/// (`RedisOutbox`) and by the embedded backend; `OutboxQueue` dispatches. Codes are appended by the
+/// code store's `issue`, in the same atomic step that stores the code.
+pub trait OutboxStore: Send + Sync {
+    /// Creates the stream and its consumer group if missing.
+    fn ensure(&self, settings: &OutboxSettings) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// New jobs for worker `name`, waiting up to `settings.block` for one.
+    fn read_new(
+        &self,
+        name: &str,
+        reader: &mut Reader,
+        count: usize,
+        settings: &OutboxSettings,
+    ) -> impl Future<Output = anyhow::Result<Vec<Job>>> + Send;
+    /// Up to `count` jobs left pending longer than `claim_idle` by a worker that died.
+    fn claim_stale(
+        &self,
+        name: &str,
+        count: usize,
+        claim_idle: Duration,
+    ) -> impl Future<Output = anyhow::Result<Vec<Job>>> + Send;
+    /// Re-claims `job` for `name` if it is still pending and idle at least `waited`.
+    fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> impl Future<Output = bool> + Send;
+    /// Acknowledges and deletes the ended jobs, dead-lettering those with a reason.
+    fn finish(
+        &self,
+        ended: &[(&Job, &str)],
+        settings: &OutboxSettings,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Jobs waiting, dead letters kept, and the oldest job's age in seconds.
+    fn sample(&self) -> impl Future<Output = anyhow::Result<(u64, u64, f64)>> + Send;
+    /// Queues a notice unless the outbox is full (false then).
+    fn append_notice(
+        &self,
+        appender: &Appender,
+        to: &str,
+        notice: Notice,
+    ) -> impl Future<Output = anyhow::Result<bool>> + Send;
+}
+
+/// A worker's own reading state: for Redis, the connection of its blocking reads (opened on first
+/// use, dropped after an error so that the next read reconnects); the embedded queue needs none.
+#[derive(Default)]
+pub struct Reader {
+    conn: Option<MultiplexedConnection>,
+}
+
+/// The outbox in Redis: a stream, a consumer group, a dead-letter stream.
+pub struct RedisOutbox {
     client: redis::Client,
     redis: ConnectionManager,
     stream: String,
     dead: String,
+    finish: Script,
+    ensure: Script,
+    append_notice: Script,
+}
+
+impl RedisOutbox {
+    pub async fn connect(redis_url: &str, keys: &Keys) -> anyhow::Result<Self> {
+        let client = redis::Client::open(redis_url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)));
+        let redis = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(RedisOutbox {
+            client,
+            redis,
+            stream: Outbox::stream_key(keys),
+            dead: Outbox::dead_key(keys),
+            finish: Script::new(FINISH_LUA),
+            ensure: Script::new(ENSURE_GROUP_LUA),
+            append_notice: Script::new(job::APPEND_NOTICE_LUA),
+        })
+    }
+
+    /// A connection for one worker's blocking reads alone: its response timeout is longer than the
+    /// BLOCK of a read, with room for a loaded server.
+    async fn blocking_connection(&self, block: Duration) -> redis::RedisResult<MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(block + Duration::from_secs(10)));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+}
+
+/// The outbox store of this process: Redis, or the embedded backend. One per process, so the
+/// size of the Redis variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum OutboxQueue {
+    Redis(RedisOutbox),
+    Embedded(Arc<Memory>),
+}
+
+impl OutboxStore for OutboxQueue {
+    async fn ensure(&self, settings: &OutboxSettings) -> anyhow::Result<()> {
+        match self {
+            OutboxQueue::Redis(s) => s.ensure(settings).await,
+            OutboxQueue::Embedded(s) => s.ensure(settings).await,
+        }
+    }
+
+    async fn read_new(
+        &self,
+        name: &str,
+        reader: &mut Reader,
+        count: usize,
+        settings: &OutboxSettings,
+    ) -> anyhow::Result<Vec<Job>> {
+        match self {
+            OutboxQueue::Redis(s) => s.read_new(name, reader, count, settings).await,
+            OutboxQueue::Embedded(s) => s.read_new(name, reader, count, settings).await,
+        }
+    }
+
+    async fn claim_stale(&self, name: &str, count: usize, claim_idle: Duration) -> anyhow::Result<Vec<Job>> {
+        match self {
+            OutboxQueue::Redis(s) => s.claim_stale(name, count, claim_idle).await,
+            OutboxQueue::Embedded(s) => s.claim_stale(name, count, claim_idle).await,
+        }
+    }
+
+    async fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> bool {
+        match self {
+            OutboxQueue::Redis(s) => s.still_mine(name, job, waited).await,
+            OutboxQueue::Embedded(s) => s.still_mine(name, job, waited).await,
+        }
+    }
+
+    async fn finish(&self, ended: &[(&Job, &str)], settings: &OutboxSettings) -> anyhow::Result<()> {
+        match self {
+            OutboxQueue::Redis(s) => OutboxStore::finish(s, ended, settings).await,
+            OutboxQueue::Embedded(s) => OutboxStore::finish(&**s, ended, settings).await,
+        }
+    }
+
+    async fn sample(&self) -> anyhow::Result<(u64, u64, f64)> {
+        match self {
+            OutboxQueue::Redis(s) => s.sample().await,
+            OutboxQueue::Embedded(s) => s.sample().await,
+        }
+    }
+
+    async fn append_notice(&self, appender: &Appender, to: &str, notice: Notice) -> anyhow::Result<bool> {
+        match self {
+            OutboxQueue::Redis(s) => s.append_notice(appender, to, notice).await,
+            OutboxQueue::Embedded(s) => s.append_notice(appender, to, notice).await,
+        }
+    }
+}
+
+pub struct Outbox {
+    queue: Arc<OutboxQueue>,
     settings: OutboxSettings,
     provider: Arc<dyn SmsSender>,
     cipher: CodeCipher,
-    finish: Script,
-    ensure: Script,
+    /// Where code jobs are appended (the Redis key; the embedded queue ignores it).
+    stream: String,
     pub stats: OutboxStats,
 }
 
@@ -166,30 +319,21 @@ fn now_ms() -> u64 {
 
 impl Outbox {
     pub async fn new(
-        redis_url: &str,
+        queue: OutboxQueue,
         keys: &Keys,
         settings: OutboxSettings,
         provider: Arc<dyn SmsSender>,
         cipher: CodeCipher,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis_url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(Duration::from_secs(3)));
-        let redis = ConnectionManager::new_with_config(client.clone(), config).await?;
         let outbox = Outbox {
-            client,
-            redis,
+            queue: Arc::new(queue),
             stream: Self::stream_key(keys),
-            dead: Self::dead_key(keys),
             settings,
             provider,
             cipher,
-            finish: Script::new(FINISH_LUA),
-            ensure: Script::new(ENSURE_GROUP_LUA),
             stats: OutboxStats::default(),
         };
-        outbox.ensure_group().await?;
+        outbox.queue.ensure(&outbox.settings).await?;
         Ok(outbox)
     }
 
@@ -208,30 +352,14 @@ impl Outbox {
             max_len: self.settings.max_len,
             ttl_seconds: outbox_ttl_seconds(self.settings.code_ttl.as_secs()),
             cipher: self.cipher.clone(),
+            queue: self.queue.clone(),
         }
     }
 
-    /// A connection for this worker's blocking reads alone: its response timeout is longer than the
-    /// BLOCK of a read, with room for a loaded server.
-    async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(self.settings.block + Duration::from_secs(10)));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-    }
-
-    async fn ensure_group(&self) -> anyhow::Result<()> {
-        // From the start of the stream ("0"), so jobs written before the group existed are delivered.
-        let _: i64 = self
-            .ensure
-            .key(&self.stream)
-            .arg(GROUP)
-            .arg(outbox_ttl_seconds(self.settings.code_ttl.as_secs()))
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(())
+    /// Jobs waiting (queued, or read and not yet finished), and dead letters kept.
+    pub async fn depth(&self) -> anyhow::Result<(u64, u64)> {
+        let (depth, dead, _) = self.queue.sample().await?;
+        Ok((depth, dead))
     }
 
     /// Runs one worker until the task is dropped (its deliveries are dropped with it; their jobs stay
@@ -251,7 +379,7 @@ impl Outbox {
         // Dropped with the worker: its deliveries stop with it.
         let mut deliveries = JoinSet::new();
         let mut last_claim = std::time::Instant::now() - self.settings.claim_idle;
-        let mut reader: Option<MultiplexedConnection> = None;
+        let mut reader = Reader::default();
         loop {
             while deliveries.try_join_next().is_some() {}
             // Wait for one free slot, then take as many more as are free, up to a batch.
@@ -267,7 +395,11 @@ impl Outbox {
             }
             if last_claim.elapsed() >= self.settings.claim_idle / 2 {
                 last_claim = std::time::Instant::now();
-                match self.claim_stale(&name, permits.len()).await {
+                match self
+                    .queue
+                    .claim_stale(&name, permits.len(), self.settings.claim_idle)
+                    .await
+                {
                     Ok(jobs) => self.start(&name, jobs, &mut permits, &mut deliveries, &ended),
                     Err(e) => {
                         tracing::warn!(error = %e, worker = %name, "outbox: reclaiming stale jobs failed");
@@ -278,23 +410,16 @@ impl Outbox {
                     continue;
                 }
             }
-            match self.read_new(&name, &mut reader, permits.len()).await {
+            match self
+                .queue
+                .read_new(&name, &mut reader, permits.len(), &self.settings)
+                .await
+            {
                 Ok(jobs) => self.start(&name, jobs, &mut permits, &mut deliveries, &ended),
-                Err(e)
-                    if e.downcast_ref::<redis::RedisError>()
-                        .is_some_and(|e| e.code() == Some("NOGROUP")) =>
-                {
-                    // The stream's TTL lapsed while the service was idle: start again.
-                    tracing::info!(worker = %name, "outbox: the stream expired; recreating it");
-                    if let Err(e) = self.ensure_group().await {
-                        tracing::warn!(error = %e, worker = %name, "outbox: recreating the stream failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
                 Err(e) => {
                     tracing::warn!(error = %e, worker = %name, "outbox: reading the stream failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    let _ = self.ensure_group().await;
+                    let _ = self.queue.ensure(&self.settings).await;
                 }
             }
         }
@@ -332,65 +457,6 @@ impl Outbox {
             self.finish(&batch).await;
             batch.clear();
         }
-    }
-
-    /// Reads new jobs on this worker's own connection (opened on first use, dropped after an error so
-    /// that the next read reconnects).
-    async fn read_new(
-        &self,
-        name: &str,
-        reader: &mut Option<MultiplexedConnection>,
-        count: usize,
-    ) -> anyhow::Result<Vec<Job>> {
-        let conn = match reader {
-            Some(conn) => conn,
-            None => reader.insert(self.blocking_connection().await?),
-        };
-        let options = StreamReadOptions::default()
-            .group(GROUP, name)
-            .count(count)
-            .block(self.settings.block.as_millis() as usize);
-        let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
-            .arg(&options)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query_async(conn)
-            .await;
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                    *reader = None;
-                }
-                return Err(e.into());
-            }
-        };
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .filter_map(Job::parse)
-            .collect())
-    }
-
-    /// Claims up to `count` jobs left pending by a worker that died.
-    async fn claim_stale(&self, name: &str, count: usize) -> anyhow::Result<Vec<Job>> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(name)
-            .arg(self.settings.claim_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.redis.clone())
-            .await?;
-        let jobs: Vec<Job> = reply.claimed.into_iter().filter_map(Job::parse).collect();
-        for job in &jobs {
-            tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
-        }
-        Ok(jobs)
     }
 
     /// Delivers one job to its end: `Some("")` delivered, `Some(reason)` to be dead-lettered (or
@@ -482,7 +548,7 @@ impl Outbox {
                     crate::ops::metrics::sms_job(self.provider.name(), &job.to, "retried");
                     tracing::info!(message_id = %job.message_id, %reason, attempt, ?wait, "outbox: transient failure: retrying");
                     tokio::time::sleep(wait).await;
-                    if !self.still_mine(name, job, wait).await {
+                    if !self.queue.still_mine(name, job, wait).await {
                         return None;
                     }
                     attempt += 1;
@@ -503,51 +569,18 @@ impl Outbox {
         Duration::from_millis(rand::rng().random_range(0..=ms))
     }
 
-    /// Re-claims the job for this worker, resetting its idle time. The job has been idle at least
-    /// `waited` if nobody touched it; if another worker claimed it meanwhile, its idle time is shorter,
-    /// the claim fails, and this worker lets it go. Also fails once the job is finished. When Redis
-    /// cannot answer, ownership is unproven: the worker lets the job go too, and it stays pending until
-    /// a worker claims it after `claim_idle` (late, never lost, never sent by two workers at once).
-    async fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> bool {
-        let claimed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(name)
-            .arg(waited.as_millis() as u64)
-            .arg(&job.stream_id)
-            .arg("JUSTID")
-            .query_async(&mut self.redis.clone())
-            .await;
-        matches!(claimed, Ok(ids) if !ids.is_empty())
-    }
-
     /// Acknowledges and deletes the ended jobs, dead-lettering those with a reason (see `FINISH_LUA`).
     async fn finish(&self, ended: &[Ended]) {
-        let count = ended.iter().filter(|(_, reason)| reason.is_some()).count();
-        if count == 0 {
+        let done: Vec<(&Job, &str)> = ended
+            .iter()
+            .filter_map(|(job, reason)| reason.as_deref().map(|r| (job, r)))
+            .collect();
+        if done.is_empty() {
             return;
         }
-        let mut invocation = self.finish.prepare_invoke();
-        invocation
-            .key(&self.stream)
-            .key(&self.dead)
-            .arg(GROUP)
-            .arg(self.settings.dead_max_len)
-            .arg(now_ms())
-            .arg(DEAD_LETTER_TTL_SECONDS);
-        for (job, reason) in ended {
-            if let Some(reason) = reason {
-                invocation
-                    .arg(&job.stream_id)
-                    .arg(reason)
-                    .arg(&job.to)
-                    .arg(&job.message_id);
-            }
-        }
-        let result: redis::RedisResult<i64> = invocation.invoke_async(&mut self.redis.clone()).await;
-        if let Err(e) = result {
+        if let Err(e) = self.queue.finish(&done, &self.settings).await {
             // The jobs stay pending and will be claimed again: at least once, never lost.
-            tracing::warn!(error = %e, jobs = count, "outbox: could not acknowledge jobs");
+            tracing::warn!(error = %e, jobs = done.len(), "outbox: could not acknowledge jobs");
         }
     }
 }
@@ -572,14 +605,143 @@ type StreamEntry = (String, Vec<(String, String)>);
 
 impl Outbox {
     /// Every 10 s: the outbox's depth, the age of its oldest job and the dead letters kept (Prometheus
-    /// scrapes every 15 to 60 s). Three cheap reads (XLEN, XLEN, XRANGE COUNT 1).
+    /// scrapes every 15 to 60 s).
     async fn sample_gauges(self: Arc<Self>) {
         use crate::ops::metrics::{SMS_DEAD_LETTERS, SMS_OUTBOX_DEPTH, SMS_OUTBOX_OLDEST_AGE, set_gauge};
         let mut every = tokio::time::interval(Duration::from_secs(10));
         loop {
             every.tick().await;
-            let mut redis = self.redis.clone();
-            let sampled: redis::RedisResult<(u64, u64, Vec<StreamEntry>)> = redis::pipe()
+            let Ok((depth, dead, age)) = self.queue.sample().await else {
+                continue;
+            };
+            set_gauge(SMS_OUTBOX_DEPTH, depth as f64);
+            set_gauge(SMS_DEAD_LETTERS, dead as f64);
+            set_gauge(SMS_OUTBOX_OLDEST_AGE, age);
+        }
+    }
+}
+
+impl OutboxStore for RedisOutbox {
+    async fn ensure(&self, settings: &OutboxSettings) -> anyhow::Result<()> {
+        // From the start of the stream ("0"), so jobs written before the group existed are delivered.
+        let _: i64 = self
+            .ensure
+            .key(&self.stream)
+            .arg(GROUP)
+            .arg(outbox_ttl_seconds(settings.code_ttl.as_secs()))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Reads on the worker's own connection (`Reader`).
+    async fn read_new(
+        &self,
+        name: &str,
+        reader: &mut Reader,
+        count: usize,
+        settings: &OutboxSettings,
+    ) -> anyhow::Result<Vec<Job>> {
+        let conn = match &mut reader.conn {
+            Some(conn) => conn,
+            None => reader
+                .conn
+                .insert(self.blocking_connection(settings.block).await?),
+        };
+        let options = StreamReadOptions::default()
+            .group(GROUP, name)
+            .count(count)
+            .block(settings.block.as_millis() as usize);
+        let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg(&options)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(conn)
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // The stream's TTL lapsed while the service was idle: start again.
+                tracing::info!(worker = %name, "outbox: the stream expired; recreating it");
+                self.ensure(settings).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    reader.conn = None;
+                }
+                return Err(e.into());
+            }
+        };
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .filter_map(Job::parse)
+            .collect())
+    }
+
+    async fn claim_stale(&self, name: &str, count: usize, claim_idle: Duration) -> anyhow::Result<Vec<Job>> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(name)
+            .arg(claim_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let jobs: Vec<Job> = reply.claimed.into_iter().filter_map(Job::parse).collect();
+        for job in &jobs {
+            tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
+        }
+        Ok(jobs)
+    }
+
+    /// XCLAIM JUSTID: the job has been idle at least `waited` if nobody touched it; if another worker
+    /// claimed it meanwhile, its idle time is shorter, the claim fails, and this worker lets it go.
+    /// Also fails once the job is finished. When Redis cannot answer, ownership is unproven: the
+    /// worker lets the job go too, and it stays pending until a worker claims it after `claim_idle`
+    /// (late, never lost, never sent by two workers at once).
+    async fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> bool {
+        let claimed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(name)
+            .arg(waited.as_millis() as u64)
+            .arg(&job.stream_id)
+            .arg("JUSTID")
+            .query_async(&mut self.redis.clone())
+            .await;
+        matches!(claimed, Ok(ids) if !ids.is_empty())
+    }
+
+    async fn finish(&self, ended: &[(&Job, &str)], settings: &OutboxSettings) -> anyhow::Result<()> {
+        let mut invocation = self.finish.prepare_invoke();
+        invocation
+            .key(&self.stream)
+            .key(&self.dead)
+            .arg(GROUP)
+            .arg(settings.dead_max_len)
+            .arg(now_ms())
+            .arg(DEAD_LETTER_TTL_SECONDS);
+        for (job, reason) in ended {
+            invocation
+                .arg(&job.stream_id)
+                .arg(reason)
+                .arg(&job.to)
+                .arg(&job.message_id);
+        }
+        let _: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(())
+    }
+
+    /// Three cheap reads (XLEN, XLEN, XRANGE COUNT 1); rerun on a dropped connection (reads).
+    async fn sample(&self) -> anyhow::Result<(u64, u64, f64)> {
+        let (depth, dead, oldest): (u64, u64, Vec<StreamEntry>) = rerun_if_dropped(|| async {
+            redis::pipe()
                 .cmd("XLEN")
                 .arg(&self.stream)
                 .cmd("XLEN")
@@ -590,19 +752,30 @@ impl Outbox {
                 .arg("+")
                 .arg("COUNT")
                 .arg(1)
-                .query_async(&mut redis)
-                .await;
-            let Ok((depth, dead, oldest)) = sampled else {
-                continue;
-            };
-            set_gauge(SMS_OUTBOX_DEPTH, depth as f64);
-            set_gauge(SMS_DEAD_LETTERS, dead as f64);
-            // A stream id is `<ms>-<seq>`: the oldest job's age without reading its fields.
-            let age = oldest
-                .first()
-                .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
-                .map_or(0.0, |ms| now_ms().saturating_sub(ms) as f64 / 1000.0);
-            set_gauge(SMS_OUTBOX_OLDEST_AGE, age);
-        }
+                .query_async(&mut self.redis.clone())
+                .await
+        })
+        .await?;
+        // A stream id is `<ms>-<seq>`: the oldest job's age without reading its fields.
+        let age = oldest
+            .first()
+            .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+            .map_or(0.0, |ms| now_ms().saturating_sub(ms) as f64 / 1000.0);
+        Ok((depth, dead, age))
+    }
+
+    async fn append_notice(&self, appender: &Appender, to: &str, notice: Notice) -> anyhow::Result<bool> {
+        let queued: i64 = self
+            .append_notice
+            .key(&appender.stream_key)
+            .arg(appender.max_len)
+            .arg(appender.ttl_seconds)
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(to)
+            .arg(notice.as_str())
+            .arg(now_ms())
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(queued == 1)
     }
 }
