@@ -398,6 +398,7 @@ async fn admin_commands_through_the_binary() {
 /// that format reserves (tab, newline, backslash, `\N`) must be stored exactly, in its own field.
 #[tokio::test]
 async fn audit_rows_keep_a_hostile_user_agent_exactly() {
+    crate::real_stores_only!("the COPY text format of the PostgreSQL writer, and the admin binary");
     let app = TestApp::spawn().await;
     let phone = "+16502530456";
     let agent = "evil\\tagent\t(real tab) \\N\\\\x00 \"quoted\"";
@@ -415,7 +416,7 @@ async fn audit_rows_keep_a_hostile_user_agent_exactly() {
         let row = sqlx::query_as(
             "select event, user_agent, phone_digest, client_ip, detail from audit_events where event = 'code_sent'",
         )
-        .fetch_optional(&app.pg)
+        .fetch_optional(app.pg())
         .await
         .unwrap();
         if let Some(row) = row {
