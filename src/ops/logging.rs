@@ -27,27 +27,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Lines written by the log thread in one go at most (it flushes whenever its queue is empty).
-const LOG_BUFFER_BYTES: usize = 64 * 1024;
-
-/// Installs the subscriber. Lines are formatted on the thread that logs them, then written to stdout
-/// by a thread of their own, in batches: a `write` call per line on the request path cost about a
-/// fifth of a cheap request's CPU (docs/BENCHMARKS.md, session 5). Nothing is dropped: when the
-/// queue is full (128k lines) the logging thread waits, as it did on a blocked stdout before. Keep
-/// the guard until exit: dropping it flushes what is queued.
-#[must_use = "dropping the guard stops the log writer"]
-pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Installs the subscriber. Lines are formatted on the thread that logs them and written to stdout in
+/// batches (`log_writer`). Keep the guard until exit: dropping it writes what is buffered.
+#[must_use = "dropping the guard may lose the last lines"]
+pub fn init(format: LogFormat) -> crate::ops::log_writer::FlushGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // https://no-color.org: any non-empty NO_COLOR turns colours off; a file or a pipe never gets
     // escape codes.
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("phone-auth-log")
-        .finish(std::io::BufWriter::with_capacity(
-            LOG_BUFFER_BYTES,
-            std::io::stdout(),
-        ));
+    let (writer, guard) = crate::ops::log_writer::batched_stdout();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
