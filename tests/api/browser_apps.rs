@@ -116,6 +116,18 @@ async fn cors_preflight_and_requests() {
     let (s, h, _) = post(&app, &[("origin", EVIL)], "{ me { id } }", json!({})).await;
     assert_eq!(s, 200);
     assert!(cors_headers(&h).is_empty(), "{h:?}");
+    // A client without Origin (a server, a native app) skips the CORS layers, but the answer still
+    // varies by Origin for a shared cache.
+    let (s, h, _) = post(&app, &[], "{ me { id } }", json!({})).await;
+    assert_eq!(s, 200);
+    assert!(cors_headers(&h).is_empty(), "{h:?}");
+    assert!(
+        header(&h, "vary")
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .contains("origin"),
+        "{h:?}"
+    );
 
     // The default: no cross-origin access at all.
     let closed = TestApp::spawn().await;
