@@ -4,6 +4,7 @@
 
 mod account;
 mod browser_apps;
+mod cluster;
 mod durability;
 mod faults;
 mod federation;
@@ -16,6 +17,7 @@ mod lockout;
 mod ops;
 mod otp;
 mod outbox;
+mod private_cluster;
 mod private_pg;
 mod private_redis;
 mod process;
