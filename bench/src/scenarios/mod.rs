@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod codes;
 pub mod mixed;
+pub mod sessions;
 pub mod users;
 
 use std::sync::Arc;
