@@ -133,6 +133,50 @@ async fn moved_and_ask_are_followed_by_the_client() {
         1
     );
 
+    // A script whose keys are split between the two nodes cannot run on either: the source answers
+    // TRYAGAIN, which the client retries after a sleep (at least min_retry_wait, 1.28 s by default)
+    // until the migration ends; a bounded client gives up at its response timeout with a timeout.
+    let both = redis::Script::new("return redis.call('INCR', KEYS[1]) + redis.call('INCR', KEYS[2])");
+    // Loaded first (on every master) through keys of a slot that is not moving.
+    let _: i64 = both
+        .key("{preload}:c")
+        .key("{preload}:d")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    let bounded = redis::cluster::ClusterClientBuilder::new(cluster.urls())
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let mut bounded = bounded.get_async_connection().await.unwrap();
+    let started = Instant::now();
+    let err = both
+        .key(k1)
+        .key("{moving}:absent")
+        .invoke_async::<i64>(&mut bounded)
+        .await
+        .unwrap_err();
+    eprintln!(
+        "split keys during a migration: {:?} after {:?}: {err}",
+        err.kind(),
+        started.elapsed()
+    );
+    assert!(err.is_timeout(), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let raw: redis::RedisResult<i64> = redis::cmd("EVAL")
+        .arg("return redis.call('INCR', KEYS[1]) + redis.call('INCR', KEYS[2])")
+        .arg(2)
+        .arg(k1)
+        .arg("{moving}:absent")
+        .query(
+            &mut redis::Client::open(format!("redis://127.0.0.1:{src}"))
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        );
+    let raw = raw.unwrap_err();
+    assert_eq!(raw.kind(), ErrorKind::Server(ServerErrorKind::TryAgain), "{raw}");
+
     // Finish the migration; the client's slot map still names the source, which answers MOVED.
     let dst_s = dst.to_string();
     query::<()>(
