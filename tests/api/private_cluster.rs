@@ -17,7 +17,6 @@ pub const TEST_NODE_TIMEOUT_MS: u64 = 1000;
 pub struct ClusterNode {
     child: Option<Child>,
     pub port: u16,
-    pub bus_port: u16,
 }
 
 impl ClusterNode {
@@ -135,7 +134,6 @@ impl PrivateCluster {
             cluster.nodes.push(ClusterNode {
                 child: Some(child),
                 port,
-                bus_port,
             });
         }
         for node in &cluster.nodes {
