@@ -420,3 +420,72 @@ async fn a_killed_master_is_failed_over_to_its_replica() {
     assert_eq!(n, 1);
     assert!(exists(new_master));
 }
+
+/// `scripts/redis-cluster` (for CI and benchmarks) starts a cluster the cluster client can use, and
+/// `stop` ends every node it started and removes its directory.
+#[tokio::test]
+async fn the_cluster_script_starts_and_stops_a_cluster() {
+    let dir = std::env::temp_dir().join(format!("phone-auth-rc-{}", uuid::Uuid::new_v4().simple()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-cluster");
+    // Stops the cluster also when an assertion fails.
+    struct Stop<'a>(&'a str, &'a std::path::Path);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(self.0)
+                .arg("stop")
+                .arg(self.1)
+                .output();
+        }
+    }
+    let out = std::process::Command::new(script)
+        .arg("start")
+        .arg(&dir)
+        .args(["--node-timeout", "1000"])
+        .output()
+        .unwrap();
+    let stop = Stop(script, &dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let urls: Vec<String> = line
+        .trim()
+        .strip_prefix("REDIS_CLUSTER_URLS=")
+        .expect("the URLs line")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(urls.len(), 3);
+    assert_eq!(std::fs::read_to_string(dir.join("env")).unwrap(), line);
+
+    let client = redis::cluster::ClusterClient::new(urls.clone()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    for i in 0..30 {
+        let key = format!("{{k{i}}}");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // The keys are spread over the three masters.
+    let ports: Vec<u16> = urls
+        .iter()
+        .map(|u| u.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let sizes: Vec<i64> = ports
+        .iter()
+        .map(|&p| query::<i64>(p, &["DBSIZE"]).unwrap())
+        .collect();
+    assert_eq!(sizes.iter().sum::<i64>(), 30);
+    assert!(sizes.iter().all(|&n| n > 0), "{sizes:?}");
+
+    drop(conn);
+    drop(stop);
+    assert!(!dir.exists());
+    for port in ports {
+        assert!(
+            query::<String>(port, &["PING"]).is_err(),
+            "node {port} still answers"
+        );
+    }
+}
