@@ -336,5 +336,9 @@ async fn phases(bench: &mut Bench) -> anyhow::Result<()> {
     if bench.wants("users") {
         scenarios::users::users_phase(bench).await?;
     }
+    // Seeds a million sessions: only when named, never as part of "all".
+    if bench.selected.iter().any(|s| s == "me-scale") {
+        scenarios::sessions::me_scale_phase(bench).await?;
+    }
     Ok(())
 }

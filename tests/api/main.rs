@@ -4,6 +4,7 @@
 
 mod account;
 mod browser_apps;
+mod cluster;
 mod durability;
 mod embedded_binary;
 mod faults;
@@ -17,6 +18,7 @@ mod lockout;
 mod ops;
 mod otp;
 mod outbox;
+mod private_cluster;
 mod private_pg;
 mod private_redis;
 mod process;

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod codes;
 pub mod embedded;
 pub mod mixed;
+pub mod sessions;
 pub mod users;
 
 use std::sync::Arc;
