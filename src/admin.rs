@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::services::redis_conn::RedisConn;
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -129,7 +129,7 @@ type SessionRow = (
 
 struct Stores {
     pg: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     policy: PhonePolicy,
 }
@@ -153,19 +153,17 @@ impl Stores {
             .connect(database_url.expose_secret())
             .await
             .context("cannot connect to PostgreSQL (DATABASE_URL)")?;
-        let redis_url = stores.redis_url.as_ref().ok_or_else(|| needs("REDIS_URL"))?;
-        let client = redis::Client::open(redis_url.expose_secret()).context("REDIS_URL")?;
-        let redis_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let redis = ConnectionManager::new_with_config(client, redis_config)
+        let target = config
+            .redis_target()
+            .ok_or_else(|| needs("REDIS_URL or REDIS_CLUSTER_URLS"))?;
+        let redis = target
+            .connect(Duration::from_secs(5), 1)
             .await
-            .context("cannot connect to Redis (REDIS_URL)")?;
+            .context("cannot connect to Redis")?;
         Ok(Stores {
             pg,
             redis,
-            keys: Keys::new(stores.redis_key_prefix.clone()),
+            keys: config.redis_keys(),
             // Any valid number: an operator may need to act on a region no longer allowed.
             policy: PhonePolicy::from_config(config.otp.default_region.as_deref(), None)?,
         })

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+use crate::services::redis_conn::RedisConn;
 use uuid::Uuid;
 
 use crate::domain::PhoneNumber;
@@ -45,13 +45,13 @@ pub trait PhoneChangeStore: Send + Sync {
 }
 
 pub struct RedisPhoneChanges {
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     finish: Script,
 }
 
 impl RedisPhoneChanges {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: RedisConn, keys: Keys) -> Self {
         RedisPhoneChanges {
             redis,
             keys,
