@@ -19,7 +19,6 @@ use crate::ops::logging::mask_phone;
 use crate::services::Keys;
 use crate::services::audit::{self, AuditRow};
 use crate::services::lockout::LockoutService;
-use crate::services::outbox::Outbox;
 use crate::services::sessions::SessionStore;
 use crate::services::tokens::{SigningKey, TokenService};
 use crate::services::users::UserStorage as _;
@@ -381,16 +380,23 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Sms {
             action: SmsAction::DeadLetters { action },
         } => {
-            let dead = Outbox::dead_key(&stores.keys);
+            // Every outbox shard's dead letters (`SMS_OUTBOX_SHARDS`; one key with the default).
+            let deads: Vec<String> = (0..stores.keys.shards())
+                .map(|i| stores.keys.shard(i, "sms:dead"))
+                .collect();
             let mut redis = stores.redis.clone();
             match action {
                 DeadLettersAction::List => {
-                    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-                        .arg(&dead)
-                        .arg("-")
-                        .arg("+")
-                        .query_async(&mut redis)
-                        .await?;
+                    let mut entries: Vec<(String, Vec<(String, String)>)> = Vec::new();
+                    for dead in &deads {
+                        let shard: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                            .arg(dead)
+                            .arg("-")
+                            .arg("+")
+                            .query_async(&mut redis)
+                            .await?;
+                        entries.extend(shard);
+                    }
                     println!("{} dead letter(s)", entries.len());
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -415,8 +421,12 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                     }
                 }
                 DeadLettersAction::Purge => {
-                    let n: u64 = redis::cmd("XLEN").arg(&dead).query_async(&mut redis).await?;
-                    let _: i64 = redis::cmd("DEL").arg(&dead).query_async(&mut redis).await?;
+                    let mut n: u64 = 0;
+                    for dead in &deads {
+                        let len: u64 = redis::cmd("XLEN").arg(dead).query_async(&mut redis).await?;
+                        let _: i64 = redis::cmd("DEL").arg(dead).query_async(&mut redis).await?;
+                        n += len;
+                    }
                     stores
                         .audit(
                             admin_row("admin_dead_letters_purged").detail(serde_json::json!({ "count": n })),

@@ -190,6 +190,7 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
 /// per-IP and service budgets are raised (every request comes from 127.0.0.1).
 #[tokio::test]
 async fn three_instances_share_codes_locks_sessions_and_delivery() {
+    crate::single_redis_only!("its service processes run on REDIS_URL (tests/api/process.rs)");
     crate::real_stores_only!(
         "several processes sharing one Redis and one PostgreSQL (the embedded backend is one process's memory)"
     );
@@ -452,6 +453,7 @@ async fn three_instances_share_codes_locks_sessions_and_delivery() {
 /// so each part of the test has a client address of its own (X-Forwarded-For).
 #[tokio::test]
 async fn three_instances_count_budgets_together() {
+    crate::single_redis_only!("its service processes run on REDIS_URL (tests/api/process.rs)");
     crate::real_stores_only!(
         "several processes sharing one Redis and one PostgreSQL (the embedded backend is one process's memory)"
     );

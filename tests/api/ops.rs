@@ -276,7 +276,10 @@ fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
         .env_clear()
         .env("APP_ENV", "test")
         .env("DATABASE_URL", app.database_url())
-        .env("REDIS_URL", redis_url())
+        .env(
+            if crate::helpers::cluster() { "REDIS_CLUSTER_URLS" } else { "REDIS_URL" },
+            if crate::helpers::cluster() { crate::helpers::cluster_urls() } else { redis_url() },
+        )
         .env("REDIS_KEY_PREFIX", &app.prefix)
         .output()
         .unwrap();
@@ -335,7 +338,7 @@ async fn admin_commands_through_the_binary() {
 
     // Dead letters: one put there as a worker would.
     let _: String = redis::cmd("XADD")
-        .arg(format!("{}sms:dead", app.prefix))
+        .arg(app.key("sms:dead"))
         .arg("*")
         .arg("id")
         .arg("m-1")

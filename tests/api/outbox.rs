@@ -32,7 +32,7 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
         return memory.dead_letters();
     }
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{}sms:dead", app.prefix))
+        .arg(app.key("sms:dead"))
         .arg("-")
         .arg("+")
         .query_async(&mut app.redis().clone())
@@ -53,7 +53,7 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
 /// `command key` on a key of this test, answering an integer (TTL, XLEN, DEL).
 async fn on_key(app: &TestApp, command: &str, key: &str) -> i64 {
     redis::cmd(command)
-        .arg(format!("{}{key}", app.prefix))
+        .arg(app.key(key))
         .query_async(&mut app.redis().clone())
         .await
         .unwrap()
@@ -153,7 +153,7 @@ async fn a_worker_delivers_its_jobs_concurrently() {
     assert_eq!(xlen(&app, "sms:outbox").await, 0);
     crate::real_stores_only!("XPENDING of the Redis consumer group");
     let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(format!("{}sms:outbox", app.prefix))
+        .arg(app.key("sms:outbox"))
         .arg(phone_auth::services::outbox::GROUP)
         .query_async(&mut app.redis().clone())
         .await
@@ -408,7 +408,7 @@ async fn a_job_older_than_its_code_is_dropped() {
 /// "123456" back as an integer: compare what it says, whatever its type).
 async fn stream_fields(app: &TestApp, stream: &str) -> Vec<Vec<(String, String)>> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{}{stream}", app.prefix))
+        .arg(app.key(stream))
         .arg("-")
         .arg("+")
         .query_async(&mut app.redis().clone())
