@@ -64,7 +64,10 @@ impl RedisTarget {
                 let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
-                    .retries(retries)
+                    // A failover answers MOVED until the client's view of the slots is refreshed:
+                    // a few more tries than on one primary, all within the response timeout,
+                    // which bounds the whole call.
+                    .retries(retries + 4)
                     // MOVED/ASK/TRYAGAIN are retried after at least this; the default 1.28 s would
                     // outlast the request's whole budget.
                     .min_retry_wait(50)

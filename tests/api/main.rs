@@ -5,6 +5,7 @@
 mod account;
 mod browser_apps;
 mod cluster;
+mod cluster_failover;
 mod durability;
 mod embedded_binary;
 mod faults;
