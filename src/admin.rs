@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::services::redis_conn::RedisConn;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use crate::services::redis_conn::RedisConn;
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

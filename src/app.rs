@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use crate::services::redis_conn::RedisTarget;
+use anyhow::Context as _;
 use secrecy::{ExposeSecret, SecretSlice};
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

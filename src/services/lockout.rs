@@ -218,7 +218,11 @@ impl LockoutStore for RedisLockout {
         } else {
             None
         };
-        let script_ip_key = if cluster { self.key(phone, "pw_fails") } else { ip_key.clone() };
+        let script_ip_key = if cluster {
+            self.key(phone, "pw_fails")
+        } else {
+            ip_key.clone()
+        };
         let answer: (i64, i64) = rerun_if_dropped(|| async {
             self.reserve
                 .key(self.key(phone, "pw_fails"))
@@ -269,12 +273,7 @@ impl LockoutStore for RedisLockout {
             // was counted would come back as a replica that never saw it. Its answer is not needed
             // (a master without a replica acknowledges none): the failure is counted either way.
             let key = self.key(phone, "pw_fails");
-            if let Err(e) = self
-                .redis
-                .clone()
-                .wait_on_owner(&key, 1, LOCK_WAIT_MS)
-                .await
-            {
+            if let Err(e) = self.redis.clone().wait_on_owner(&key, 1, LOCK_WAIT_MS).await {
                 tracing::info!(error = %e, "WAIT after a wrong password failed");
             }
         }
@@ -316,6 +315,8 @@ impl LockoutStore for RedisLockout {
 }
 
 /// The lockout store of this process: Redis, or the embedded backend.
+// One per process: the Redis variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Lockouts {
     Redis(RedisLockout),
     Embedded(Arc<Memory>),

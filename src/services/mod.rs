@@ -134,7 +134,13 @@ impl Keys {
 
     pub fn phone(&self, phone: &PhoneNumber, what: &str) -> String {
         if self.cluster {
-            format!("{}{{s{}}}{}:{}", self.prefix, self.shard_of(phone), phone.e164(), what)
+            format!(
+                "{}{{s{}}}{}:{}",
+                self.prefix,
+                self.shard_of(phone),
+                phone.e164(),
+                what
+            )
         } else {
             format!("{}{{{}}}:{}", self.prefix, phone.e164(), what)
         }

@@ -28,9 +28,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::services::redis_conn::RedisConn;
 use hmac::{Hmac, Mac};
 use redis::Script;
-use crate::services::redis_conn::RedisConn;
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
@@ -465,6 +465,8 @@ impl CodeStore for RedisCodes {
 }
 
 /// The code store of this process: Redis, or the embedded backend.
+// One per process: the Redis variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Codes {
     Redis(RedisCodes),
     Embedded(Arc<Memory>),

@@ -13,8 +13,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use redis::Script;
 use crate::services::redis_conn::RedisConn;
+use redis::Script;
 use uuid::Uuid;
 
 use crate::domain::PhoneNumber;

@@ -161,7 +161,9 @@ pub async fn check(
                     continue;
                 }
                 for what in facts.unknown() {
-                    tracing::warn!("a Redis Cluster master did not let us read its {what}; its durability is unchecked");
+                    tracing::warn!(
+                        "a Redis Cluster master did not let us read its {what}; its durability is unchecked"
+                    );
                 }
                 problems.extend(facts.durability_problems());
             }

@@ -82,7 +82,7 @@ async fn a_killed_master_keeps_its_lock_and_answers_service_unavailable_meanwhil
     let (new_master, _) = promoted.expect("the replica took over");
     assert_ne!(new_master, owner);
     assert!(
-        seen.get(&("locked phone", "SERVICE_UNAVAILABLE".into())).is_some(),
+        seen.contains_key(&("locked phone", "SERVICE_UNAVAILABLE".into())),
         "requests to the dead master's slot during the failover answered SERVICE_UNAVAILABLE: {seen:?}"
     );
     assert!(

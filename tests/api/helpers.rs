@@ -21,8 +21,8 @@ use phone_auth::config::{AppEnv, Config};
 use phone_auth::services::Backend;
 use phone_auth::services::auth::AuthService;
 use phone_auth::services::embedded::{Db, Memory};
-use phone_auth::services::sms::TestSender;
 use phone_auth::services::redis_conn::{RedisConn, RedisTarget};
+use phone_auth::services::sms::TestSender;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 

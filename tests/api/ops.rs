@@ -277,8 +277,16 @@ fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
         .env("APP_ENV", "test")
         .env("DATABASE_URL", app.database_url())
         .env(
-            if crate::helpers::cluster() { "REDIS_CLUSTER_URLS" } else { "REDIS_URL" },
-            if crate::helpers::cluster() { crate::helpers::cluster_urls() } else { redis_url() },
+            if crate::helpers::cluster() {
+                "REDIS_CLUSTER_URLS"
+            } else {
+                "REDIS_URL"
+            },
+            if crate::helpers::cluster() {
+                crate::helpers::cluster_urls()
+            } else {
+                redis_url()
+            },
         )
         .env("REDIS_KEY_PREFIX", &app.prefix)
         .output()

@@ -619,13 +619,16 @@ async fn sharded_outbox_delivers_every_code_exactly_once() {
         assert_eq!(app.sms.count(phone), 1, "{phone}: exactly one SMS");
     }
     crate::real_stores_only!("reads the shards' streams");
-    let used: std::collections::BTreeSet<u32> =
-        phones.iter().map(|p| app.keys.shard_of_e164(p)).collect();
+    let used: std::collections::BTreeSet<u32> = phones.iter().map(|p| app.keys.shard_of_e164(p)).collect();
     assert!(used.len() >= 3, "40 phones spread over the shards: {used:?}");
     let mut conn = app.redis().clone();
     for shard in 0..SHARDS {
         let stream = app.keys.shard(shard, "sms:outbox");
-        let len: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
+        let len: i64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(len, 0, "{stream} drained");
         let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
             .arg(&stream)
@@ -634,7 +637,11 @@ async fn sharded_outbox_delivers_every_code_exactly_once() {
             .await
             .unwrap();
         assert_eq!(pending.count(), 0, "{stream}: nothing pending");
-        let ttl: i64 = redis::cmd("TTL").arg(&stream).query_async(&mut conn).await.unwrap();
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert!(ttl > 0, "{stream} has a TTL ({ttl})");
     }
     if app.keys.cluster() {

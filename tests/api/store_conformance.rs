@@ -59,7 +59,10 @@ async fn backends() -> Backends {
     // The single Redis on every pass: this compares the scripts with the embedded backend, on the
     // key layout of one primary (the cluster pass runs the same decisions through the API).
     let target = phone_auth::services::redis_conn::RedisTarget::Single(redis_url());
-    let redis = target.connect(std::time::Duration::from_secs(30), 2).await.unwrap();
+    let redis = target
+        .connect(std::time::Duration::from_secs(30), 2)
+        .await
+        .unwrap();
     let memory = Memory::start(keys.clone());
     let cipher = CodeCipher::from_secret(b"conformance-secret-conformance-secret");
     let appender = |queue| Appender::new(format!("{prefix}sms:outbox"), 100, 3600, cipher.clone(), queue);

@@ -49,8 +49,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::services::embedded::Memory;
-use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
 use crate::services::redis_conn::{RedisConn, RedisTarget};
+use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
 use crate::services::{Keys, rerun_if_dropped};
 
 mod job;
