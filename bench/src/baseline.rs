@@ -218,6 +218,7 @@ pub async fn run_baseline(bench: &mut Bench) -> anyhow::Result<()> {
         addr,
         name: "baseline".into(),
         prefix,
+        cluster: false,
     };
     let clients = bench.args.clients;
     let redis_cpu0 = bench.redis_pid.and_then(procs::cpu_ms);

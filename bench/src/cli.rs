@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// (the real run, then generate-code and login on the embedded backend, in the same report).
     #[arg(long, value_enum, default_value = "real")]
     pub backend: BackendChoice,
+    /// After the single-Redis scenarios: verify-wrong, generate-code and login against the service on
+    /// a local 3-master Redis Cluster (scripts/redis-cluster, started and stopped here; run from the
+    /// repository root), and the SMS outbox drain rate with 1 vs 4 shards.
+    #[arg(long)]
+    pub redis_cluster: bool,
     /// Extra server environment, KEY=VALUE (repeatable), e.g. HASH_CONCURRENCY=1.
     #[arg(long = "server-env")]
     pub server_env: Vec<String>,

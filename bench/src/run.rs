@@ -333,6 +333,9 @@ async fn phases(bench: &mut Bench) -> anyhow::Result<()> {
     if scenarios::MAIN.iter().any(|s| bench.wants(s)) {
         scenarios::main_server_phase(bench).await?;
     }
+    if bench.args.redis_cluster {
+        scenarios::cluster::cluster_phase(bench).await?;
+    }
     if bench.wants("users") {
         scenarios::users::users_phase(bench).await?;
     }
