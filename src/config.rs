@@ -762,6 +762,13 @@ impl Config {
         );
         if let Some(list) = &self.stores.redis_cluster_urls {
             crate::services::redis_conn::RedisTarget::cluster_from_list(list.expose_secret())?;
+            // On a cluster each shard gets its share of the service-wide SMS budget (otp.rs): a
+            // share of 0 would refuse every code of its phones.
+            ensure!(
+                self.sms.sms_max_per_hour >= self.sms.sms_outbox_shards,
+                "SMS_MAX_PER_HOUR must be at least SMS_OUTBOX_SHARDS on a Redis Cluster: each shard \
+                 gets its share of the hourly budget"
+            );
         }
         ensure!(
             self.stores.database_url.is_some() == self.redis_target().is_some(),

@@ -304,3 +304,64 @@ pub(crate) fn retry_after_secs(pttl_ms: i64) -> u64 {
         (pttl_ms as u64).div_ceil(1000)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phone(e164: &str) -> PhoneNumber {
+        PhoneNumber::from_trusted_e164(e164.to_owned())
+    }
+
+    /// The hash tag Redis Cluster hashes: the first `{...}` with something inside.
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').expect("a tag");
+        let close = key[open..].find('}').expect("a closed tag") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn one_primary_keeps_todays_names() {
+        let keys = Keys::new("p:");
+        let p = phone("+16502530000");
+        assert_eq!(keys.phone(&p, "otp"), "p:{+16502530000}:otp");
+        assert_eq!(keys.shard(0, "sms:outbox"), "p:sms:outbox");
+        let sharded = Keys::with_layout("p:", 4, false);
+        assert_eq!(sharded.phone(&p, "otp"), "p:{+16502530000}:otp");
+        assert_eq!(sharded.shard(3, "sms:outbox"), "p:sms:outbox:3");
+    }
+
+    #[test]
+    fn on_a_cluster_a_phone_shares_its_slot_with_its_outbox_shard() {
+        let keys = Keys::with_layout("p:", 16, true);
+        let mut used = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let p = phone(&format!("+1650253{i:04}"));
+            let shard = keys.shard_of(&p);
+            used.insert(shard);
+            let otp = keys.phone(&p, "otp");
+            for what in ["sms:outbox", "sms:dead", "sms:hour"] {
+                assert_eq!(tag(&otp), tag(&keys.shard(shard, what)), "{otp}");
+            }
+            assert_eq!(keys.kind(&otp).as_deref(), Some("{phone}:otp"));
+        }
+        assert_eq!(used.len(), 16, "200 phones reach every shard: {used:?}");
+        assert_eq!(
+            keys.kind("p:{s3}sms:outbox").as_deref(),
+            Some("{shard}sms:outbox")
+        );
+    }
+
+    #[test]
+    fn the_shard_of_a_phone_never_changes() {
+        // FNV-1a of the E.164 string: the same in every instance and release (a change would move
+        // every phone's keys and strand its jobs).
+        let keys = Keys::with_layout("p:", 16, true);
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(
+            keys.shard_of_e164("+16502530000"),
+            (fnv1a("+16502530000") % 16) as u32
+        );
+    }
+}

@@ -641,3 +641,18 @@ impl OtpService {
         self.store.restore(phone, &self.mac(phone, code), consumed).await
     }
 }
+
+#[cfg(test)]
+mod quota_tests {
+    use super::sms_quota;
+
+    #[test]
+    fn the_shares_add_up_to_the_limit() {
+        for (max, shards) in [(1000, 16), (7, 4), (3, 4), (1_000_000_000, 1)] {
+            let total: u32 = (0..shards).map(|i| sms_quota(max, i, shards)).sum();
+            assert_eq!(total, max, "{max} over {shards}");
+        }
+        assert_eq!(sms_quota(7, 0, 4), 2);
+        assert_eq!(sms_quota(7, 3, 4), 1);
+    }
+}
