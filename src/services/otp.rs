@@ -257,9 +257,9 @@ pub struct IssueRequest<'a> {
 ///
 /// Implemented by Redis (`RedisCodes`) and by the embedded backend (`embedded::Memory`); `Codes`
 /// dispatches. Native `impl Future` methods: no boxing on the request path. The boundary is the
-/// decision, not the keys: on a Redis Cluster, `RedisCodes` alone would reserve the per-IP and
-/// service-wide budgets in calls of their own before the phone's script and give them back on a
-/// refusal; callers would not change.
+/// decision, not the keys: on a Redis Cluster, `RedisCodes` alone counts the per-IP budget in a
+/// call of its own before the phone's script and keeps the SMS budget's share in the phone's slot
+/// (module header); callers do not change.
 pub trait CodeStore: Send + Sync {
     fn issue(
         &self,

@@ -118,8 +118,9 @@ impl RedisFacts {
     }
 }
 
-/// Checks the server at start: refuses a Redis Cluster always, and a server that would lose the
-/// service's state in production unless `check` is `Warn`.
+/// Checks the server at start: refuses a Cluster node behind REDIS_URL (and a node without cluster
+/// mode behind REDIS_CLUSTER_URLS) always, and a server that would lose the service's state in
+/// production unless `check` is `Warn` (on a cluster, every seed node that is a master).
 pub async fn check(
     target: &RedisTarget,
     redis: &RedisConn,
