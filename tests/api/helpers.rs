@@ -252,22 +252,7 @@ impl TestApp {
     /// (`{+16502530000}:otp`, `ip:127.0.0.1:code_requests`, `sms:outbox`): on a cluster the phone's
     /// keys carry their shard's tag and the outbox keys are shard 0's (tests run with one shard).
     pub fn key(&self, suffix: &str) -> String {
-        if let Some(rest) = suffix.strip_prefix('{')
-            && let Some((phone, what)) = rest.split_once('}')
-            && phone.starts_with('+')
-            && self.keys.cluster()
-        {
-            let shard = self.keys.shard_of_e164(phone);
-            let what = what.strip_prefix(':').unwrap_or(what);
-            return format!("{}{{s{shard}}}{phone}:{what}", self.prefix);
-        }
-        if let Some(what) = ["sms:outbox", "sms:dead", "sms:hour"]
-            .into_iter()
-            .find(|w| *w == suffix)
-        {
-            return self.keys.shard(0, what);
-        }
-        format!("{}{}", self.prefix, suffix)
+        key_in(&self.keys, suffix)
     }
 
     /// The URL of this test's own database.
@@ -547,6 +532,26 @@ impl Drop for TestApp {
             drop_test_stores(&self.db_name, Some(&self.prefix));
         }
     }
+}
+
+/// `TestApp::key` for the key layout `keys` (its prefix included).
+pub fn key_in(keys: &phone_auth::services::Keys, suffix: &str) -> String {
+    if let Some(rest) = suffix.strip_prefix('{')
+        && let Some((phone, what)) = rest.split_once('}')
+        && phone.starts_with('+')
+        && keys.cluster()
+    {
+        let shard = keys.shard_of_e164(phone);
+        let what = what.strip_prefix(':').unwrap_or(what);
+        return format!("{}{{s{shard}}}{phone}:{what}", keys.prefix());
+    }
+    if let Some(what) = ["sms:outbox", "sms:dead", "sms:hour"]
+        .into_iter()
+        .find(|w| *w == suffix)
+    {
+        return keys.shard(0, what);
+    }
+    format!("{}{}", keys.prefix(), suffix)
 }
 
 /// Drops a test's database and deletes its Redis keys (`prefix`, when it has its own). Called from
