@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::services::redis_conn::RedisConn;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -19,7 +19,6 @@ use crate::ops::logging::mask_phone;
 use crate::services::Keys;
 use crate::services::audit::{self, AuditRow};
 use crate::services::lockout::LockoutService;
-use crate::services::outbox::Outbox;
 use crate::services::sessions::SessionStore;
 use crate::services::tokens::{SigningKey, TokenService};
 use crate::services::users::UserStorage as _;
@@ -129,7 +128,7 @@ type SessionRow = (
 
 struct Stores {
     pg: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     policy: PhonePolicy,
 }
@@ -153,19 +152,17 @@ impl Stores {
             .connect(database_url.expose_secret())
             .await
             .context("cannot connect to PostgreSQL (DATABASE_URL)")?;
-        let redis_url = stores.redis_url.as_ref().ok_or_else(|| needs("REDIS_URL"))?;
-        let client = redis::Client::open(redis_url.expose_secret()).context("REDIS_URL")?;
-        let redis_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let redis = ConnectionManager::new_with_config(client, redis_config)
+        let target = config
+            .redis_target()
+            .ok_or_else(|| needs("REDIS_URL or REDIS_CLUSTER_URLS"))?;
+        let redis = target
+            .connect(Duration::from_secs(5), 1)
             .await
-            .context("cannot connect to Redis (REDIS_URL)")?;
+            .context("cannot connect to Redis")?;
         Ok(Stores {
             pg,
             redis,
-            keys: Keys::new(stores.redis_key_prefix.clone()),
+            keys: config.redis_keys(),
             // Any valid number: an operator may need to act on a region no longer allowed.
             policy: PhonePolicy::from_config(config.otp.default_region.as_deref(), None)?,
         })
@@ -383,16 +380,23 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Sms {
             action: SmsAction::DeadLetters { action },
         } => {
-            let dead = Outbox::dead_key(&stores.keys);
+            // Every outbox shard's dead letters (`SMS_OUTBOX_SHARDS`; one key with the default).
+            let deads: Vec<String> = (0..stores.keys.shards())
+                .map(|i| stores.keys.shard(i, "sms:dead"))
+                .collect();
             let mut redis = stores.redis.clone();
             match action {
                 DeadLettersAction::List => {
-                    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-                        .arg(&dead)
-                        .arg("-")
-                        .arg("+")
-                        .query_async(&mut redis)
-                        .await?;
+                    let mut entries: Vec<(String, Vec<(String, String)>)> = Vec::new();
+                    for dead in &deads {
+                        let shard: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                            .arg(dead)
+                            .arg("-")
+                            .arg("+")
+                            .query_async(&mut redis)
+                            .await?;
+                        entries.extend(shard);
+                    }
                     println!("{} dead letter(s)", entries.len());
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -417,8 +421,12 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                     }
                 }
                 DeadLettersAction::Purge => {
-                    let n: u64 = redis::cmd("XLEN").arg(&dead).query_async(&mut redis).await?;
-                    let _: i64 = redis::cmd("DEL").arg(&dead).query_async(&mut redis).await?;
+                    let mut n: u64 = 0;
+                    for dead in &deads {
+                        let len: u64 = redis::cmd("XLEN").arg(dead).query_async(&mut redis).await?;
+                        let _: i64 = redis::cmd("DEL").arg(dead).query_async(&mut redis).await?;
+                        n += len;
+                    }
                     stores
                         .audit(
                             admin_row("admin_dead_letters_purged").detail(serde_json::json!({ "count": n })),

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::services::redis_conn::RedisTarget;
 use anyhow::Context as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::{ExposeSecret, SecretSlice};
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -137,12 +137,13 @@ pub async fn build_outbox(
     provider: Arc<dyn SmsSender>,
     secret: &SecretSlice<u8>,
 ) -> anyhow::Result<Outbox> {
-    let url = config.stores.redis_url.as_ref().context(
-        "phone-auth worker needs REDIS_URL: with the embedded backend the server delivers its SMS itself",
+    let target = config.redis_target().context(
+        "phone-auth worker needs REDIS_URL or REDIS_CLUSTER_URLS: with the embedded backend the server \
+         delivers its SMS itself",
     )?;
-    let keys = Keys::new(config.stores.redis_key_prefix.clone());
+    let keys = config.redis_keys();
     let queue = OutboxQueue::Redis(
-        RedisOutbox::connect(url.expose_secret(), &keys)
+        RedisOutbox::connect(&target, &keys)
             .await
             .context("cannot set up the SMS outbox")?,
     );
@@ -155,7 +156,7 @@ async fn outbox_on(
     provider: Arc<dyn SmsSender>,
     secret: &SecretSlice<u8>,
 ) -> anyhow::Result<Outbox> {
-    let keys = Keys::new(config.stores.redis_key_prefix.clone());
+    let keys = config.redis_keys();
     Outbox::new(
         queue,
         &keys,
@@ -182,23 +183,21 @@ struct Stores {
 }
 
 /// The real stores: Redis and PostgreSQL, connected, checked and migrated.
-async fn real_stores(config: &Config, redis_url: &str, db_url: &str) -> anyhow::Result<Stores> {
+async fn real_stores(config: &Config, target: &RedisTarget, db_url: &str) -> anyhow::Result<Stores> {
     let stores = &config.stores;
     let production = config.production();
     // One multiplexed connection that reconnects by itself: it pipelines concurrent commands over one
     // socket, about 5x the throughput of a bb8 pool measured on this machine (docs/BENCHMARKS.md), and
     // unlike bb8-redis (whose `has_broken` always says false) it recovers after a Redis restart.
-    let redis_client = redis::Client::open(redis_url).context("REDIS_URL")?;
-    let redis_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(stores.redis_timeout_ms)))
-        .set_response_timeout(Some(Duration::from_millis(stores.redis_timeout_ms)))
-        .set_number_of_retries(2);
-    let redis = ConnectionManager::new_with_config(redis_client, redis_config)
+    // On a Cluster (REDIS_CLUSTER_URLS) the same kind of connection over the cluster client, bounded
+    // by the same timeout (services::redis_conn).
+    let redis = target
+        .connect(Duration::from_millis(stores.redis_timeout_ms), 2)
         .await
         .context("cannot connect to Redis")?;
-    // Before anything is written: a Redis that would lose locks and budgets, or a Cluster, is found
-    // at start, not after a restart.
-    redis_server::check(&redis, production, stores.redis_durability_check).await?;
+    // Before anything is written: a Redis that would lose locks and budgets, or a Cluster behind
+    // REDIS_URL, is found at start, not after a restart.
+    redis_server::check(target, &redis, production, stores.redis_durability_check).await?;
 
     ensure_database(db_url).await?;
     let pg = PgPoolOptions::new()
@@ -209,9 +208,9 @@ async fn real_stores(config: &Config, redis_url: &str, db_url: &str) -> anyhow::
         .context("cannot connect to PostgreSQL")?;
     MIGRATOR.run(&pg).await.context("migrations failed")?;
 
-    let keys = Keys::new(stores.redis_key_prefix.clone());
+    let keys = config.redis_keys();
     let queue = OutboxQueue::Redis(
-        RedisOutbox::connect(redis_url, &keys)
+        RedisOutbox::connect(target, &keys)
             .await
             .context("cannot set up the SMS outbox")?,
     );
@@ -313,10 +312,8 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
     if !test_numbers.is_empty() {
         tracing::warn!("SMS_TEST_NUMBERS is set: those numbers get a fixed code and no SMS");
     }
-    let stores = match (&config.stores.redis_url, &config.stores.database_url) {
-        (Some(redis_url), Some(db_url)) => {
-            real_stores(config, redis_url.expose_secret(), db_url.expose_secret()).await?
-        }
+    let stores = match (config.redis_target(), &config.stores.database_url) {
+        (Some(target), Some(db_url)) => real_stores(config, &target, db_url.expose_secret()).await?,
         // `validate` refused one URL without the other, and no URL in production.
         _ => {
             tracing::warn!(
@@ -339,7 +336,7 @@ pub async fn build(config: &Config, sms: Option<Arc<dyn SmsSender>>) -> anyhow::
         audit,
     } = stores;
     let outbox = Arc::new(outbox_on(queue, config, provider, &otp_secret).await?);
-    let key_names = Keys::new(config.stores.redis_key_prefix.clone());
+    let key_names = config.redis_keys();
     let hashing = &config.hashing;
     let hasher = PasswordHasher::new(
         hashing

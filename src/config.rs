@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AppEnv {
@@ -173,6 +173,12 @@ pub struct StoreConfig {
     /// Redis URL. Unset together with DATABASE_URL (outside production): the embedded backend.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretString>,
+
+    /// Redis Cluster seed nodes, comma-separated `redis://host:port` URLs (any reachable subset finds
+    /// the rest). Instead of REDIS_URL, never with it. Every script then touches one hash slot: the
+    /// per-IP budgets are calls of their own (README "Scaling out").
+    #[arg(long, env = "REDIS_CLUSTER_URLS", hide_env_values = true)]
+    pub redis_cluster_urls: Option<SecretString>,
 
     /// Redis connect and response timeout, milliseconds: past it a request fails fast with
     /// SERVICE_UNAVAILABLE instead of hanging on a stalled Redis.
@@ -400,6 +406,12 @@ pub struct SmsConfig {
     #[arg(long, env = "SMS_OUTBOX_MAX_LEN", default_value_t = 10_000)]
     pub sms_outbox_max_len: u64,
 
+    /// SMS outbox streams. 1: one stream (`sms:outbox`), as always. More: N streams, a phone's codes
+    /// in the stream its number hashes to, workers reading all. On a Redis Cluster each shard is
+    /// a hash slot shared with its phones' keys: use several per master (README "Scaling out").
+    #[arg(long, env = "SMS_OUTBOX_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub sms_outbox_shards: u32,
+
     /// Dead letters kept (oldest trimmed).
     #[arg(long, env = "SMS_DEAD_LETTER_MAX_LEN", default_value_t = 10_000)]
     pub sms_dead_letter_max_len: u64,
@@ -504,7 +516,27 @@ impl Config {
     /// No store URL at all: the embedded backend (`services::embedded`). `validate` refuses it in
     /// production, and refuses one URL without the other.
     pub fn embedded_stores(&self) -> bool {
-        self.stores.database_url.is_none() && self.stores.redis_url.is_none()
+        self.stores.database_url.is_none() && self.redis_target().is_none()
+    }
+
+    /// The configured Redis: REDIS_URL or REDIS_CLUSTER_URLS (`validate` refuses both, and a cluster
+    /// list that names no node).
+    pub fn redis_target(&self) -> Option<crate::services::redis_conn::RedisTarget> {
+        use crate::services::redis_conn::RedisTarget;
+        if let Some(url) = &self.stores.redis_url {
+            return Some(RedisTarget::Single(url.expose_secret().to_owned()));
+        }
+        let list = self.stores.redis_cluster_urls.as_ref()?;
+        RedisTarget::cluster_from_list(list.expose_secret()).ok()
+    }
+
+    /// The Redis key layout: the prefix, the outbox shards, and whether on a Cluster.
+    pub fn redis_keys(&self) -> crate::services::Keys {
+        crate::services::Keys::with_layout(
+            self.stores.redis_key_prefix.clone(),
+            self.sms.sms_outbox_shards,
+            self.stores.redis_cluster_urls.is_some() && self.stores.redis_url.is_none(),
+        )
     }
 
     /// What this profile runs with that a deployment must not: the start-up log lists them.
@@ -589,7 +621,6 @@ impl Config {
     /// do), so the SMS_PROVIDER settings are not used and not checked.
     pub fn validate_with(&self, configured_provider: bool) -> anyhow::Result<()> {
         use anyhow::ensure;
-        use secrecy::ExposeSecret;
         let production = self.production();
         let (otp, sms) = (&self.otp, &self.sms);
 
@@ -732,7 +763,21 @@ impl Config {
              memory and loses them on exit (for development only)"
         );
         ensure!(
-            self.stores.database_url.is_some() == self.stores.redis_url.is_some(),
+            !(self.stores.redis_url.is_some() && self.stores.redis_cluster_urls.is_some()),
+            "set REDIS_URL (one primary) or REDIS_CLUSTER_URLS (a Redis Cluster), not both"
+        );
+        if let Some(list) = &self.stores.redis_cluster_urls {
+            crate::services::redis_conn::RedisTarget::cluster_from_list(list.expose_secret())?;
+            // On a cluster each shard gets its share of the service-wide SMS budget (otp.rs): a
+            // share of 0 would refuse every code of its phones.
+            ensure!(
+                self.sms.sms_max_per_hour >= self.sms.sms_outbox_shards,
+                "SMS_MAX_PER_HOUR must be at least SMS_OUTBOX_SHARDS on a Redis Cluster: each shard \
+                 gets its share of the hourly budget"
+            );
+        }
+        ensure!(
+            self.stores.database_url.is_some() == self.redis_target().is_some(),
             "set both DATABASE_URL and REDIS_URL (the real stores), or neither (the embedded backend, \
              development only): one without the other is refused"
         );

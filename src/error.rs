@@ -100,6 +100,12 @@ fn redis_is_unavailable(e: &redis::RedisError) -> bool {
         return true;
     }
     match e.kind() {
+        // The cluster client has no connection to the node that owns the slot (it died, and the
+        // cluster has not promoted its replica yet): a failover in progress.
+        ErrorKind::ClusterConnectionNotFound => true,
+        // The slot moved (a failover's promotion, a resharding) and the client's retries ran out
+        // before its refreshed view caught up: the topology is changing, not our command wrong.
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask) => true,
         ErrorKind::Server(
             ServerErrorKind::BusyLoading
             | ServerErrorKind::TryAgain

@@ -70,7 +70,7 @@ return n
 
 #[derive(Clone)]
 struct BaselineState {
-    redis: redis::aio::ConnectionManager,
+    redis: phone_auth::services::redis_conn::RedisConn,
     script: Arc<redis::Script>,
     prefix: Arc<str>,
     counter: Arc<AtomicU64>,
@@ -133,14 +133,10 @@ pub fn baseline_server(listen: SocketAddr, redis_url: &str, prefix: &str) -> any
     let config = Config::defaults();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let timeout = Some(Duration::from_millis(config.stores.redis_timeout_ms));
-        let redis_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(2);
-        let redis =
-            redis::aio::ConnectionManager::new_with_config(redis::Client::open(redis_url)?, redis_config)
-                .await?;
+        let target = phone_auth::services::redis_conn::RedisTarget::Single(redis_url.to_owned());
+        let redis = target
+            .connect(Duration::from_millis(config.stores.redis_timeout_ms), 2)
+            .await?;
         let secret = phone_auth::random::random_bytes::<32>()?.to_vec();
         // The service's own generateCode settings (`Config::defaults()` reads the environment, which
         // `run_baseline` sets to the service's under the benchmark) and its own outbox appender.
@@ -151,7 +147,7 @@ pub fn baseline_server(listen: SocketAddr, redis_url: &str, prefix: &str) -> any
             phone_auth::services::outbox::outbox_ttl_seconds(config.otp.otp_ttl_seconds),
             phone_auth::services::outbox::CodeCipher::from_secret(&secret),
             phone_auth::services::outbox::OutboxQueue::Redis(
-                phone_auth::services::outbox::RedisOutbox::connect(redis_url, &keys).await?,
+                phone_auth::services::outbox::RedisOutbox::connect(&target, &keys).await?,
             ),
         );
         let otp = OtpService::new(
@@ -222,6 +218,7 @@ pub async fn run_baseline(bench: &mut Bench) -> anyhow::Result<()> {
         addr,
         name: "baseline".into(),
         prefix,
+        cluster: false,
     };
     let clients = bench.args.clients;
     let redis_cpu0 = bench.redis_pid.and_then(procs::cpu_ms);

@@ -48,7 +48,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2_000_000)]
     pub max_requests: u64,
     /// Comma-separated: baseline, argon2, verify-wrong, graphql-floor, generate-code, sign-up, login,
-    /// me, me-under-login, login-500, mixed, users; or "all".
+    /// me, me-under-login, login-500, mixed, users; or "all". Also me-scale (`me` with --users-small
+    /// users and sessions, then --users-large of each), which "all" does not include.
     #[arg(long, default_value = "all")]
     pub scenarios: String,
     /// Clients of the login-500 scenario.
@@ -69,6 +70,9 @@ pub struct RunArgs {
     /// Users for the "large" side of the users comparison.
     #[arg(long, default_value_t = 1_000_000)]
     pub users_large: u64,
+    /// Access tokens (logins of distinct seeded users) that the me-scale clients rotate through.
+    #[arg(long, default_value_t = 1024)]
+    pub me_tokens: usize,
     /// PostgreSQL server (loopback only); the benchmark database is created on it.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     pub pg_server: String,
@@ -84,6 +88,11 @@ pub struct RunArgs {
     /// (the real run, then generate-code and login on the embedded backend, in the same report).
     #[arg(long, value_enum, default_value = "real")]
     pub backend: BackendChoice,
+    /// After the single-Redis scenarios: verify-wrong, generate-code and login against the service on
+    /// a local 3-master Redis Cluster (scripts/redis-cluster, started and stopped here; run from the
+    /// repository root), and the SMS outbox drain rate with 1 vs 4 shards.
+    #[arg(long)]
+    pub redis_cluster: bool,
     /// Extra server environment, KEY=VALUE (repeatable), e.g. HASH_CONCURRENCY=1.
     #[arg(long = "server-env")]
     pub server_env: Vec<String>,

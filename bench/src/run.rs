@@ -333,8 +333,15 @@ async fn phases(bench: &mut Bench) -> anyhow::Result<()> {
     if scenarios::MAIN.iter().any(|s| bench.wants(s)) {
         scenarios::main_server_phase(bench).await?;
     }
+    if bench.args.redis_cluster {
+        scenarios::cluster::cluster_phase(bench).await?;
+    }
     if bench.wants("users") {
         scenarios::users::users_phase(bench).await?;
+    }
+    // Seeds a million sessions: only when named, never as part of "all".
+    if bench.selected.iter().any(|s| s == "me-scale") {
+        scenarios::sessions::me_scale_phase(bench).await?;
     }
     Ok(())
 }

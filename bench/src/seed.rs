@@ -120,3 +120,46 @@ pub async fn seed(url: &str, count: u64) -> anyhow::Result<Seeded> {
         elapsed,
     })
 }
+
+/// A browser's user agent, the length of most real ones: a seeded session's row is as long as a real one.
+const SEED_USER_AGENT: &str =
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+/// Gives every user that has none one live session (30 days, signed in by password, a browser's user
+/// agent and an address) and that session one refresh token, as a login leaves them; then `vacuum
+/// (analyze)` both tables. Returns (sessions inserted, sessions in the table, elapsed).
+pub async fn seed_sessions(url: &str) -> anyhow::Result<(u64, i64, Duration)> {
+    let options: PgConnectOptions = url.parse().context("not a PostgreSQL URL")?;
+    let mut conn = options.connect().await.context("cannot connect to PostgreSQL")?;
+    let start = Instant::now();
+    sqlx::query("set synchronous_commit = off")
+        .execute(&mut conn)
+        .await?;
+    let inserted = sqlx::query(
+        "insert into sessions (id, user_id, expires_at, auth_time, amr, user_agent, ip, last_used_at)
+         select gen_random_uuid(), u.id, now() + interval '30 days', now(), '{pwd}', $1, '203.0.113.7', now()
+         from users u where not exists (select 1 from sessions s where s.user_id = u.id)",
+    )
+    .bind(SEED_USER_AGENT)
+    .execute(&mut conn)
+    .await
+    .context("insert sessions")?
+    .rows_affected();
+    // The service stores SHA-256 of the refresh token (32 bytes); any 32 distinct bytes do here.
+    sqlx::query(
+        "insert into refresh_tokens (token_hash, session_id)
+         select sha256(s.id::text::bytea), s.id from sessions s
+         where not exists (select 1 from refresh_tokens t where t.session_id = s.id)",
+    )
+    .execute(&mut conn)
+    .await
+    .context("insert refresh tokens")?;
+    sqlx::query("vacuum (analyze) sessions, refresh_tokens")
+        .execute(&mut conn)
+        .await?;
+    let elapsed = start.elapsed();
+    let (total,): (i64,) = sqlx::query_as("select count(*) from sessions")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok((inserted, total, elapsed))
+}

@@ -39,6 +39,8 @@ pub struct Server {
     pub name: String,
     /// Its Redis key prefix.
     pub prefix: String,
+    /// On a Redis Cluster (`REDIS_CLUSTER_URLS` in its environment), not the run's single Redis.
+    pub cluster: bool,
 }
 
 /// Starts `--server-bin` on a free port with its own key prefix, the benchmark's settings, then
@@ -78,9 +80,13 @@ pub async fn start_server_on(
             "loadgen-benchmark-secret-0123456789abcdef".into(),
         ),
     ];
+    let cluster = extra_env.iter().any(|(k, _)| *k == "REDIS_CLUSTER_URLS");
     if !embedded {
         env.push(("DATABASE_URL".into(), bench.db_url()));
-        env.push(("REDIS_URL".into(), bench.redis_url.clone()));
+        // On a cluster REDIS_CLUSTER_URLS comes in `extra_env` (both set are refused).
+        if !cluster {
+            env.push(("REDIS_URL".into(), bench.redis_url.clone()));
+        }
     }
     let extra = bench_settings().into_iter().chain(extra_env.iter().cloned());
     env.extend(extra.map(|(k, v)| (k.to_owned(), v)));
@@ -105,7 +111,9 @@ pub async fn start_server_on(
     .with_context(|| format!("see {}", log.display()))?;
     let shown: Vec<String> = env
         .iter()
-        .filter(|(k, _)| k != "OTP_HMAC_SECRET" && k != "DATABASE_URL" && k != "REDIS_URL")
+        .filter(|(k, _)| {
+            k != "OTP_HMAC_SECRET" && k != "DATABASE_URL" && k != "REDIS_URL" && k != "REDIS_CLUSTER_URLS"
+        })
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     bench.note(
@@ -122,6 +130,7 @@ pub async fn start_server_on(
         addr,
         name: name.to_owned(),
         prefix,
+        cluster,
     })
 }
 

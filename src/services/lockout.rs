@@ -10,6 +10,14 @@
 //! - `{phone}:pw_lock`     present while locked; TTL = lock_seconds
 //! - `ip:<addr>:password_attempts` per-IP budget across phones; TTL = IP window (300 s)
 //!
+//! On a Redis Cluster the per-IP budget has a slot of its own: it is counted by a call of its own
+//! before the phone's reservation (`IP_BUDGET_LUA`), its verdict passed to the phone's script, which
+//! answers exactly as on one primary (a locked phone says ACCOUNT_LOCKED before the IP's budget is
+//! looked at); when the phone's script refuses before the point where one primary would have counted
+//! the IP (a lock), the request is given back (`GIVE_BACK_LUA`). A wrong password's failure count
+//! and lock are followed by `WAIT 1` on the phone's master (bounded, `LOCK_WAIT_MS`): a failover
+//! right after it does not lift the lock (README "Scaling out" says what else the window can lose).
+//!
 //! An attempt is *reserved* atomically before any hash is computed: the reservation refuses once
 //! failures plus attempts in flight reach the limit, so a burst of 30 parallel wrong passwords computes
 //! at most 3 hashes and leaves the phone locked. Counted per phone whether or not an account exists, so
@@ -32,12 +40,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
 use crate::services::embedded::Memory;
-use crate::services::{Keys, budget_script, rerun_if_dropped, retry_after_secs};
+use crate::services::redis_conn::RedisConn;
+use crate::services::{
+    GIVE_BACK_LUA, IP_BUDGET_LUA, Keys, budget_script, cluster_variant, rerun_if_dropped, retry_after_secs,
+};
+
+/// How long a wrong password waits, on a Cluster, for one replica to acknowledge its failure count
+/// and lock (`WAIT 1 50`): replication on a LAN takes well under a millisecond, and a master without
+/// a replica costs each wrong password this much and no more.
+pub const LOCK_WAIT_MS: u64 = 50;
 
 #[derive(Clone, Debug)]
 pub struct LockoutSettings {
@@ -140,21 +155,35 @@ pub trait LockoutStore: Send + Sync {
 
 /// The lockout store in Redis.
 pub struct RedisLockout {
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     reserve: Script,
     fail: Script,
     clear: Script,
+    ip_budget: Script,
+    give_back: Script,
 }
 
 impl RedisLockout {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: RedisConn, keys: Keys) -> Self {
+        let reserve = if keys.cluster() {
+            // ARGV[7]: the ms to wait when the IP's own call found it over budget, else -1.
+            cluster_variant(
+                RESERVE_LUA,
+                "over_budget(KEYS[4], ARGV[3], ARGV[4])",
+                "((tonumber(ARGV[7]) >= 0) and tonumber(ARGV[7])) or nil",
+            )
+        } else {
+            RESERVE_LUA.to_owned()
+        };
         RedisLockout {
             redis,
             keys,
-            reserve: budget_script(RESERVE_LUA),
+            reserve: budget_script(&reserve),
             fail: budget_script(FAIL_LUA),
             clear: Script::new(CLEAR_LUA),
+            ip_budget: Script::new(IP_BUDGET_LUA),
+            give_back: Script::new(GIVE_BACK_LUA),
         }
     }
 
@@ -172,22 +201,58 @@ impl LockoutStore for RedisLockout {
         s: &LockoutSettings,
         lease_ms: u64,
     ) -> AppResult<(i64, i64)> {
-        Ok(rerun_if_dropped(|| async {
+        let ip_key = self.keys.other(&format!("ip:{client}:password_attempts"));
+        let cluster = self.keys.cluster();
+        // On a Cluster: the IP counted first, in its own slot; rerun on a dropped connection (a
+        // request may then count twice, never less: the safe side).
+        let ip_wait: Option<i64> = if cluster {
+            rerun_if_dropped(|| async {
+                self.ip_budget
+                    .key(&ip_key)
+                    .arg(s.ip_max_attempts)
+                    .arg(s.ip_window_seconds)
+                    .invoke_async(&mut self.redis.clone())
+                    .await
+            })
+            .await?
+        } else {
+            None
+        };
+        let script_ip_key = if cluster {
+            self.key(phone, "pw_fails")
+        } else {
+            ip_key.clone()
+        };
+        let answer: (i64, i64) = rerun_if_dropped(|| async {
             self.reserve
                 .key(self.key(phone, "pw_fails"))
                 .key(self.key(phone, "pw_inflight"))
                 .key(self.key(phone, "pw_lock"))
-                .key(self.keys.other(&format!("ip:{client}:password_attempts")))
+                .key(&script_ip_key)
                 .arg(s.max_failures)
                 .arg(s.lock_seconds)
                 .arg(s.ip_max_attempts)
                 .arg(s.ip_window_seconds)
                 .arg(id)
                 .arg(lease_ms)
+                .arg(ip_wait.map_or(-1, |w| w.max(0)))
                 .invoke_async(&mut self.redis.clone())
                 .await
         })
-        .await?)
+        .await?;
+        if cluster && answer.0 == 1 {
+            // Locked: one primary answers that before it counts the IP, so the IP is given back.
+            // Rerun on a dropped connection: a request given back twice costs the IP one request of
+            // its budget in its favour, at most once per dropped connection.
+            let _: i64 = rerun_if_dropped(|| async {
+                self.give_back
+                    .key(&ip_key)
+                    .invoke_async(&mut self.redis.clone())
+                    .await
+            })
+            .await?;
+        }
+        Ok(answer)
     }
 
     async fn fail(&self, phone: &PhoneNumber, id: &str, s: &LockoutSettings) -> AppResult<bool> {
@@ -203,6 +268,15 @@ impl LockoutStore for RedisLockout {
                 .await
         })
         .await?;
+        if self.keys.cluster() {
+            // Replication is asynchronous: without this, a master killed right after the failure
+            // was counted would come back as a replica that never saw it. Its answer is not needed
+            // (a master without a replica acknowledges none): the failure is counted either way.
+            let key = self.key(phone, "pw_fails");
+            if let Err(e) = self.redis.clone().wait_on_owner(&key, 1, LOCK_WAIT_MS).await {
+                tracing::info!(error = %e, "WAIT after a wrong password failed");
+            }
+        }
         Ok(locked == 1)
     }
 
@@ -241,6 +315,8 @@ impl LockoutStore for RedisLockout {
 }
 
 /// The lockout store of this process: Redis, or the embedded backend.
+// One per process: the Redis variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Lockouts {
     Redis(RedisLockout),
     Embedded(Arc<Memory>),
@@ -299,7 +375,7 @@ pub struct LockoutService {
 impl LockoutService {
     /// Against Redis (the operator commands). `lease`: how long a reservation holds its place if its
     /// end is never recorded.
-    pub fn new(redis: ConnectionManager, keys: Keys, settings: LockoutSettings, lease: Duration) -> Self {
+    pub fn new(redis: RedisConn, keys: Keys, settings: LockoutSettings, lease: Duration) -> Self {
         Self::with_store(Lockouts::Redis(RedisLockout::new(redis, keys)), settings, lease)
     }
 

@@ -9,9 +9,16 @@
 //! - `ip:<addr>:code_requests`, `ip:<addr>:code_checks` per-IP budgets; TTL = IP window (300 s)
 //! - `sms:hour`          SMS sent by the whole service this hour; TTL = 3600 s
 //!
-//! Each decision (issue, check) is one script over all its keys. The phone's keys share a hash tag; the
-//! per-IP and global counters cannot, so under Redis Cluster those two would move to a script of their
-//! own, pipelined in front (we run a single primary, where one script is one atomic step).
+//! Each decision (issue, check) is one script over all its keys. The phone's keys share a hash tag.
+//! On a Redis Cluster (`REDIS_CLUSTER_URLS`) a script may only touch one slot, so:
+//! - the per-IP budget is a call of its own in its own slot (`IP_BUDGET_LUA`), made before the
+//!   phone's script. Both scripts check the IP first and count every request against it, so the
+//!   answers and limits are today's: an IP over budget is refused before the phone's script runs;
+//! - the service-wide SMS budget is split into one counter per outbox shard (`{sN}sms:hour`, in the
+//!   phone's slot, see `Keys`), each allowed its share of `SMS_MAX_PER_HOUR` (`sms_quota`): checked
+//!   and given back inside the phone's script as on one primary, and no single hot key takes every
+//!   code request. The total never exceeds the limit; a shard may refuse while others still have room
+//!   (at most `shards - 1` SMS of headroom unused per hour when traffic is skewed to one shard).
 //!
 //! The code itself is never stored: only its HMAC under a server secret, and in its SMS job only sealed
 //! (`outbox::CodeCipher`, a key derived from the same secret), so a Redis dump or AOF does not reveal
@@ -21,9 +28,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::services::redis_conn::RedisConn;
 use hmac::{Hmac, Mac};
 use redis::Script;
-use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
@@ -31,7 +38,9 @@ use crate::domain::{OtpCode, PhoneNumber};
 use crate::error::{AppError, AppResult};
 use crate::services::embedded::Memory;
 use crate::services::outbox::{APPEND_LUA, Appender};
-use crate::services::{BUDGET_LUA, Keys, budget_script, rerun_if_dropped, retry_after_secs};
+use crate::services::{
+    BUDGET_LUA, IP_BUDGET_LUA, Keys, budget_script, cluster_variant, rerun_if_dropped, retry_after_secs,
+};
 
 #[derive(Clone, Debug)]
 pub struct OtpSettings {
@@ -248,9 +257,9 @@ pub struct IssueRequest<'a> {
 ///
 /// Implemented by Redis (`RedisCodes`) and by the embedded backend (`embedded::Memory`); `Codes`
 /// dispatches. Native `impl Future` methods: no boxing on the request path. The boundary is the
-/// decision, not the keys: on a Redis Cluster, `RedisCodes` alone would reserve the per-IP and
-/// service-wide budgets in calls of their own before the phone's script and give them back on a
-/// refusal; callers would not change.
+/// decision, not the keys: on a Redis Cluster, `RedisCodes` alone counts the per-IP budget in a
+/// call of its own before the phone's script and keeps the SMS budget's share in the phone's slot
+/// (module header); callers do not change.
 pub trait CodeStore: Send + Sync {
     fn issue(
         &self,
@@ -275,39 +284,95 @@ pub trait CodeStore: Send + Sync {
     fn revoke(&self, phone: &PhoneNumber) -> impl Future<Output = AppResult<()>> + Send;
 }
 
-/// The code store in Redis: one script per decision.
+/// The code store in Redis: one script per decision (on a Cluster, the IP budget in front).
 pub struct RedisCodes {
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     issue: Script,
     check: Script,
     restore: Script,
+    ip_budget: Script,
+}
+
+/// Shard `shard`'s share of a service-wide budget of `max` split over `shards`: the shares add up to
+/// `max` exactly (the remainder goes to the first shards).
+pub fn sms_quota(max: u32, shard: u32, shards: u32) -> u32 {
+    max / shards + u32::from(shard < max % shards)
 }
 
 impl RedisCodes {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: RedisConn, keys: Keys) -> Self {
+        let (mut issue, mut check) = (ISSUE_LUA.to_owned(), CHECK_LUA.to_owned());
+        if keys.cluster() {
+            // The IP was counted by its own call before (`ip_over`): an IP over budget never gets here.
+            issue = cluster_variant(&issue, "over_budget(KEYS[3], ARGV[6], ARGV[7])", "nil");
+            check = cluster_variant(&check, "over_budget(KEYS[3], ARGV[5], ARGV[6])", "nil");
+        }
         RedisCodes {
             redis,
             keys,
-            issue: redis::Script::new(&format!("{BUDGET_LUA}{APPEND_LUA}{ISSUE_LUA}")),
-            check: budget_script(CHECK_LUA),
+            issue: redis::Script::new(&format!("{BUDGET_LUA}{APPEND_LUA}{issue}")),
+            check: budget_script(&check),
             restore: budget_script(RESTORE_LUA),
+            ip_budget: Script::new(IP_BUDGET_LUA),
         }
+    }
+
+    /// On a Cluster: counts this request against the IP budget `key` in a call of its own; the ms to
+    /// wait when the IP is over it. On one primary: None, the phone's script counts it. Rerun on a
+    /// dropped connection: a request may then count twice (never less), which errs on the safe side.
+    async fn ip_over(&self, key: &str, max: u32, window_seconds: u64) -> AppResult<Option<i64>> {
+        if !self.keys.cluster() {
+            return Ok(None);
+        }
+        Ok(rerun_if_dropped(|| async {
+            self.ip_budget
+                .key(key)
+                .arg(max)
+                .arg(window_seconds)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        })
+        .await?)
+    }
+
+    /// The key of the IP budget `what` of `client`; on a Cluster the phone's script gets its own
+    /// first key in that place instead (a key of its slot it does not use).
+    fn ip_key(&self, client: &str, what: &str) -> String {
+        self.keys.other(&format!("ip:{client}:{what}"))
     }
 }
 
 impl CodeStore for RedisCodes {
     async fn issue(&self, r: &IssueRequest<'_>, s: &OtpSettings, outbox: &Appender) -> AppResult<(i64, i64)> {
         let phone = r.phone;
+        let ip_key = self.ip_key(r.client, "code_requests");
+        if let Some(wait) = self
+            .ip_over(&ip_key, s.ip_max_code_requests, s.ip_window_seconds)
+            .await?
+        {
+            return Ok((3, wait));
+        }
+        let shard = self.keys.shard_of(phone);
+        let (script_ip_key, sms_key, sms_max) = if self.keys.cluster() {
+            (
+                self.keys.phone(phone, "otp"),
+                self.keys.shard(shard, "sms:hour"),
+                sms_quota(s.sms_max_per_hour, shard, self.keys.shards()),
+            )
+        } else {
+            (ip_key, self.keys.other("sms:hour"), s.sms_max_per_hour)
+        };
+        let stream_key = self.keys.shard(shard, "sms:outbox");
         // Rerun on a dropped connection: safe, a rerun of a script that did run finds its send id in
         // otp_sends and answers as the first run did (one code, one SMS job).
         Ok(rerun_if_dropped(|| async {
             self.issue
                 .key(self.keys.phone(phone, "otp"))
                 .key(self.keys.phone(phone, "otp_sends"))
-                .key(self.keys.other(&format!("ip:{}:code_requests", r.client)))
-                .key(self.keys.other("sms:hour"))
-                .key(&outbox.stream_key)
+                .key(&script_ip_key)
+                .key(&sms_key)
+                .key(&stream_key)
                 .arg(&r.mac)
                 .arg(s.ttl_seconds)
                 .arg(s.resend_cooldown_seconds)
@@ -315,7 +380,7 @@ impl CodeStore for RedisCodes {
                 .arg(s.window_seconds)
                 .arg(s.ip_max_code_requests)
                 .arg(s.ip_window_seconds)
-                .arg(s.sms_max_per_hour)
+                .arg(sms_max)
                 // Only a real SMS spends the service-wide budget and gets a delivery job.
                 .arg(if r.sms { "1" } else { "0" })
                 .arg(r.send_id)
@@ -339,11 +404,23 @@ impl CodeStore for RedisCodes {
         mac: &str,
         s: &OtpSettings,
     ) -> AppResult<Vec<i64>> {
+        let ip_key = self.ip_key(client, "code_checks");
+        if let Some(wait) = self
+            .ip_over(&ip_key, s.ip_max_code_checks, s.ip_window_seconds)
+            .await?
+        {
+            return Ok(vec![4, wait]);
+        }
+        let script_ip_key = if self.keys.cluster() {
+            self.keys.phone(phone, "otp")
+        } else {
+            ip_key
+        };
         Ok(self
             .check
             .key(self.keys.phone(phone, "otp"))
             .key(self.keys.phone(phone, "otp_fails"))
-            .key(self.keys.other(&format!("ip:{client}:code_checks")))
+            .key(script_ip_key)
             .key(self.keys.phone(phone, "otp_sends"))
             .arg(mac)
             .arg(s.max_attempts)
@@ -388,6 +465,8 @@ impl CodeStore for RedisCodes {
 }
 
 /// The code store of this process: Redis, or the embedded backend.
+// One per process: the Redis variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Codes {
     Redis(RedisCodes),
     Embedded(Arc<Memory>),
@@ -560,5 +639,20 @@ impl OtpService {
     /// for it): same tries, same expiry; not if a newer code was issued since. Returns whether it did.
     pub async fn restore(&self, phone: &PhoneNumber, code: &OtpCode, consumed: &Consumed) -> AppResult<bool> {
         self.store.restore(phone, &self.mac(phone, code), consumed).await
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::sms_quota;
+
+    #[test]
+    fn the_shares_add_up_to_the_limit() {
+        for (max, shards) in [(1000, 16), (7, 4), (3, 4), (1_000_000_000, 1)] {
+            let total: u32 = (0..shards).map(|i| sms_quota(max, i, shards)).sum();
+            assert_eq!(total, max, "{max} over {shards}");
+        }
+        assert_eq!(sms_quota(7, 0, 4), 2);
+        assert_eq!(sms_quota(7, 3, 4), 1);
     }
 }

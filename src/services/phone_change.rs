@@ -13,8 +13,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::services::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 use crate::domain::PhoneNumber;
@@ -45,13 +45,13 @@ pub trait PhoneChangeStore: Send + Sync {
 }
 
 pub struct RedisPhoneChanges {
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     finish: Script,
 }
 
 impl RedisPhoneChanges {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: RedisConn, keys: Keys) -> Self {
         RedisPhoneChanges {
             redis,
             keys,

@@ -11,12 +11,15 @@
 //!
 //! In production a server that fails either check refuses to start, unless
 //! `REDIS_DURABILITY_CHECK=warn` makes it a loud warning (a managed Redis whose durability is
-//! configured where we cannot see it, say); elsewhere it is a warning. A Redis Cluster is refused in
-//! every profile: the per-IP and service-wide counters are not in the phone's hash tag, so the scripts
-//! would touch several slots (cluster support comes later). What the server does not let us read
+//! configured where we cannot see it, say); elsewhere it is a warning. A Cluster node behind
+//! REDIS_URL is refused (the single-node client would follow no MOVED: REDIS_CLUSTER_URLS is the
+//! setting for a cluster), and so is a node without cluster mode behind REDIS_CLUSTER_URLS. On a
+//! cluster every seed node that is a master is checked. What the server does not let us read
 //! (managed Redis often refuses CONFIG; INFO may be renamed) is logged, not guessed.
 
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
+
+use crate::services::redis_conn::{RedisConn, RedisTarget};
 
 use crate::config::DurabilityCheck;
 
@@ -27,6 +30,8 @@ pub struct RedisFacts {
     pub aof_enabled: Option<bool>,
     pub connected_replicas: Option<u64>,
     pub maxmemory_policy: Option<String>,
+    /// `master` or `slave` (INFO replication).
+    pub role: Option<String>,
 }
 
 /// `field` of an INFO section's `field:value` lines.
@@ -36,12 +41,12 @@ fn info_field(info: &str, field: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-async fn info(conn: &mut ConnectionManager, section: &str) -> Option<String> {
+async fn info<C: ConnectionLike + Send>(conn: &mut C, section: &str) -> Option<String> {
     redis::cmd("INFO").arg(section).query_async(conn).await.ok()
 }
 
 impl RedisFacts {
-    pub async fn read(redis: &ConnectionManager) -> Self {
+    pub async fn read<C: ConnectionLike + Clone + Send>(redis: &C) -> Self {
         let mut conn = redis.clone();
         let cluster = info(&mut conn, "cluster").await;
         let persistence = info(&mut conn, "persistence").await;
@@ -71,6 +76,7 @@ impl RedisFacts {
                 .as_deref()
                 .and_then(|i| info_field(i, "connected_slaves"))
                 .and_then(|v| v.parse().ok()),
+            role: replication.as_deref().and_then(|i| info_field(i, "role")),
             maxmemory_policy: policy,
         }
     }
@@ -112,24 +118,59 @@ impl RedisFacts {
     }
 }
 
-/// Checks the server at start: refuses a Redis Cluster always, and a server that would lose the
-/// service's state in production unless `check` is `Warn`.
+/// Checks the server at start: refuses a Cluster node behind REDIS_URL (and a node without cluster
+/// mode behind REDIS_CLUSTER_URLS) always, and a server that would lose the service's state in
+/// production unless `check` is `Warn` (on a cluster, every seed node that is a master).
 pub async fn check(
-    redis: &ConnectionManager,
+    target: &RedisTarget,
+    redis: &RedisConn,
     production: bool,
     check: DurabilityCheck,
 ) -> anyhow::Result<()> {
-    let facts = RedisFacts::read(redis).await;
-    anyhow::ensure!(
-        facts.cluster_enabled != Some(true),
-        "Redis Cluster is not supported yet (INFO cluster says cluster_enabled:1): the per-IP and \
-         service-wide counters share scripts with the phone's keys across hash slots. Point REDIS_URL \
-         at a single primary (with replicas if you like)"
-    );
-    for what in facts.unknown() {
-        tracing::warn!("Redis did not let us read its {what}; its durability is unchecked");
+    let mut problems = Vec::new();
+    match target {
+        RedisTarget::Single(_) => {
+            let facts = RedisFacts::read(redis).await;
+            anyhow::ensure!(
+                facts.cluster_enabled != Some(true),
+                "REDIS_URL points at a Redis Cluster node (INFO cluster says cluster_enabled:1): set \
+                 REDIS_CLUSTER_URLS to the cluster's nodes instead (README \"Scaling out\")"
+            );
+            for what in facts.unknown() {
+                tracing::warn!("Redis did not let us read its {what}; its durability is unchecked");
+            }
+            problems = facts.durability_problems();
+        }
+        RedisTarget::Cluster(urls) => {
+            for url in urls {
+                // Each seed on a plain connection of its own: INFO through the cluster client would
+                // go to any one node.
+                let Ok(client) = redis::Client::open(url.as_str()) else {
+                    continue;
+                };
+                let Ok(conn) = client.get_multiplexed_async_connection().await else {
+                    tracing::warn!("a REDIS_CLUSTER_URLS node did not answer; its durability is unchecked");
+                    continue;
+                };
+                let facts = RedisFacts::read(&conn).await;
+                anyhow::ensure!(
+                    facts.cluster_enabled != Some(false),
+                    "a REDIS_CLUSTER_URLS node is not in cluster mode (INFO cluster says \
+                     cluster_enabled:0): use REDIS_URL for a single primary"
+                );
+                if facts.role.as_deref() == Some("slave") {
+                    continue;
+                }
+                for what in facts.unknown() {
+                    tracing::warn!(
+                        "a Redis Cluster master did not let us read its {what}; its durability is unchecked"
+                    );
+                }
+                problems.extend(facts.durability_problems());
+            }
+            problems.dedup();
+        }
     }
-    let problems = facts.durability_problems();
     if problems.is_empty() {
         return Ok(());
     }
@@ -166,6 +207,7 @@ mod tests {
             aof_enabled: Some(false),
             connected_replicas: Some(1),
             maxmemory_policy: Some("noeviction".into()),
+            role: None,
         };
         assert!(facts.durability_problems().is_empty());
         let facts = RedisFacts {

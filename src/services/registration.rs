@@ -7,8 +7,13 @@
 //! times (each costs a password hash before it is used up), so one verified phone cannot drive the
 //! hash pool without bound. `{phone}:reg_tokens` -> set of the `reg:` keys issued for the phone,
 //! TTL = 600 s (renewed by each new token): lets a password change or an account deletion end every
-//! pending token of the phone (`revoke_all`). (The `reg:` keys are not in the phone's hash tag, so on a
-//! Redis Cluster the two scripts that touch both would need one.)
+//! pending token of the phone (`revoke_all`). The `reg:` keys are not in the phone's hash tag (a token
+//! does not name its phone), so on a Redis Cluster the two steps that touch both are split, in an
+//! order that keeps `revoke_all` complete: creating adds the key to the phone's set first, then
+//! writes the token, then checks that the set still lists it (a revocation that ran in between
+//! emptied the set: the new token is deleted); revoking takes and deletes the set in one step, then
+//! deletes each token it listed. A token created after a revocation's first step is newer than it
+//! and is rightly kept.
 //!
 //! Creating the account (PostgreSQL) and using the token up (Redis) cannot be one transaction, so a
 //! registration *claims* the token (of racing uses, exactly one holds it), creates the account with
@@ -26,13 +31,33 @@ use std::future::Future;
 use std::sync::Arc;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::domain::PhoneNumber;
 use crate::error::{AppError, AppResult};
 use crate::random::OpaqueToken;
 use crate::services::embedded::Memory;
+use crate::services::redis_conn::RedisConn;
 use crate::services::{Keys, budget_script, rerun_if_dropped};
+
+// Cluster steps of CREATE_LUA / REVOKE_ALL_LUA, each in one slot.
+// KEYS: the phone's token set. ARGV: a token key, ttl. Lists the token before it exists.
+const LIST_LUA: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+// KEYS: a token. ARGV: phone, ttl.
+const WRITE_TOKEN_LUA: &str = r"
+redis.call('HSET', KEYS[1], 'p', ARGV[1], 'n', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+// KEYS: the phone's token set. Takes it: its members, and the set deleted.
+const TAKE_LIST_LUA: &str = r"
+local keys = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return keys
+";
 
 /// A register call that fails after the hash (a race lost, the store down) may be retried; a few
 /// presentations cover that, and bound the argon2 work one token can cause.
@@ -141,17 +166,20 @@ pub trait RegistrationStore: Send + Sync {
 
 /// Registration tokens in Redis.
 pub struct RedisRegistrations {
-    redis: ConnectionManager,
+    redis: RedisConn,
     keys: Keys,
     create: Script,
     present: Script,
     claim: Script,
     unclaim: Script,
     revoke_all: Script,
+    list: Script,
+    write_token: Script,
+    take_list: Script,
 }
 
 impl RedisRegistrations {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: RedisConn, keys: Keys) -> Self {
         RedisRegistrations {
             redis,
             keys,
@@ -160,12 +188,56 @@ impl RedisRegistrations {
             claim: budget_script(CLAIM_LUA),
             unclaim: Script::new(UNCLAIM_LUA),
             revoke_all: Script::new(REVOKE_ALL_LUA),
+            list: Script::new(LIST_LUA),
+            write_token: Script::new(WRITE_TOKEN_LUA),
+            take_list: Script::new(TAKE_LIST_LUA),
         }
     }
 }
 
 impl RegistrationStore for RedisRegistrations {
     async fn create(&self, key: &str, phone: &PhoneNumber, ttl_seconds: u64) -> AppResult<()> {
+        if self.keys.cluster() {
+            // Each step is safe to rerun (a set add, a write of a fresh random key, a read).
+            let set = self.keys.phone(phone, "reg_tokens");
+            let _: i64 = rerun_if_dropped(|| async {
+                self.list
+                    .key(&set)
+                    .arg(key)
+                    .arg(ttl_seconds)
+                    .invoke_async(&mut self.redis.clone())
+                    .await
+            })
+            .await?;
+            let _: i64 = rerun_if_dropped(|| async {
+                self.write_token
+                    .key(key)
+                    .arg(phone.e164())
+                    .arg(ttl_seconds)
+                    .invoke_async(&mut self.redis.clone())
+                    .await
+            })
+            .await?;
+            let listed: bool = rerun_if_dropped(|| async {
+                redis::cmd("SISMEMBER")
+                    .arg(&set)
+                    .arg(key)
+                    .query_async(&mut self.redis.clone())
+                    .await
+            })
+            .await?;
+            if !listed {
+                // Revoked between the first step and this one: the token is revoked with the rest.
+                let _: i64 = rerun_if_dropped(|| async {
+                    redis::cmd("DEL")
+                        .arg(key)
+                        .query_async(&mut self.redis.clone())
+                        .await
+                })
+                .await?;
+            }
+            return Ok(());
+        }
         let _: i64 = rerun_if_dropped(|| async {
             self.create
                 .key(key)
@@ -234,6 +306,28 @@ impl RegistrationStore for RedisRegistrations {
 
     async fn revoke_all(&self, phone: &PhoneNumber) -> AppResult<u64> {
         let set = self.keys.phone(phone, "reg_tokens");
+        if self.keys.cluster() {
+            // Taking the set is one step; deleting what it listed is safe to rerun.
+            let listed: Vec<String> = rerun_if_dropped(|| async {
+                self.take_list
+                    .key(&set)
+                    .invoke_async(&mut self.redis.clone())
+                    .await
+            })
+            .await?;
+            let mut live = 0;
+            for key in &listed {
+                let n: u64 = rerun_if_dropped(|| async {
+                    redis::cmd("DEL")
+                        .arg(key)
+                        .query_async(&mut self.redis.clone())
+                        .await
+                })
+                .await?;
+                live += n;
+            }
+            return Ok(live);
+        }
         Ok(rerun_if_dropped(|| async {
             self.revoke_all
                 .key(&set)

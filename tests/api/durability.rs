@@ -18,6 +18,7 @@ fn production(c: &mut Config, redis: &PrivateRedis) {
     c.tokens.jwt_issuer = Some("https://auth.example.com".into());
     c.stores.redis_durability_check = DurabilityCheck::Refuse;
     c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
+    c.stores.redis_cluster_urls = None;
     c.tokens.jwt_signing_keys = Some(SecretString::from(
         phone_auth::services::tokens::SigningKey::generate()
             .unwrap()
@@ -54,6 +55,7 @@ async fn production_refuses_a_redis_that_would_lose_locks() {
     // Outside production it is a warning only, and with `warn` production starts too.
     let app = TestApp::spawn_with(|c| {
         c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
+        c.stores.redis_cluster_urls = None;
         c.stores.redis_durability_check = DurabilityCheck::Refuse;
     })
     .await;
@@ -84,18 +86,21 @@ async fn production_starts_on_a_durable_redis() {
     assert!(r["errors"].is_null(), "{r}");
 }
 
-/// A Redis Cluster node (even one without slots) is refused in every profile, with the reason.
+/// A Redis Cluster node (even one without slots) behind REDIS_URL is refused in every profile, with
+/// the reason and the setting to use instead.
 #[tokio::test]
 async fn a_redis_cluster_is_refused() {
     crate::real_stores_only!("refusing a Redis Cluster (private redis-server)");
     let redis = PrivateRedis::start(&["--appendonly", "yes", "--cluster-enabled", "yes"]);
     let mut config = test_config();
     config.stores.redis_url = Some(SecretString::from(redis.url.clone()));
+    config.stores.redis_cluster_urls = None;
     config.stores.database_url = Some(SecretString::from(format!(
         "{}/phone_auth_never_created",
         server_url()
     )));
     let err = start_error(&config).await;
-    assert!(err.contains("Redis Cluster is not supported"), "{err}");
+    assert!(err.contains("REDIS_URL points at a Redis Cluster node"), "{err}");
+    assert!(err.contains("REDIS_CLUSTER_URLS"), "{err}");
     assert!(err.contains("cluster_enabled:1"), "{err}");
 }

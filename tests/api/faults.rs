@@ -25,7 +25,7 @@ fn redis_cli(server: &PrivateRedis, args: &[&str]) -> std::process::Child {
 
 async fn zcard(app: &TestApp, what: &str) -> i64 {
     redis::cmd("ZCARD")
-        .arg(format!("{}{{{PHONE}}}:{what}", app.prefix))
+        .arg(app.key(&format!("{{{PHONE}}}:{what}")))
         .query_async(&mut app.redis().clone())
         .await
         .unwrap()
@@ -33,7 +33,7 @@ async fn zcard(app: &TestApp, what: &str) -> i64 {
 
 async fn exists(app: &TestApp, what: &str) -> bool {
     redis::cmd("EXISTS")
-        .arg(format!("{}{{{PHONE}}}:{what}", app.prefix))
+        .arg(app.key(&format!("{{{PHONE}}}:{what}")))
         .query_async(&mut app.redis().clone())
         .await
         .unwrap()
@@ -73,7 +73,7 @@ async fn a_stalled_redis_does_not_lock_the_user_out() {
     assert!(!exists(&app, "pw_lock").await);
     let pttl = || async {
         redis::cmd("PTTL")
-            .arg(format!("{}{{{PHONE}}}:pw_inflight", app.prefix))
+            .arg(app.key(&format!("{{{PHONE}}}:pw_inflight")))
             .query_async::<i64>(&mut app.redis().clone())
             .await
             .unwrap()
@@ -137,7 +137,7 @@ async fn a_stalled_correct_login_counts_for_nothing() {
     );
     assert_eq!(zcard(&app, "pw_fails").await, 0);
     let left: i64 = redis::cmd("PTTL")
-        .arg(format!("{}{{{PHONE}}}:pw_inflight", app.prefix))
+        .arg(app.key(&format!("{{{PHONE}}}:pw_inflight")))
         .query_async(&mut app.redis().clone())
         .await
         .unwrap();

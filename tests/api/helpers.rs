@@ -4,6 +4,11 @@
 //!
 //! With `TEST_BACKEND=embedded` the same tests run on the embedded backend instead (no store URL;
 //! every store in the test's own process memory): one conformance suite, two backends. Tests about
+//! With `TEST_BACKEND=cluster` they run on the real stores with a Redis Cluster
+//! (`TEST_REDIS_CLUSTER_URLS`, e.g. from `scripts/redis-cluster start`; scripts/test starts one) in
+//! place of the single Redis: every key a test reads goes through `TestApp::key`, which names it as
+//! the service does on a cluster. Tests that start service processes of their own on `REDIS_URL`, or
+//! compare the scripts with the embedded backend, stay on the single Redis there and say so.
 //! the real stores themselves (SQL rows, Redis commands other than the keys and TTLs both backends
 //! expose, outages, several processes sharing stores) start with `real_stores_only!("why")`, which
 //! skips them on the embedded backend and prints why.
@@ -16,8 +21,8 @@ use phone_auth::config::{AppEnv, Config};
 use phone_auth::services::Backend;
 use phone_auth::services::auth::AuthService;
 use phone_auth::services::embedded::{Db, Memory};
+use phone_auth::services::redis_conn::{RedisConn, RedisTarget};
 use phone_auth::services::sms::TestSender;
-use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -28,9 +33,48 @@ pub const PASSWORD: &str = "violet-anchor-1987";
 pub fn embedded() -> bool {
     match std::env::var("TEST_BACKEND").as_deref() {
         Ok("embedded") => true,
-        Ok("real") | Err(_) => false,
+        Ok("real" | "cluster") | Err(_) => false,
         Ok(other) => panic!("TEST_BACKEND={other:?}: expected real or embedded"),
     }
+}
+
+/// Whether this run is on a Redis Cluster (`TEST_BACKEND=cluster`).
+pub fn cluster() -> bool {
+    std::env::var("TEST_BACKEND").as_deref() == Ok("cluster")
+}
+
+/// The seed nodes of the test cluster (`TEST_REDIS_CLUSTER_URLS`).
+pub fn cluster_urls() -> String {
+    std::env::var("TEST_REDIS_CLUSTER_URLS").expect(
+        "TEST_BACKEND=cluster needs TEST_REDIS_CLUSTER_URLS (scripts/redis-cluster start DIR prints it)",
+    )
+}
+
+/// The Redis of this run's tests: the cluster with `TEST_BACKEND=cluster`, else the single Redis.
+pub fn redis_target() -> RedisTarget {
+    if cluster() {
+        RedisTarget::cluster_from_list(&cluster_urls()).expect("TEST_REDIS_CLUSTER_URLS")
+    } else {
+        RedisTarget::Single(redis_url())
+    }
+}
+
+/// Skips the rest of a test on a Redis Cluster, saying why: for tests that start processes of their
+/// own on the single Redis, or test the single-node client itself.
+#[macro_export]
+macro_rules! single_redis_only {
+    ($why:expr) => {
+        if $crate::helpers::cluster() {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped on the Redis Cluster pass (single Redis only): {}: {}",
+                module_path!(),
+                $why
+            );
+            return;
+        }
+    };
 }
 
 /// Skips the rest of a test on the embedded backend, saying why: for tests about the real stores
@@ -70,7 +114,9 @@ pub struct TestApp {
     pub outbox: Arc<phone_auth::services::outbox::Outbox>,
     pub documents: Arc<phone_auth::graphql::documents::DocumentCache>,
     /// The real stores (None on the embedded backend: `redis()` and `pg()`).
-    real: Option<(ConnectionManager, sqlx::PgPool)>,
+    real: Option<(RedisConn, sqlx::PgPool)>,
+    /// How the service names its keys (prefix, shards, cluster or not).
+    pub keys: phone_auth::services::Keys,
     /// The embedded backend's memory and database (None on the real stores).
     pub embedded: Option<(Arc<Memory>, Arc<Db>)>,
     pub prefix: String,
@@ -93,6 +139,9 @@ pub fn test_config() -> Config {
     if embedded() {
         c.stores.redis_url = None;
         c.stores.database_url = None;
+    } else if cluster() {
+        c.stores.redis_url = None;
+        c.stores.redis_cluster_urls = Some(SecretString::from(cluster_urls()));
     } else {
         c.stores.redis_url = Some(SecretString::from(redis_url()));
     }
@@ -133,6 +182,11 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         config.http.listen_addr = listener.local_addr().expect("addr");
         configure(&mut config);
+        // A test on a private single Redis of its own (faults, round trips) sets REDIS_URL: on the
+        // cluster pass the cluster's URLs then go (both set are refused at start).
+        if config.stores.redis_url.is_some() {
+            config.stores.redis_cluster_urls = None;
+        }
         let sms = Arc::new(TestSender::default());
         let App {
             router,
@@ -169,6 +223,7 @@ impl TestApp {
                 Backend::Embedded => None,
             },
             embedded,
+            keys: config.redis_keys(),
             prefix: config.stores.redis_key_prefix.clone(),
             db_name,
         }
@@ -176,7 +231,7 @@ impl TestApp {
 
     /// The real Redis of this test (a test that calls it on the embedded backend lacks its
     /// `real_stores_only!`).
-    pub fn redis(&self) -> &ConnectionManager {
+    pub fn redis(&self) -> &RedisConn {
         &self
             .real
             .as_ref()
@@ -191,6 +246,13 @@ impl TestApp {
             .as_ref()
             .expect("a real-store test: mark it real_stores_only!")
             .1
+    }
+
+    /// The full name of a key of this test from its name on one primary without the prefix
+    /// (`{+16502530000}:otp`, `ip:127.0.0.1:code_requests`, `sms:outbox`): on a cluster the phone's
+    /// keys carry their shard's tag and the outbox keys are shard 0's (tests run with one shard).
+    pub fn key(&self, suffix: &str) -> String {
+        key_in(&self.keys, suffix)
     }
 
     /// The URL of this test's own database.
@@ -343,7 +405,7 @@ impl TestApp {
     }
 
     pub async fn redis_get_hash(&self, key_suffix: &str) -> std::collections::HashMap<String, String> {
-        let key = format!("{}{}", self.prefix, key_suffix);
+        let key = self.key(key_suffix);
         if let Some((memory, _)) = &self.embedded {
             return memory.hash_fields(&key);
         }
@@ -356,7 +418,7 @@ impl TestApp {
 
     /// Whether a key of this test exists, on either backend.
     pub async fn key_exists(&self, key_suffix: &str) -> bool {
-        let key = format!("{}{}", self.prefix, key_suffix);
+        let key = self.key(key_suffix);
         if let Some((memory, _)) = &self.embedded {
             return memory.keys_with_ttl().iter().any(|(k, _)| *k == key);
         }
@@ -439,7 +501,7 @@ impl TestApp {
 
     /// ZCARD of a key of this test, on either backend.
     pub async fn zcard(&self, key_suffix: &str) -> i64 {
-        let key = format!("{}{}", self.prefix, key_suffix);
+        let key = self.key(key_suffix);
         if let Some((memory, _)) = &self.embedded {
             return memory.zcard(&key);
         }
@@ -452,7 +514,7 @@ impl TestApp {
 
     /// GET of a key of this test, on either backend.
     pub async fn get_key(&self, key_suffix: &str) -> Option<String> {
-        let key = format!("{}{}", self.prefix, key_suffix);
+        let key = self.key(key_suffix);
         if let Some((memory, _)) = &self.embedded {
             return memory.get(&key);
         }
@@ -470,6 +532,26 @@ impl Drop for TestApp {
             drop_test_stores(&self.db_name, Some(&self.prefix));
         }
     }
+}
+
+/// `TestApp::key` for the key layout `keys` (its prefix included).
+pub fn key_in(keys: &phone_auth::services::Keys, suffix: &str) -> String {
+    if let Some(rest) = suffix.strip_prefix('{')
+        && let Some((phone, what)) = rest.split_once('}')
+        && phone.starts_with('+')
+        && keys.cluster()
+    {
+        let shard = keys.shard_of_e164(phone);
+        let what = what.strip_prefix(':').unwrap_or(what);
+        return format!("{}{{s{shard}}}{phone}:{what}", keys.prefix());
+    }
+    if let Some(what) = ["sms:outbox", "sms:dead", "sms:hour"]
+        .into_iter()
+        .find(|w| *w == suffix)
+    {
+        return keys.shard(0, what);
+    }
+    format!("{}{}", keys.prefix(), suffix)
 }
 
 /// Drops a test's database and deletes its Redis keys (`prefix`, when it has its own). Called from
@@ -490,16 +572,18 @@ pub fn drop_test_stores(db: &str, prefix: Option<&str>) {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
             }
             if let Some(prefix) = prefix
-                && let Ok(client) = redis::Client::open(redis_url())
-                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && let Ok(mut conn) = redis_target()
+                    .connect(std::time::Duration::from_secs(10), 1)
+                    .await
             {
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(format!("{prefix}*"))
                     .query_async(&mut conn)
                     .await
                     .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                // One DEL per key: a cluster refuses a DEL of keys in several slots.
+                for key in keys {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
                 }
             }
         });

@@ -110,7 +110,7 @@ impl Cluster {
     /// stub can receive nothing more, so its counts are final.
     async fn wait_drained(&self, limit: Duration) {
         let mut redis = self.stores.redis().await;
-        let stream = format!("{}sms:outbox", self.stores.prefix);
+        let stream = self.stores.key("sms:outbox");
         let start = Instant::now();
         loop {
             let len: u64 = redis::cmd("XLEN")
@@ -278,7 +278,7 @@ async fn three_instances_share_codes_locks_sessions_and_delivery() {
     }
     let mut redis = c.stores.redis().await;
     let lock_ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{}{{{phone}}}:pw_lock", c.stores.prefix))
+        .arg(c.stores.key(&format!("{{{phone}}}:pw_lock")))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -358,7 +358,7 @@ async fn three_instances_share_codes_locks_sessions_and_delivery() {
         "until the oldest send leaves the 3600 s window: {fourth}"
     );
     let sends: u64 = redis::cmd("ZCARD")
-        .arg(format!("{}{{{phone}}}:otp_sends", c.stores.prefix))
+        .arg(c.stores.key(&format!("{{{phone}}}:otp_sends")))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -431,7 +431,7 @@ async fn three_instances_share_codes_locks_sessions_and_delivery() {
         "sent per instance {sent_by:?}"
     );
     let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(format!("{}sms:outbox", c.stores.prefix))
+        .arg(c.stores.key("sms:outbox"))
         .arg("sms-workers")
         .query_async(&mut redis)
         .await
@@ -506,7 +506,7 @@ async fn three_instances_count_budgets_together() {
     assert!(other["errors"].is_null(), "{other}");
     let mut redis = c.stores.redis().await;
     let counted: u64 = redis::cmd("GET")
-        .arg(format!("{}ip:{ip}:code_requests", c.stores.prefix))
+        .arg(c.stores.key(&format!("ip:{ip}:code_requests")))
         .query_async(&mut redis)
         .await
         .unwrap();

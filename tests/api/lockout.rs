@@ -158,3 +158,50 @@ async fn full_hash_queue_is_service_unavailable_and_not_a_failure() {
     let in_flight = app.zcard(&format!("{{{PHONE}}}:pw_inflight")).await;
     assert_eq!(in_flight, 0, "the refused attempts were released");
 }
+
+/// The per-IP password budget under concurrency, on every layout: requests refused because the phone
+/// is locked do not spend the IP's budget (one primary never counts them; a cluster counts them in the
+/// IP's own slot first and gives them back). 24 concurrent logins on a locked phone leave the counter
+/// where it was; the IP then gets exactly the rest of its budget on another phone, and no more.
+#[tokio::test]
+async fn given_back_ip_budget_under_concurrency() {
+    const BUDGET: u32 = 12;
+    let app = Arc::new(
+        TestApp::spawn_with(|c| {
+            c.ip.ip_max_password_attempts = BUDGET;
+        })
+        .await,
+    );
+    let other = "+16502530999";
+    app.sign_up(PHONE, PASSWORD).await;
+    app.sign_up(other, PASSWORD).await;
+    assert_code(&app.login(PHONE, "wrong-password-1").await, "INVALID_CREDENTIALS");
+    assert_code(&app.login(PHONE, "wrong-password-2").await, "INVALID_CREDENTIALS");
+    assert_code(&app.login(PHONE, "wrong-password-3").await, "ACCOUNT_LOCKED");
+    let ip_key = "ip:127.0.0.1:password_attempts";
+    let count = |v: Option<String>| v.map_or(0, |n| n.parse::<u32>().expect("a count"));
+    let before = count(app.get_key(ip_key).await);
+    assert_eq!(before, 3, "three wrong passwords counted against the IP");
+
+    let burst: Vec<_> = (0..24)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move { app.login(PHONE, &format!("wrong-password-{i}")).await })
+        })
+        .collect();
+    for answer in burst {
+        assert_code(&answer.await.unwrap(), "ACCOUNT_LOCKED");
+    }
+    assert_eq!(
+        count(app.get_key(ip_key).await),
+        before,
+        "locked refusals spent none of the IP's budget"
+    );
+
+    for _ in before..BUDGET {
+        let ok = app.login(other, PASSWORD).await;
+        assert!(ok["errors"].is_null(), "within the IP's budget: {ok}");
+    }
+    assert_code(&app.login(other, PASSWORD).await, "RATE_LIMITED");
+    assert_eq!(count(app.get_key(ip_key).await), BUDGET + 1);
+}

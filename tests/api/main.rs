@@ -4,6 +4,8 @@
 
 mod account;
 mod browser_apps;
+mod cluster;
+mod cluster_failover;
 mod durability;
 mod embedded_binary;
 mod faults;
@@ -17,6 +19,7 @@ mod lockout;
 mod ops;
 mod otp;
 mod outbox;
+mod private_cluster;
 mod private_pg;
 mod private_redis;
 mod process;

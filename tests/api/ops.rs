@@ -280,7 +280,18 @@ fn admin(app: &TestApp, args: &[&str]) -> (bool, String) {
         .env_clear()
         .env("APP_ENV", "test")
         .env("DATABASE_URL", app.database_url())
-        .env("REDIS_URL", redis_url())
+        .env(
+            if crate::helpers::cluster() {
+                "REDIS_CLUSTER_URLS"
+            } else {
+                "REDIS_URL"
+            },
+            if crate::helpers::cluster() {
+                crate::helpers::cluster_urls()
+            } else {
+                redis_url()
+            },
+        )
         .env("REDIS_KEY_PREFIX", &app.prefix)
         .output()
         .unwrap();
@@ -339,7 +350,7 @@ async fn admin_commands_through_the_binary() {
 
     // Dead letters: one put there as a worker would.
     let _: String = redis::cmd("XADD")
-        .arg(format!("{}sms:dead", app.prefix))
+        .arg(app.key("sms:dead"))
         .arg("*")
         .arg("id")
         .arg("m-1")

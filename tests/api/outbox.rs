@@ -32,7 +32,7 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
         return memory.dead_letters();
     }
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{}sms:dead", app.prefix))
+        .arg(app.key("sms:dead"))
         .arg("-")
         .arg("+")
         .query_async(&mut app.redis().clone())
@@ -53,7 +53,7 @@ async fn dead_letters(app: &TestApp) -> Vec<std::collections::HashMap<String, St
 /// `command key` on a key of this test, answering an integer (TTL, XLEN, DEL).
 async fn on_key(app: &TestApp, command: &str, key: &str) -> i64 {
     redis::cmd(command)
-        .arg(format!("{}{key}", app.prefix))
+        .arg(app.key(key))
         .query_async(&mut app.redis().clone())
         .await
         .unwrap()
@@ -161,7 +161,7 @@ async fn a_worker_delivers_its_jobs_concurrently() {
         return;
     }
     let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(format!("{}sms:outbox", app.prefix))
+        .arg(app.key("sms:outbox"))
         .arg(phone_auth::services::outbox::GROUP)
         .query_async(&mut app.redis().clone())
         .await
@@ -419,7 +419,7 @@ async fn stream_fields(app: &TestApp, stream: &str) -> Vec<Vec<(String, String)>
         return memory.queued_jobs();
     }
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{}{stream}", app.prefix))
+        .arg(app.key(stream))
         .arg("-")
         .arg("+")
         .query_async(&mut app.redis().clone())
@@ -598,4 +598,66 @@ async fn a_code_that_expires_during_an_outage_is_dropped_not_sent() {
     assert!(got.len() >= 2, "retried while the code lived: {}", got.len());
     assert!(got.iter().all(|r| r.status == 503), "an expired code was sent");
     assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 0);
+}
+
+/// Four outbox shards (`SMS_OUTBOX_SHARDS=4`): each phone's codes go to the stream its number hashes
+/// to (on a cluster, the slot of its own keys), two workers read every shard, and each of 40 codes to
+/// 40 phones is delivered exactly once; every shard ends empty with nothing pending, and its stream
+/// has a TTL. On the embedded backend (one queue) the delivery part holds alike.
+#[tokio::test]
+async fn sharded_outbox_delivers_every_code_exactly_once() {
+    const SHARDS: u32 = 4;
+    let app = TestApp::spawn_with(|c| {
+        c.sms.sms_outbox_shards = SHARDS;
+        c.sms.sms_workers = 2;
+    })
+    .await;
+    let phones: Vec<String> = (0..40).map(|i| format!("+165025310{i:02}")).collect();
+    let answers = futures_util::future::join_all(phones.iter().map(|p| app.generate_code(p))).await;
+    for answer in &answers {
+        assert!(answer["errors"].is_null(), "{answer}");
+    }
+    app.wait_outbox_empty().await;
+    // Wait for the last acknowledgements: the depth counts jobs read but not finished too.
+    for phone in &phones {
+        for _ in 0..200 {
+            if app.sms.count(phone) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(app.sms.count(phone), 1, "{phone}: exactly one SMS");
+    }
+    crate::real_stores_only!("reads the shards' streams");
+    let used: std::collections::BTreeSet<u32> = phones.iter().map(|p| app.keys.shard_of_e164(p)).collect();
+    assert!(used.len() >= 3, "40 phones spread over the shards: {used:?}");
+    let mut conn = app.redis().clone();
+    for shard in 0..SHARDS {
+        let stream = app.keys.shard(shard, "sms:outbox");
+        let len: i64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 0, "{stream} drained");
+        let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(phone_auth::services::outbox::GROUP)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(pending.count(), 0, "{stream}: nothing pending");
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{stream} has a TTL ({ttl})");
+    }
+    if app.keys.cluster() {
+        // Each phone's keys are in its shard's slot: the code's script touched one slot.
+        let otp = app.key(&format!("{{{}}}:otp_sends", phones[0]));
+        let shard = app.keys.shard_of_e164(&phones[0]);
+        assert!(otp.contains(&format!("{{s{shard}}}")), "{otp}");
+    }
 }

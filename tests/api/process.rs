@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{drop_test_stores, redis_url, server_url};
+use crate::helpers::{cluster, cluster_urls, drop_test_stores, key_in, redis_target, redis_url, server_url};
+use phone_auth::services::redis_conn::RedisConn;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_phone-auth");
 
@@ -54,12 +55,18 @@ impl Stores {
             .unwrap()
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+    /// The run's Redis: the single one, or the cluster with `TEST_BACKEND=cluster`.
+    pub async fn redis(&self) -> RedisConn {
+        redis_target().connect(Duration::from_secs(10), 2).await.unwrap()
+    }
+
+    /// A key of these stores by its name on one primary (`TestApp::key`): the processes run with one
+    /// outbox shard.
+    pub fn key(&self, suffix: &str) -> String {
+        key_in(
+            &phone_auth::services::Keys::with_layout(self.prefix.as_str(), 1, cluster()),
+            suffix,
+        )
     }
 }
 
@@ -98,7 +105,20 @@ impl Process {
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("DATABASE_URL", stores.database_url())
-            .env("REDIS_URL", redis_url())
+            // The cluster pass puts the processes on the cluster, unless a test gives one a Redis
+            // of its own.
+            .env(
+                if cluster() && !extra.iter().any(|(k, _)| *k == "REDIS_URL") {
+                    "REDIS_CLUSTER_URLS"
+                } else {
+                    "REDIS_URL"
+                },
+                if cluster() && !extra.iter().any(|(k, _)| *k == "REDIS_URL") {
+                    cluster_urls()
+                } else {
+                    redis_url()
+                },
+            )
             .env("REDIS_KEY_PREFIX", &stores.prefix)
             .env("OTP_HMAC_SECRET", "test-secret-test-secret-test-secret!")
             .env("LOG_FORMAT", "json")

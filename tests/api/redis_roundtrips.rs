@@ -267,7 +267,7 @@ async fn queued_code(app: &TestApp, phone: &str) -> String {
         secrecy::ExposeSecret::expose_secret(&secret).as_bytes(),
     );
     let jobs: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{}sms:outbox", app.prefix))
+        .arg(app.key("sms:outbox"))
         .arg("-")
         .arg("+")
         .query_async(&mut app.redis().clone())

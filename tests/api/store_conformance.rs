@@ -56,7 +56,11 @@ impl Drop for Backends {
 async fn backends() -> Backends {
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let keys = Keys::new(prefix.clone());
-    let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url()).unwrap())
+    // The single Redis on every pass: this compares the scripts with the embedded backend, on the
+    // key layout of one primary (the cluster pass runs the same decisions through the API).
+    let target = phone_auth::services::redis_conn::RedisTarget::Single(redis_url());
+    let redis = target
+        .connect(std::time::Duration::from_secs(30), 2)
         .await
         .unwrap();
     let memory = Memory::start(keys.clone());
@@ -81,7 +85,7 @@ async fn backends() -> Backends {
         },
         appenders: Pair {
             real: appender(OutboxQueue::Redis(
-                RedisOutbox::connect(&redis_url(), &keys).await.unwrap(),
+                RedisOutbox::connect(&target, &keys).await.unwrap(),
             )),
             embedded: appender(OutboxQueue::Embedded(memory)),
         },

@@ -41,9 +41,15 @@ async fn memory_usage(conn: &mut MultiplexedConnection, key: &str, samples: Opti
 /// verify-wrong: pending codes for `--pending-codes` test numbers first (code known, so a wrong one is
 /// surely wrong), then wrong codes for them.
 pub async fn verify_wrong(bench: &mut Bench, server: &Server) -> anyhow::Result<()> {
+    verify_wrong_as(bench, server, "verify-wrong").await
+}
+
+/// verify-wrong under another scenario name (the cluster run's). Redis memory is measured on the
+/// single Redis only (`Server::cluster` false).
+pub async fn verify_wrong_as(bench: &mut Bench, server: &Server, scenario: &str) -> anyhow::Result<()> {
     let phones = Arc::new(pending_codes(bench, server).await?);
     let clients = bench.args.clients;
-    measured(bench, server, "verify-wrong", clients, move |mut c| {
+    measured(bench, server, scenario, clients, move |mut c| {
         let mine = share(&phones, c.id, clients);
         async move {
             // Four wrong tries per phone: the fifth would burn the code (TOO_MANY_ATTEMPTS), and
@@ -81,7 +87,11 @@ async fn pending_codes(bench: &mut Bench, server: &Server) -> anyhow::Result<Vec
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let (mem0, keys0) = used_memory(&mut conn).await?;
+    let (mem0, keys0) = if server.cluster {
+        (0, 0)
+    } else {
+        used_memory(&mut conn).await?
+    };
     let pending: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let recorded = {
@@ -113,7 +123,11 @@ async fn pending_codes(bench: &mut Bench, server: &Server) -> anyhow::Result<Vec
         )
         .await?
     };
-    let (mem1, keys1) = used_memory(&mut conn).await?;
+    let (mem1, keys1) = if server.cluster {
+        (0, 0)
+    } else {
+        used_memory(&mut conn).await?
+    };
     let phones: Vec<String> = pending.lock().map(|p| p.clone()).unwrap_or_default();
     let codes = phones.len() as u64;
     let setup_errors: u64 = recorded.values().map(client::OpStats::unexpected).sum();
@@ -130,7 +144,7 @@ async fn pending_codes(bench: &mut Bench, server: &Server) -> anyhow::Result<Vec
             ));
         }
     }
-    if codes > 0 {
+    if codes > 0 && !server.cluster {
         let per = (mem1.saturating_sub(mem0)) as f64 / codes as f64;
         bench.note(
             "redis-memory",

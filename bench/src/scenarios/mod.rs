@@ -3,9 +3,11 @@
 //! server of its own. The Redis keys each server wrote are audited for TTLs after its scenarios.
 
 pub mod accounts;
+pub mod cluster;
 pub mod codes;
 pub mod embedded;
 pub mod mixed;
+pub mod sessions;
 pub mod users;
 
 use std::sync::Arc;

@@ -172,6 +172,8 @@ return 1
 /// service appends where the workers read, sealed under the key they open with.
 #[derive(Clone)]
 pub struct Appender {
+    /// The first shard's stream (the only one with `SMS_OUTBOX_SHARDS=1`). The Redis stores append
+    /// to the shard of the phone (`Keys::shard_of`), which they name themselves.
     pub stream_key: String,
     /// Jobs the outbox holds at most: a full outbox refuses new codes rather than trimming.
     pub max_len: u64,

@@ -44,12 +44,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::services::embedded::Memory;
+use crate::services::redis_conn::{RedisConn, RedisTarget};
 use crate::services::sms::{DeliveryError, SmsMessage, SmsSender, render};
 use crate::services::{Keys, rerun_if_dropped};
 
@@ -191,32 +191,33 @@ pub trait OutboxStore: Send + Sync {
 /// use, dropped after an error so that the next read reconnects); the embedded queue needs none.
 #[derive(Default)]
 pub struct Reader {
-    conn: Option<MultiplexedConnection>,
+    conn: Option<RedisConn>,
+    /// The shard to read first next time (several shards are read in turn).
+    next_shard: usize,
 }
 
 /// The outbox in Redis: a stream, a consumer group, a dead-letter stream.
 pub struct RedisOutbox {
-    client: redis::Client,
-    redis: ConnectionManager,
-    stream: String,
-    dead: String,
+    target: RedisTarget,
+    redis: RedisConn,
+    keys: Keys,
+    /// Per shard (`SMS_OUTBOX_SHARDS`): the stream and its dead letters, in one slot on a Cluster.
+    streams: Vec<String>,
+    deads: Vec<String>,
     finish: Script,
     ensure: Script,
     append_notice: Script,
 }
 
 impl RedisOutbox {
-    pub async fn connect(redis_url: &str, keys: &Keys) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis_url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(Duration::from_secs(3)));
-        let redis = ConnectionManager::new_with_config(client.clone(), config).await?;
+    pub async fn connect(target: &RedisTarget, keys: &Keys) -> anyhow::Result<Self> {
+        let redis = target.connect(Duration::from_secs(3), 2).await?;
         Ok(RedisOutbox {
-            client,
+            target: target.clone(),
             redis,
-            stream: Outbox::stream_key(keys),
-            dead: Outbox::dead_key(keys),
+            keys: keys.clone(),
+            streams: (0..keys.shards()).map(|i| keys.shard(i, "sms:outbox")).collect(),
+            deads: (0..keys.shards()).map(|i| keys.shard(i, "sms:dead")).collect(),
             finish: Script::new(FINISH_LUA),
             ensure: Script::new(ENSURE_GROUP_LUA),
             append_notice: Script::new(job::APPEND_NOTICE_LUA),
@@ -225,13 +226,13 @@ impl RedisOutbox {
 
     /// A connection for one worker's blocking reads alone: its response timeout is longer than the
     /// BLOCK of a read, with room for a loaded server.
-    async fn blocking_connection(&self, block: Duration) -> redis::RedisResult<MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(block + Duration::from_secs(10)));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+    async fn blocking_connection(&self, block: Duration) -> redis::RedisResult<RedisConn> {
+        self.target.connect(block + Duration::from_secs(10), 0).await
+    }
+
+    /// The shard a job of `to` was appended to (`Keys::shard_of`, the same hash at both ends).
+    fn shard_of(&self, to: &str) -> usize {
+        self.keys.shard_of_e164(to) as usize
     }
 }
 
@@ -624,13 +625,15 @@ impl Outbox {
 impl OutboxStore for RedisOutbox {
     async fn ensure(&self, settings: &OutboxSettings) -> anyhow::Result<()> {
         // From the start of the stream ("0"), so jobs written before the group existed are delivered.
-        let _: i64 = self
-            .ensure
-            .key(&self.stream)
-            .arg(GROUP)
-            .arg(outbox_ttl_seconds(settings.code_ttl.as_secs()))
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+        for stream in &self.streams {
+            let _: i64 = self
+                .ensure
+                .key(stream)
+                .arg(GROUP)
+                .arg(outbox_ttl_seconds(settings.code_ttl.as_secs()))
+                .invoke_async(&mut self.redis.clone())
+                .await?;
+        }
         Ok(())
     }
 
@@ -648,52 +651,92 @@ impl OutboxStore for RedisOutbox {
                 .conn
                 .insert(self.blocking_connection(settings.block).await?),
         };
-        let options = StreamReadOptions::default()
-            .group(GROUP, name)
-            .count(count)
-            .block(settings.block.as_millis() as usize);
-        let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
-            .arg(&options)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query_async(conn)
-            .await;
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // The stream's TTL lapsed while the service was idle: start again.
-                tracing::info!(worker = %name, "outbox: the stream expired; recreating it");
-                self.ensure(settings).await?;
-                return Ok(Vec::new());
-            }
-            Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                    reader.conn = None;
-                }
-                return Err(e.into());
-            }
+        // One shard: one blocking read, as always. Several: each in turn without blocking (one
+        // XREADGROUP cannot name streams of several slots on a Cluster), and when all are empty a
+        // short blocking read on the next, so an idle worker neither spins nor sleeps through a
+        // burst on another shard for longer than `block / shards` (at least 50 ms).
+        let n = self.streams.len();
+        let idle_block = if n == 1 {
+            settings.block
+        } else {
+            (settings.block / n as u32).max(Duration::from_millis(50))
         };
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .filter_map(Job::parse)
-            .collect())
+        let mut jobs = Vec::new();
+        for turn in 0..=n {
+            let shard = (reader.next_shard + turn) % n;
+            let block = if turn < n && n > 1 {
+                None
+            } else if !jobs.is_empty() {
+                break;
+            } else {
+                Some(idle_block)
+            };
+            let mut options = StreamReadOptions::default()
+                .group(GROUP, name)
+                .count(count - jobs.len());
+            if let Some(block) = block {
+                options = options.block(block.as_millis() as usize);
+            }
+            let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+                .arg(&options)
+                .arg("STREAMS")
+                .arg(&self.streams[shard])
+                .arg(">")
+                .query_async(&mut *conn)
+                .await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // The stream's TTL lapsed while the service was idle: start again.
+                    tracing::info!(worker = %name, shard, "outbox: the stream expired; recreating it");
+                    self.ensure(settings).await?;
+                    return Ok(jobs);
+                }
+                Err(e) => {
+                    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                        reader.conn = None;
+                    }
+                    if jobs.is_empty() {
+                        return Err(e.into());
+                    }
+                    // Jobs already read are pending for this worker: deliver them.
+                    tracing::warn!(error = %e, worker = %name, shard, "outbox: reading a shard failed");
+                    return Ok(jobs);
+                }
+            };
+            jobs.extend(
+                reply
+                    .into_iter()
+                    .flat_map(|r| r.keys)
+                    .flat_map(|k| k.ids)
+                    .filter_map(Job::parse),
+            );
+            if jobs.len() >= count || block.is_some() {
+                break;
+            }
+        }
+        reader.next_shard = (reader.next_shard + 1) % n;
+        Ok(jobs)
     }
 
     async fn claim_stale(&self, name: &str, count: usize, claim_idle: Duration) -> anyhow::Result<Vec<Job>> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(name)
-            .arg(claim_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.redis.clone())
-            .await?;
-        let jobs: Vec<Job> = reply.claimed.into_iter().filter_map(Job::parse).collect();
+        let mut jobs: Vec<Job> = Vec::new();
+        for stream in &self.streams {
+            if jobs.len() >= count {
+                break;
+            }
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(GROUP)
+                .arg(name)
+                .arg(claim_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(count - jobs.len())
+                .query_async(&mut self.redis.clone())
+                .await?;
+            jobs.extend(reply.claimed.into_iter().filter_map(Job::parse));
+        }
         for job in &jobs {
             tracing::info!(worker = %name, message_id = %job.message_id, "outbox: claimed a stale job");
         }
@@ -707,7 +750,7 @@ impl OutboxStore for RedisOutbox {
     /// (late, never lost, never sent by two workers at once).
     async fn still_mine(&self, name: &str, job: &Job, waited: Duration) -> bool {
         let claimed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
-            .arg(&self.stream)
+            .arg(&self.streams[self.shard_of(&job.to)])
             .arg(GROUP)
             .arg(name)
             .arg(waited.as_millis() as u64)
@@ -719,55 +762,74 @@ impl OutboxStore for RedisOutbox {
     }
 
     async fn finish(&self, ended: &[(&Job, &str)], settings: &OutboxSettings) -> anyhow::Result<()> {
-        let mut invocation = self.finish.prepare_invoke();
-        invocation
-            .key(&self.stream)
-            .key(&self.dead)
-            .arg(GROUP)
-            .arg(settings.dead_max_len)
-            .arg(now_ms())
-            .arg(DEAD_LETTER_TTL_SECONDS);
-        for (job, reason) in ended {
+        // One call per shard the jobs came from (a shard's stream and dead letters share a slot).
+        for shard in 0..self.streams.len() {
+            let mine: Vec<&(&Job, &str)> = ended
+                .iter()
+                .filter(|(job, _)| self.shard_of(&job.to) == shard)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut invocation = self.finish.prepare_invoke();
             invocation
-                .arg(&job.stream_id)
-                .arg(reason)
-                .arg(&job.to)
-                .arg(&job.message_id);
+                .key(&self.streams[shard])
+                .key(&self.deads[shard])
+                .arg(GROUP)
+                .arg(settings.dead_max_len)
+                .arg(now_ms())
+                .arg(DEAD_LETTER_TTL_SECONDS);
+            for (job, reason) in mine {
+                invocation
+                    .arg(&job.stream_id)
+                    .arg(*reason)
+                    .arg(&job.to)
+                    .arg(&job.message_id);
+            }
+            let _: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
         }
-        let _: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
         Ok(())
     }
 
     /// Three cheap reads (XLEN, XLEN, XRANGE COUNT 1); rerun on a dropped connection (reads).
     async fn sample(&self) -> anyhow::Result<(u64, u64, f64)> {
-        let (depth, dead, oldest): (u64, u64, Vec<StreamEntry>) = rerun_if_dropped(|| async {
-            redis::pipe()
-                .cmd("XLEN")
-                .arg(&self.stream)
-                .cmd("XLEN")
-                .arg(&self.dead)
-                .cmd("XRANGE")
-                .arg(&self.stream)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.redis.clone())
-                .await
-        })
-        .await?;
-        // A stream id is `<ms>-<seq>`: the oldest job's age without reading its fields.
-        let age = oldest
-            .first()
-            .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
-            .map_or(0.0, |ms| now_ms().saturating_sub(ms) as f64 / 1000.0);
+        let (mut depth, mut dead, mut oldest_ms) = (0u64, 0u64, None::<u64>);
+        // Per shard: its keys share a slot on a Cluster.
+        for (stream, dead_key) in self.streams.iter().zip(&self.deads) {
+            let (d, x, oldest): (u64, u64, Vec<StreamEntry>) = rerun_if_dropped(|| async {
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(stream)
+                    .cmd("XLEN")
+                    .arg(dead_key)
+                    .cmd("XRANGE")
+                    .arg(stream)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut self.redis.clone())
+                    .await
+            })
+            .await?;
+            depth += d;
+            dead += x;
+            // A stream id is `<ms>-<seq>`: the oldest job's age without reading its fields.
+            if let Some(ms) = oldest
+                .first()
+                .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+            {
+                oldest_ms = Some(oldest_ms.map_or(ms, |o| o.min(ms)));
+            }
+        }
+        let age = oldest_ms.map_or(0.0, |ms| now_ms().saturating_sub(ms) as f64 / 1000.0);
         Ok((depth, dead, age))
     }
 
     async fn append_notice(&self, appender: &Appender, to: &str, notice: Notice) -> anyhow::Result<bool> {
         let queued: i64 = self
             .append_notice
-            .key(&appender.stream_key)
+            .key(&self.streams[self.shard_of(to)])
             .arg(appender.max_len)
             .arg(appender.ttl_seconds)
             .arg(uuid::Uuid::new_v4().to_string())
