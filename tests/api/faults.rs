@@ -39,6 +39,21 @@ async fn exists(app: &TestApp, what: &str) -> bool {
         .unwrap()
 }
 
+/// The app on a private redis-server that a test may stall (`DEBUG SLEEP`), with a Redis timeout short
+/// enough (300 ms) for a stall to outlast it.
+async fn on_a_stallable_redis() -> (PrivateRedis, TestApp) {
+    let redis = PrivateRedis::start(DEBUGGABLE);
+    let url = redis.url.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.stores.redis_url = Some(SecretString::from(url));
+        c.stores.redis_timeout_ms = 300;
+        c.stores.database_acquire_timeout_ms = 1000;
+        c.hashing.hash_queue_timeout_ms = 3000;
+    })
+    .await;
+    (redis, app)
+}
+
 /// Redis stalls past the client's timeout while a third login is being reserved: the reservation is
 /// made after the client gave up, so its end is never recorded. Before leases it held the phone's
 /// last attempt for good (every login, even with the right password, answered RATE_LIMITED, and each
@@ -47,14 +62,7 @@ async fn exists(app: &TestApp, what: &str) -> bool {
 #[tokio::test]
 async fn a_stalled_redis_does_not_lock_the_user_out() {
     crate::real_stores_only!("an outage of Redis (a private redis-server stalled)");
-    let redis = PrivateRedis::start(DEBUGGABLE);
-    let app = TestApp::spawn_with(|c| {
-        c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
-        c.stores.redis_timeout_ms = 300;
-        c.stores.database_acquire_timeout_ms = 1000;
-        c.hashing.hash_queue_timeout_ms = 3000;
-    })
-    .await;
+    let (redis, app) = on_a_stallable_redis().await;
     app.sign_up(PHONE, PASSWORD).await;
     for _ in 0..2 {
         assert_code(&app.login(PHONE, "wrong-password").await, "INVALID_CREDENTIALS");
@@ -114,14 +122,7 @@ async fn a_stalled_redis_does_not_lock_the_user_out() {
 #[tokio::test]
 async fn a_stalled_correct_login_counts_for_nothing() {
     crate::real_stores_only!("an outage of Redis (a private redis-server stalled)");
-    let redis = PrivateRedis::start(DEBUGGABLE);
-    let app = TestApp::spawn_with(|c| {
-        c.stores.redis_url = Some(SecretString::from(redis.url.clone()));
-        c.stores.redis_timeout_ms = 300;
-        c.stores.database_acquire_timeout_ms = 1000;
-        c.hashing.hash_queue_timeout_ms = 3000;
-    })
-    .await;
+    let (redis, app) = on_a_stallable_redis().await;
     app.sign_up(PHONE, PASSWORD).await;
     // One login first, so that the private server has the script (a stalled first EVALSHA would end
     // in NOSCRIPT, reserving nothing).
