@@ -212,7 +212,7 @@ fn store_error(e: crate::error::AppError) -> anyhow::Error {
 
 fn admin_row(event: &'static str) -> AuditRow {
     let mut row = AuditRow::new(event);
-    row.user_agent = Some(format!("phone-auth admin (uid {})", current_uid()));
+    row.user_agent = Some(format!("phone-auth admin (uid {})", current_uid()).into());
     row
 }
 

@@ -308,6 +308,8 @@ mod tests {
             hash_slots: 2,
             client_cpu: BTreeMap::new(),
             redis_cpu: BTreeMap::new(),
+            postgres_cpu: BTreeMap::new(),
+            machine_cpu: BTreeMap::new(),
             faults: BTreeMap::new(),
         }
     }

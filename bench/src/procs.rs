@@ -219,6 +219,43 @@ pub fn cpu_ms(pid: u32) -> Option<u64> {
     Some((utime + stime) * 10)
 }
 
+/// CPU time (ms) of every PostgreSQL process on this machine (postmaster, backends, writers): what
+/// the audit rows and the other statements cost the server beside ours. A backend that exits between
+/// two readings takes its time with it; the benchmark's connections live for the whole run.
+pub fn postgres_cpu_ms() -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "postgres") {
+            total += cpu_ms(pid).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// Busy CPU time (ms) of the whole machine, all cores (`/proc/stat`: everything but idle and iowait).
+pub fn machine_busy_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    Some(busy * 10)
+}
+
 /// Minor page faults of a process since start (all threads).
 pub fn minor_faults(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

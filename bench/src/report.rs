@@ -172,6 +172,14 @@ pub fn report(bench: &Bench, started: &str, load_start: &str) -> String {
             &bench.redis_cpu,
             "redis-server's CPU per request (us), on the same cores",
         ),
+        (
+            &bench.postgres_cpu,
+            "PostgreSQL's CPU per request (us, all its processes), on the same cores",
+        ),
+        (
+            &bench.machine_cpu,
+            "the whole machine's busy CPU per request (us, every process: the cost that sets the rate here)",
+        ),
         (&bench.faults, "server minor page faults per request"),
     ] {
         if !per_request.is_empty() {

@@ -33,6 +33,10 @@ pub struct Bench {
     pub client_cpu: BTreeMap<String, f64>,
     /// redis-server's CPU per request of a scenario (us), measured window only.
     pub redis_cpu: BTreeMap<String, f64>,
+    /// PostgreSQL's CPU per request of a scenario (us), measured window only.
+    pub postgres_cpu: BTreeMap<String, f64>,
+    /// The whole machine's busy CPU per request of a scenario (us), measured window only.
+    pub machine_cpu: BTreeMap<String, f64>,
     /// The server's minor page faults per request, by scenario.
     pub faults: BTreeMap<String, f64>,
 }
@@ -81,6 +85,8 @@ struct Counters {
     own_cpu: Option<u64>,
     server_faults: Option<u64>,
     redis_cpu: Option<u64>,
+    postgres_cpu: Option<u64>,
+    machine_busy: Option<u64>,
 }
 
 impl Counters {
@@ -90,6 +96,8 @@ impl Counters {
             own_cpu: procs::cpu_ms(std::process::id()),
             server_faults: procs::minor_faults(server),
             redis_cpu: redis.and_then(procs::cpu_ms),
+            postgres_cpu: procs::postgres_cpu_ms(),
+            machine_busy: procs::machine_busy_ms(),
         }
     }
 }
@@ -156,6 +164,12 @@ where
     }
     if let Some(per) = per_request(start.redis_cpu, end.redis_cpu, requests, 1000.0) {
         bench.redis_cpu.insert(scenario.to_owned(), per);
+    }
+    if let Some(per) = per_request(start.postgres_cpu, end.postgres_cpu, requests, 1000.0) {
+        bench.postgres_cpu.insert(scenario.to_owned(), per);
+    }
+    if let Some(per) = per_request(start.machine_busy, end.machine_busy, requests, 1000.0) {
+        bench.machine_cpu.insert(scenario.to_owned(), per);
     }
     Ok(())
 }
@@ -272,6 +286,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         argon2_parallel: None,
         client_cpu: BTreeMap::new(),
         redis_cpu: BTreeMap::new(),
+        postgres_cpu: BTreeMap::new(),
+        machine_cpu: BTreeMap::new(),
         faults: BTreeMap::new(),
     };
     if let Some(path) = stale {

@@ -85,19 +85,32 @@ pub fn batched_stdout() -> (BatchedStdout, FlushGuard) {
     (BatchedStdout(shared.clone()), FlushGuard(shared))
 }
 
+impl BatchedStdout {
+    /// Appends one whole line (or several): the access line's way in, without a `Line` handle.
+    pub fn append(&self, bytes: &[u8]) {
+        self.0.append(bytes);
+    }
+}
+
+impl Shared {
+    fn append(&self, bytes: &[u8]) {
+        let len = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.extend_from_slice(bytes);
+            pending.len()
+        };
+        if len >= HIGH_WATER || self.direct.load(Ordering::Relaxed) {
+            self.flush();
+        }
+    }
+}
+
 /// One formatted event (tracing-subscriber writes each event with one `write_all`).
 pub struct Line(Arc<Shared>);
 
 impl std::io::Write for Line {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let len = {
-            let mut pending = self.0.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.extend_from_slice(buf);
-            pending.len()
-        };
-        if len >= HIGH_WATER || self.0.direct.load(Ordering::Relaxed) {
-            self.0.flush();
-        }
+        self.0.append(buf);
         Ok(buf.len())
     }
 

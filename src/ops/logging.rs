@@ -5,12 +5,20 @@
 //! `debug`, since formatting three more spans for every request cost more than the access line
 //! itself (`RUST_LOG=phone_auth=debug` brings them back).
 //!
+//! The access line is written by hand (`AccessLine`), in the same layout as the subscriber's own lines
+//! (same JSON keys, the request span included; the same text layout), straight into the batched
+//! writer: formatting it through tracing-subscriber's field visitors cost more than the rest of the
+//! line's work together (docs/BENCHMARKS.md, session 7). `RUST_LOG` still decides whether it is
+//! written (target `phone_auth::access`, level info).
+//!
 //! Never logged: a phone in clear (masked: `+1650***0000`), a code, a token, a password. The access
 //! line carries the GraphQL root field and the `extensions.code`s, never variables or the document.
 
-use std::io::IsTerminal as _;
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::cell::{Cell, RefCell};
+use std::io::{IsTerminal as _, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue};
@@ -36,6 +44,11 @@ pub fn init(format: LogFormat) -> crate::ops::log_writer::FlushGuard {
     // escape codes.
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let (writer, guard) = crate::ops::log_writer::batched_stdout();
+    let _ = ACCESS_SINK.set(AccessSink {
+        out: writer.clone(),
+        json: format == LogFormat::Json,
+        ansi,
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -54,6 +67,17 @@ pub fn init(format: LogFormat) -> crate::ops::log_writer::FlushGuard {
 /// `+16502530000` -> `+1650***0000`: enough to tell numbers apart in an investigation, not enough to
 /// call one.
 pub fn mask_phone(e164: &str) -> String {
+    // E.164 is ASCII: byte positions are characters.
+    if e164.is_ascii() {
+        if e164.len() < 9 {
+            return "***".to_owned();
+        }
+        let mut masked = String::with_capacity(12);
+        masked.push_str(&e164[..5]);
+        masked.push_str("***");
+        masked.push_str(&e164[e164.len() - 4..]);
+        return masked;
+    }
     let chars: Vec<char> = e164.chars().collect();
     if chars.len() < 9 {
         return "***".to_owned();
@@ -109,43 +133,249 @@ pub async fn access_log(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let id = request_id(&req);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // `Uri` shares the request's bytes: no copy of the path unless a line is written.
+    let uri = req.uri().clone();
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let span = tracing::info_span!("request", request_id = %id);
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let mut response = next.run(req).instrument(span).await;
     let took = start.elapsed();
     let status = response.status().as_u16();
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
     crate::ops::metrics::http_request(status);
-    let _entered = span.enter();
-    match response.extensions().get::<GraphqlOutcome>() {
-        Some(outcome) => {
-            crate::ops::metrics::graphql_request(outcome.operation, &outcome.codes, took);
-            tracing::info!(
-                target: "phone_auth::access",
-                %method, %path, status,
-                kind = outcome.kind,
-                operation = outcome.operation,
-                codes = %outcome.codes.join(","),
-                latency_ms = took.as_secs_f64() * 1000.0,
-                client_ip = %outcome.client_ip,
-                "request"
-            );
-        }
-        None => tracing::info!(
-            target: "phone_auth::access",
-            %method, %path, status,
-            latency_ms = took.as_secs_f64() * 1000.0,
-            client_ip = %peer.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-            "request"
-        ),
+    let outcome = response.extensions().get::<GraphqlOutcome>();
+    if let Some(outcome) = outcome {
+        crate::ops::metrics::graphql_request(outcome.operation, &outcome.codes, took);
+    }
+    if tracing::enabled!(target: "phone_auth::access", tracing::Level::INFO)
+        && let Some(sink) = ACCESS_SINK.get()
+    {
+        sink.write(&AccessLine {
+            request_id: &id,
+            method: method.as_str(),
+            path: uri.path(),
+            status,
+            outcome,
+            client_ip: outcome.map(|o| o.client_ip).or(peer),
+            took,
+        });
     }
     response
+}
+
+/// Where access lines go: set by `init` (the subscriber's writer and format). Without it (a process
+/// that did not install our subscriber, such as the API tests) no access line is written.
+static ACCESS_SINK: OnceLock<AccessSink> = OnceLock::new();
+
+struct AccessSink {
+    out: crate::ops::log_writer::BatchedStdout,
+    json: bool,
+    ansi: bool,
+}
+
+impl AccessSink {
+    fn write(&self, line: &AccessLine<'_>) {
+        thread_local! {
+            static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            if self.json {
+                line.json(buf);
+            } else {
+                line.text(buf, self.ansi);
+            }
+            self.out.append(buf);
+        });
+    }
+}
+
+/// One access line's fields. Nothing in it comes from the request unchecked except the path, which
+/// is escaped in JSON (hyper has already refused control characters and spaces in it).
+struct AccessLine<'a> {
+    request_id: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    outcome: Option<&'a GraphqlOutcome>,
+    client_ip: Option<IpAddr>,
+    took: Duration,
+}
+
+impl AccessLine<'_> {
+    /// As tracing-subscriber's JSON format with `flatten_event(true)` and `with_current_span(true)`:
+    /// `{"timestamp":..,"level":"INFO","message":"request",<fields>,"target":..,"span":{..}}`.
+    fn json(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(b"{\"timestamp\":\"");
+        timestamp(buf);
+        buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
+        json_str(buf, self.method);
+        buf.extend_from_slice(b",\"path\":");
+        json_str(buf, self.path);
+        buf.extend_from_slice(b",\"status\":");
+        num(buf, u64::from(self.status));
+        if let Some(o) = self.outcome {
+            for (key, value) in [(&b",\"kind\":\""[..], o.kind), (b"\",\"operation\":\"", o.operation)] {
+                buf.extend_from_slice(key);
+                buf.extend_from_slice(value.as_bytes());
+            }
+            buf.extend_from_slice(b"\",\"codes\":\"");
+            codes(buf, &o.codes);
+            buf.push(b'"');
+        }
+        buf.extend_from_slice(b",\"latency_ms\":");
+        latency_ms(buf, self.took);
+        buf.extend_from_slice(b",\"client_ip\":\"");
+        ip(buf, self.client_ip);
+        buf.extend_from_slice(b"\",\"target\":\"phone_auth::access\",\"span\":{\"request_id\":\"");
+        // Checked by `request_id`: only `[A-Za-z0-9._:-]`, nothing to escape.
+        buf.extend_from_slice(self.request_id.as_bytes());
+        buf.extend_from_slice(b"\",\"name\":\"request\"}}\n");
+    }
+
+    /// As tracing-subscriber's full text format: `<time>  INFO request{request_id=..}: <target>:
+    /// request method=POST ...`, with its colours on a terminal.
+    fn text(&self, buf: &mut Vec<u8>, ansi: bool) {
+        let (dim, bold, italic, green, reset): (&[u8], &[u8], &[u8], &[u8], &[u8]) = if ansi {
+            (b"\x1b[2m", b"\x1b[1m", b"\x1b[3m", b"\x1b[32m", b"\x1b[0m")
+        } else {
+            (b"", b"", b"", b"", b"")
+        };
+        let put = |buf: &mut Vec<u8>, parts: &[&[u8]]| {
+            for part in parts {
+                buf.extend_from_slice(part);
+            }
+        };
+        buf.extend_from_slice(dim);
+        timestamp(buf);
+        put(buf, &[reset, b" ", green, b" INFO", reset, b" ", bold, b"request{", reset, b"request_id="]);
+        buf.extend_from_slice(self.request_id.as_bytes());
+        put(buf, &[bold, b"}", reset, dim, b":", reset, b" ", dim, b"phone_auth::access", reset]);
+        put(buf, &[dim, b":", reset, b" request"]);
+        let field = |buf: &mut Vec<u8>, name: &[u8]| put(buf, &[b" ", italic, name, reset, dim, b"=", reset]);
+        field(buf, b"method");
+        buf.extend_from_slice(self.method.as_bytes());
+        field(buf, b"path");
+        buf.extend_from_slice(self.path.as_bytes());
+        field(buf, b"status");
+        num(buf, u64::from(self.status));
+        if let Some(o) = self.outcome {
+            field(buf, b"kind");
+            put(buf, &[b"\"", o.kind.as_bytes(), b"\""]);
+            field(buf, b"operation");
+            put(buf, &[b"\"", o.operation.as_bytes(), b"\""]);
+            field(buf, b"codes");
+            codes(buf, &o.codes);
+        }
+        field(buf, b"latency_ms");
+        latency_ms(buf, self.took);
+        field(buf, b"client_ip");
+        ip(buf, self.client_ip);
+        buf.push(b'\n');
+    }
+}
+
+fn codes(buf: &mut Vec<u8>, codes: &[&'static str]) {
+    for (i, code) in codes.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(code.as_bytes());
+    }
+}
+
+fn num(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `n` in exactly `width` digits (zero-padded; `n` is below 10^width).
+fn digits(buf: &mut Vec<u8>, n: u32, width: u32) {
+    for place in (0..width).rev() {
+        buf.push(b'0' + (n / 10u32.pow(place) % 10) as u8);
+    }
+}
+
+/// Milliseconds with microsecond precision: `1.234`.
+fn latency_ms(buf: &mut Vec<u8>, took: Duration) {
+    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    num(buf, micros / 1000);
+    buf.push(b'.');
+    digits(buf, (micros % 1000) as u32, 3);
+}
+
+fn ip(buf: &mut Vec<u8>, ip: Option<IpAddr>) {
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                num(buf, u64::from(octet));
+            }
+        }
+        Some(ip) => {
+            let _ = write!(buf, "{ip}");
+        }
+        None => buf.push(b'-'),
+    }
+}
+
+/// A JSON string (RFC 8259 section 7): quotes, backslashes and control characters escaped.
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    buf.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => buf.extend_from_slice(b"\\\""),
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            0..0x20 | 0x7f => {
+                buf.extend_from_slice(b"\\u00");
+                buf.extend_from_slice(hex::encode([b]).as_bytes());
+            }
+            _ => buf.push(b),
+        }
+    }
+    buf.push(b'"');
+}
+
+/// UTC, RFC 3339 with microseconds (`2026-12-06T20:43:45.123456Z`), as the subscriber's timer writes
+/// it. The date and time of day are formatted once a second per thread.
+fn timestamp(buf: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let prefix = SECOND.with(|cached| {
+        let (second, prefix) = cached.get();
+        if second == secs {
+            return prefix;
+        }
+        let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let mut prefix = [0u8; 19];
+        let _ = write!(
+            &mut prefix[..],
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        cached.set((secs, prefix));
+        prefix
+    });
+    buf.extend_from_slice(&prefix);
+    buf.push(b'.');
+    digits(buf, now.subsec_micros(), 6);
+    buf.push(b'Z');
 }
 
 #[cfg(test)]
@@ -157,6 +387,81 @@ mod tests {
         assert_eq!(mask_phone("+16502530000"), "+1650***0000");
         assert_eq!(mask_phone("+442079460000"), "+4420***0000");
         assert_eq!(mask_phone("+1234"), "***");
+        assert_eq!(mask_phone("+١٢٣٤٥٦٧٨٩٠"), "+١٢٣٤***٧٨٩٠");
+    }
+
+    fn line<'a>(outcome: Option<&'a GraphqlOutcome>, path: &'a str) -> AccessLine<'a> {
+        AccessLine {
+            request_id: "req-7f3a",
+            method: "POST",
+            path,
+            status: 200,
+            outcome,
+            client_ip: Some("127.0.0.1".parse().unwrap()),
+            took: Duration::from_micros(1_234),
+        }
+    }
+
+    #[test]
+    fn the_json_access_line_has_the_subscribers_shape() {
+        let outcome = GraphqlOutcome {
+            kind: "mutation",
+            operation: "login",
+            codes: vec!["INVALID_CREDENTIALS", "ACCOUNT_LOCKED"],
+            client_ip: "10.1.2.3".parse().unwrap(),
+        };
+        let mut buf = Vec::new();
+        line(Some(&outcome), "/graphql").json(&mut buf);
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["message"], "request");
+        assert_eq!(v["target"], "phone_auth::access");
+        assert_eq!(v["span"]["request_id"], "req-7f3a");
+        assert_eq!(v["span"]["name"], "request");
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["path"], "/graphql");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["kind"], "mutation");
+        assert_eq!(v["operation"], "login");
+        assert_eq!(v["codes"], "INVALID_CREDENTIALS,ACCOUNT_LOCKED");
+        assert_eq!(v["latency_ms"], 1.234);
+        assert_eq!(v["client_ip"], "127.0.0.1");
+        let at = time::OffsetDateTime::parse(
+            v["timestamp"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert!((time::OffsetDateTime::now_utc() - at).abs() < time::Duration::seconds(5));
+
+        // A hostile path cannot break out of its string or the line.
+        let mut buf = Vec::new();
+        line(None, "/a\"b\\c\u{1}\n").json(&mut buf);
+        assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["path"], "/a\"b\\c\u{1}\n");
+        assert!(v.get("operation").is_none());
+    }
+
+    #[test]
+    fn the_text_access_line_reads_like_the_others() {
+        let mut buf = Vec::new();
+        line(None, "/healthz").text(&mut buf, false);
+        let text = String::from_utf8(buf).unwrap();
+        let (at, rest) = text.split_once(' ').unwrap();
+        assert!(at.ends_with('Z') && at.len() == 27, "{at}");
+        assert_eq!(
+            rest,
+            " INFO request{request_id=req-7f3a}: phone_auth::access: request method=POST path=/healthz \
+             status=200 latency_ms=1.234 client_ip=127.0.0.1\n"
+        );
+        let mut small = Vec::new();
+        latency_ms(&mut small, Duration::from_micros(5));
+        ip(&mut small, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(small, b"0.0052001:db8::1");
+        let mut coloured = Vec::new();
+        line(None, "/healthz").text(&mut coloured, true);
+        assert!(coloured.contains(&0x1b));
     }
 
     #[test]

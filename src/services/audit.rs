@@ -10,12 +10,15 @@
 //!   that drops under overload (`record_bulk`, counted in `phone_auth_audit_events_dropped_total`):
 //!   an SMS-pumping flood must not turn into a write flood, nor slow or fail a request.
 //!
-//! One writer task empties both queues in batches (one COPY of up to 256 rows).
+//! One writer task empties both queues in batches (one COPY of up to 1,024 rows, at most every 20 ms
+//! under load).
 //!
 //! Who is asking (client IP, user agent) is request-scoped: the HTTP layer sets `CALLER` around the
 //! request, and `AuthService::detached` carries it into the flow's task, so flows do not thread it
 //! through every signature only to log it.
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -32,18 +35,23 @@ tokio::task_local! {
     pub static CALLER: Caller;
 }
 
+/// Built for every GraphQL request and copied into each of its events: the user agent is shared,
+/// not copied.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     /// Truncated to 256 characters.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Arc<str>>,
 }
 
 impl Caller {
-    pub fn new(ip: std::net::IpAddr, user_agent: Option<&str>) -> Self {
+    pub fn new(ip: IpAddr, user_agent: Option<&str>) -> Self {
         Caller {
-            ip: Some(ip.to_string()),
-            user_agent: user_agent.map(|ua| ua.chars().take(256).collect()),
+            ip: Some(ip),
+            user_agent: user_agent.map(|ua| match ua.char_indices().nth(256) {
+                Some((end, _)) => Arc::from(&ua[..end]),
+                None => Arc::from(ua),
+            }),
         }
     }
 
@@ -62,15 +70,19 @@ pub struct AuditRow {
     pub user_id: Option<Uuid>,
     pub phone_masked: Option<String>,
     pub phone_digest: Option<Vec<u8>>,
-    pub client_ip: Option<String>,
-    pub user_agent: Option<String>,
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<Arc<str>>,
     pub session_id: Option<Uuid>,
     pub detail: Value,
 }
 
-/// The lookup key of a phone in the trail.
+/// The lookup key of a phone in the trail: SHA-256 of `phone-auth audit\0` and the E.164 number.
 pub fn phone_digest(e164: &str) -> Vec<u8> {
-    Sha256::digest(format!("phone-auth audit\0{e164}").as_bytes()).to_vec()
+    Sha256::new()
+        .chain_update(b"phone-auth audit\0")
+        .chain_update(e164.as_bytes())
+        .finalize()
+        .to_vec()
 }
 
 impl AuditRow {
@@ -147,15 +159,18 @@ macro_rules! bind_audit {
             .bind(row.user_id)
             .bind(row.phone_masked.clone())
             .bind(row.phone_digest.clone())
-            .bind(row.client_ip.clone())
-            .bind(row.user_agent.clone())
+            .bind(row.client_ip.map(|ip| ip.to_string()))
+            .bind(row.user_agent.as_deref().map(str::to_owned))
             .bind(row.session_id)
             .bind(row.detail.clone())
     }};
 }
 
-/// Rows per INSERT.
-const BATCH: usize = 256;
+/// Rows per COPY at most.
+const BATCH: usize = 1024;
+/// How long the writer lets a batch fill after its first row: at most this much later in the table,
+/// and no wake-up of the writer per event (docs/BENCHMARKS.md, session 7).
+const LINGER: Duration = Duration::from_millis(20);
 /// Account events waiting at most (a flow waits for room beyond this).
 const ACCOUNT_QUEUE: usize = 4096;
 /// Code events waiting at most (dropped and counted beyond this).
@@ -239,11 +254,13 @@ async fn writer(sink: AuditSink, mut account: mpsc::Receiver<AuditRow>, mut bulk
             Some(row) = bulk.recv() => batch.push(row),
             else => return,
         }
-        while batch.len() < BATCH {
-            match account.try_recv().or_else(|_| bulk.try_recv()) {
-                Ok(row) => batch.push(row),
-                Err(_) => break,
-            }
+        // Let the batch fill for `LINGER` before writing it: rows arriving meanwhile are queued
+        // without waking this task, and a busy server makes one COPY (one transaction, one WAL
+        // flush) every `LINGER` instead of one per handful of rows.
+        // A backlog (a full batch already) is written back to back.
+        if !fill(&mut batch, &mut account, &mut bulk) {
+            tokio::time::sleep(LINGER).await;
+            fill(&mut batch, &mut account, &mut bulk);
         }
         // A failed batch is retried (PostgreSQL down): account events must not be lost while the
         // process lives; backpressure holds new ones meanwhile.
@@ -255,6 +272,17 @@ async fn writer(sink: AuditSink, mut account: mpsc::Receiver<AuditRow>, mut bulk
         }
         batch.clear();
     }
+}
+
+/// Takes what is queued, account events first, up to `BATCH` rows. True when the batch is full.
+fn fill(batch: &mut Vec<AuditRow>, account: &mut mpsc::Receiver<AuditRow>, bulk: &mut mpsc::Receiver<AuditRow>) -> bool {
+    while batch.len() < BATCH {
+        match account.try_recv().or_else(|_| bulk.try_recv()) {
+            Ok(row) => batch.push(row),
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Writes one event now (admin commands: a short-lived process has no writer task to wait for).
@@ -278,8 +306,8 @@ async fn insert<'e>(exec: impl sqlx::PgExecutor<'e>, rows: &[AuditRow]) -> Resul
             .push_bind(r.user_id)
             .push_bind(r.phone_masked.clone())
             .push_bind(r.phone_digest.clone())
-            .push_bind(r.client_ip.clone())
-            .push_bind(r.user_agent.clone())
+            .push_bind(r.client_ip.map(|ip| ip.to_string()))
+            .push_bind(r.user_agent.as_deref().map(str::to_owned))
             .push_bind(r.session_id)
             .push_bind(r.detail.clone());
     });
@@ -292,7 +320,7 @@ async fn insert<'e>(exec: impl sqlx::PgExecutor<'e>, rows: &[AuditRow]) -> Resul
 /// writer's cost and a good part of PostgreSQL's (docs/BENCHMARKS.md, session 5).
 async fn copy_batch(pool: &PgPool, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
     use sqlx::postgres::PgPoolCopyExt as _;
-    let mut data = String::with_capacity(rows.len() * 160);
+    let mut data = Vec::with_capacity(rows.len() * 200);
     for r in rows {
         encode_copy_row(&mut data, r);
     }
@@ -302,7 +330,7 @@ async fn copy_batch(pool: &PgPool, rows: &[AuditRow]) -> Result<(), sqlx::Error>
              session_id, detail) from stdin",
         )
         .await?;
-    if let Err(e) = copy.send(data.into_bytes()).await {
+    if let Err(e) = copy.send(data).await {
         let _ = copy.abort("the batch could not be sent").await;
         return Err(e);
     }
@@ -311,57 +339,77 @@ async fn copy_batch(pool: &PgPool, rows: &[AuditRow]) -> Result<(), sqlx::Error>
 
 /// One row of COPY's text format: tab-separated, `\N` for null, backslash escapes for the
 /// characters the format reserves (PostgreSQL docs, COPY, "Text Format"). Every client-supplied
-/// string (the user agent) goes through `escape`, so it can never end a field or a row.
-fn encode_copy_row(out: &mut String, r: &AuditRow) {
-    use std::fmt::Write as _;
-    fn text(out: &mut String, v: Option<&str>) {
+/// string (the user agent) goes through `escape`, so it can never end a field or a row. Written
+/// straight into the batch: no string per field.
+fn encode_copy_row(out: &mut Vec<u8>, r: &AuditRow) {
+    use std::io::Write as _;
+    fn text(out: &mut Vec<u8>, v: Option<&str>) {
         match v {
-            None => out.push_str("\\N"),
-            Some(v) => escape(out, v),
+            None => out.extend_from_slice(b"\\N"),
+            Some(v) => escape(out, v.as_bytes()),
         }
     }
-    fn escape(out: &mut String, v: &str) {
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\t' => out.push_str("\\t"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                c => out.push(c),
+    // Only ASCII bytes are replaced: UTF-8 sequences pass through whole.
+    fn escape(out: &mut Vec<u8>, v: &[u8]) {
+        for &b in v {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b => out.push(b),
             }
         }
     }
-    // RFC 3339 with an offset: what timestamptz reads back exactly.
-    let at =
-        r.at.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| "now".to_owned());
-    escape(out, &at);
-    out.push('\t');
-    escape(out, r.event);
-    out.push('\t');
-    text(out, r.user_id.map(|u| u.to_string()).as_deref());
-    out.push('\t');
+    fn uuid(out: &mut Vec<u8>, v: Option<Uuid>) {
+        match v {
+            None => out.extend_from_slice(b"\\N"),
+            Some(u) => out.extend_from_slice(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes()),
+        }
+    }
+    // RFC 3339 with an offset: what timestamptz reads back exactly (digits, '-', ':', '.', 'T', 'Z':
+    // nothing to escape).
+    if r.at
+        .format_into(out, &time::format_description::well_known::Rfc3339)
+        .is_err()
+    {
+        out.extend_from_slice(b"now");
+    }
+    out.push(b'\t');
+    escape(out, r.event.as_bytes());
+    out.push(b'\t');
+    uuid(out, r.user_id);
+    out.push(b'\t');
     text(out, r.phone_masked.as_deref());
-    out.push('\t');
+    out.push(b'\t');
     match &r.phone_digest {
-        None => out.push_str("\\N"),
+        None => out.extend_from_slice(b"\\N"),
         // bytea's hex input `\x...`, its backslash escaped for COPY.
         Some(d) => {
-            out.push_str("\\\\x");
-            for b in d {
-                let _ = write!(out, "{b:02x}");
-            }
+            out.extend_from_slice(b"\\\\x");
+            let start = out.len();
+            out.resize(start + d.len() * 2, 0);
+            let _ = hex::encode_to_slice(d, &mut out[start..]);
         }
     }
-    out.push('\t');
-    text(out, r.client_ip.as_deref());
-    out.push('\t');
+    out.push(b'\t');
+    match r.client_ip {
+        None => out.extend_from_slice(b"\\N"),
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+    out.push(b'\t');
     text(out, r.user_agent.as_deref());
-    out.push('\t');
-    text(out, r.session_id.map(|u| u.to_string()).as_deref());
-    out.push('\t');
-    escape(out, &r.detail.to_string());
-    out.push('\n');
+    out.push(b'\t');
+    uuid(out, r.session_id);
+    out.push(b'\t');
+    // JSON text: its own escapes (`\\`, `\n` inside strings) are doubled by `escape`, as COPY wants.
+    let start = out.len();
+    let _ = serde_json::to_writer(&mut *out, &r.detail);
+    let json = out.split_off(start);
+    escape(out, &json);
+    out.push(b'\n');
 }
 
 /// Deletes events older than `days`. Returns how many.
