@@ -1,15 +1,17 @@
 //! Logs: the subscriber (`LOG_FORMAT=json|text`; colours only on a terminal and without `NO_COLOR`),
 //! request ids, and one access log line per request.
 //!
-//! At `info` the request span (its id) is the only span: the services' `#[instrument]` spans are at
-//! `debug`, since formatting three more spans for every request cost more than the access line
-//! itself (`RUST_LOG=phone_auth=debug` brings them back).
+//! Every line logged while a request is served carries its id, as if in a span `request{request_id=..}`
+//! (text: that prefix; JSON: `"span":{"request_id":..,"name":"request"}`). The id is not a tracing
+//! span but a task-local (`CURRENT_REQUEST`, carried into detached flows), read by our line format
+//! (`Lines`): a span per request, entered and left at every poll of the request's future, cost more
+//! than the access line itself (docs/BENCHMARKS.md, session 7). The services' `#[instrument]` spans
+//! are at `debug` (`RUST_LOG=phone_auth=debug` shows them in text lines).
 //!
-//! The access line is written by hand (`AccessLine`), in the same layout as the subscriber's own lines
-//! (same JSON keys, the request span included; the same text layout), straight into the batched
-//! writer: formatting it through tracing-subscriber's field visitors cost more than the rest of the
-//! line's work together (docs/BENCHMARKS.md, session 7). `RUST_LOG` still decides whether it is
-//! written (target `phone_auth::access`, level info).
+//! The access line is written by hand (`AccessLine`), in the same layout as the other lines,
+//! straight into the batched writer: formatting it through tracing-subscriber's field visitors cost
+//! more than the rest of the line's work together. `RUST_LOG` still decides whether it is written
+//! (target `phone_auth::access`, level info).
 //!
 //! Never logged: a phone in clear (masked: `+1650***0000`), a code, a token, a password. The access
 //! line carries the GraphQL root field and the `extensions.code`s, never variables or the document.
@@ -17,15 +19,28 @@
 use std::cell::{Cell, RefCell};
 use std::io::{IsTerminal as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+tokio::task_local! {
+    /// The id of the request being served: set by `access_log` around the request, carried into
+    /// detached flows (`AuthService::detached`), read by `Lines` for every line.
+    pub static CURRENT_REQUEST: Arc<str>;
+}
+
+/// The id of the request being served here, if any.
+pub fn current_request() -> Option<Arc<str>> {
+    CURRENT_REQUEST.try_with(Arc::clone).ok()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -54,14 +69,99 @@ pub fn init(format: LogFormat) -> crate::ops::log_writer::FlushGuard {
         .with_writer(writer);
     match format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_ansi(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(Lines { json: true })
             .init(),
-        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Text => builder.with_ansi(ansi).event_format(Lines { json: false }).init(),
     }
     guard
+}
+
+/// The line format of every event: tracing-subscriber's layouts (full text, or flattened JSON with
+/// the current span), with the request id of `CURRENT_REQUEST` where its span would be.
+/// JSON: `{"timestamp":..,"level":..,<fields>,"target":..[,"span":{"request_id":..,"name":"request"}]}`.
+/// Text: `<time> <LEVEL> [request{request_id=..}:][<debug spans>:] <target>: <fields>`.
+struct Lines {
+    json: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Lines
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let request = current_request();
+        let mut now = Vec::with_capacity(27);
+        timestamp(&mut now);
+        let now = std::str::from_utf8(&now).unwrap_or("-");
+        if self.json {
+            // The fields as one JSON object (`JsonFields`), flattened into the line.
+            let mut fields = String::new();
+            ctx.format_fields(Writer::new(&mut fields), event)?;
+            let fields = fields
+                .trim()
+                .strip_prefix('{')
+                .and_then(|f| f.strip_suffix('}'))
+                .unwrap_or("");
+            write!(writer, "{{\"timestamp\":\"{now}\",\"level\":\"{}\"", meta.level())?;
+            if !fields.is_empty() {
+                write!(writer, ",{fields}")?;
+            }
+            write!(writer, ",\"target\":\"{}\"", meta.target())?;
+            if let Some(id) = request {
+                // Checked by `request_id`: nothing to escape.
+                write!(
+                    writer,
+                    ",\"span\":{{\"request_id\":\"{id}\",\"name\":\"request\"}}"
+                )?;
+            }
+            return writeln!(writer, "}}");
+        }
+        let ansi = writer.has_ansi_escapes();
+        let paint = |code: &'static str| if ansi { code } else { "" };
+        let (dim, bold, reset) = (paint("\x1b[2m"), paint("\x1b[1m"), paint("\x1b[0m"));
+        let colour = match *meta.level() {
+            tracing::Level::ERROR => paint("\x1b[31m"),
+            tracing::Level::WARN => paint("\x1b[33m"),
+            tracing::Level::INFO => paint("\x1b[32m"),
+            tracing::Level::DEBUG => paint("\x1b[34m"),
+            tracing::Level::TRACE => paint("\x1b[35m"),
+        };
+        write!(
+            writer,
+            "{dim}{now}{reset} {colour}{:>5}{reset} ",
+            meta.level().as_str()
+        )?;
+        if let Some(id) = request {
+            write!(
+                writer,
+                "{bold}request{{{reset}request_id={id}{bold}}}{reset}{dim}:{reset} "
+            )?;
+        }
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                write!(writer, "{bold}{}", span.name())?;
+                let extensions = span.extensions();
+                match extensions.get::<FormattedFields<N>>() {
+                    Some(fields) if !fields.is_empty() => {
+                        write!(writer, "{{{reset}{fields}{bold}}}{reset}{dim}:{reset} ")?;
+                    }
+                    _ => write!(writer, "{reset}{dim}:{reset} ")?,
+                }
+            }
+        }
+        write!(writer, "{dim}{}:{reset} ", meta.target())?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// `+16502530000` -> `+1650***0000`: enough to tell numbers apart in an investigation, not enough to
@@ -92,7 +192,7 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A client's `X-Request-Id` is kept when it is 1 to 128 characters of `[A-Za-z0-9._:-]` (what
 /// proxies and tracing systems send: UUIDs, hex, ULIDs); otherwise a new one is made, so a log line
 /// can never be forged or split through it.
-fn request_id(req: &Request) -> String {
+fn request_id(req: &Request) -> Arc<str> {
     req.headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -102,17 +202,16 @@ fn request_id(req: &Request) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         })
-        .map_or_else(new_request_id, str::to_owned)
+        .map_or_else(new_request_id, Arc::from)
 }
 
 /// A new request id: a random (version 4) UUID from the thread's CSPRNG (rand's `ThreadRng`, seeded
 /// from the OS). Random, so it tells a client nothing about our traffic (a counter would), without a
 /// getrandom call per request (`Uuid::new_v4` makes one).
-fn new_request_id() -> String {
+fn new_request_id() -> Arc<str> {
     use rand::RngExt as _;
-    uuid::Builder::from_random_bytes(rand::rng().random())
-        .into_uuid()
-        .to_string()
+    let uuid = uuid::Builder::from_random_bytes(rand::rng().random()).into_uuid();
+    Arc::from(&*uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
 }
 
 /// What the GraphQL handler learned, for the access line and the metrics (response extension).
@@ -139,8 +238,7 @@ pub async fn access_log(req: Request, next: Next) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let span = tracing::info_span!("request", request_id = %id);
-    let mut response = next.run(req).instrument(span).await;
+    let mut response = CURRENT_REQUEST.scope(Arc::clone(&id), next.run(req)).await;
     let took = start.elapsed();
     let status = response.status().as_u16();
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -219,7 +317,10 @@ impl AccessLine<'_> {
         buf.extend_from_slice(b",\"status\":");
         num(buf, u64::from(self.status));
         if let Some(o) = self.outcome {
-            for (key, value) in [(&b",\"kind\":\""[..], o.kind), (b"\",\"operation\":\"", o.operation)] {
+            for (key, value) in [
+                (&b",\"kind\":\""[..], o.kind),
+                (b"\",\"operation\":\"", o.operation),
+            ] {
                 buf.extend_from_slice(key);
                 buf.extend_from_slice(value.as_bytes());
             }
@@ -230,7 +331,7 @@ impl AccessLine<'_> {
         buf.extend_from_slice(b",\"latency_ms\":");
         latency_ms(buf, self.took);
         buf.extend_from_slice(b",\"client_ip\":\"");
-        ip(buf, self.client_ip);
+        write_ip(buf, self.client_ip);
         buf.extend_from_slice(b"\",\"target\":\"phone_auth::access\",\"span\":{\"request_id\":\"");
         // Checked by `request_id`: only `[A-Za-z0-9._:-]`, nothing to escape.
         buf.extend_from_slice(self.request_id.as_bytes());
@@ -252,9 +353,37 @@ impl AccessLine<'_> {
         };
         buf.extend_from_slice(dim);
         timestamp(buf);
-        put(buf, &[reset, b" ", green, b" INFO", reset, b" ", bold, b"request{", reset, b"request_id="]);
+        put(
+            buf,
+            &[
+                reset,
+                b" ",
+                green,
+                b" INFO",
+                reset,
+                b" ",
+                bold,
+                b"request{",
+                reset,
+                b"request_id=",
+            ],
+        );
         buf.extend_from_slice(self.request_id.as_bytes());
-        put(buf, &[bold, b"}", reset, dim, b":", reset, b" ", dim, b"phone_auth::access", reset]);
+        put(
+            buf,
+            &[
+                bold,
+                b"}",
+                reset,
+                dim,
+                b":",
+                reset,
+                b" ",
+                dim,
+                b"phone_auth::access",
+                reset,
+            ],
+        );
         put(buf, &[dim, b":", reset, b" request"]);
         let field = |buf: &mut Vec<u8>, name: &[u8]| put(buf, &[b" ", italic, name, reset, dim, b"=", reset]);
         field(buf, b"method");
@@ -274,7 +403,7 @@ impl AccessLine<'_> {
         field(buf, b"latency_ms");
         latency_ms(buf, self.took);
         field(buf, b"client_ip");
-        ip(buf, self.client_ip);
+        write_ip(buf, self.client_ip);
         buf.push(b'\n');
     }
 }
@@ -292,11 +421,14 @@ fn num(buf: &mut Vec<u8>, n: u64) {
     buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// `n` in exactly `width` digits (zero-padded; `n` is below 10^width).
-fn digits(buf: &mut Vec<u8>, n: u32, width: u32) {
-    for place in (0..width).rev() {
-        buf.push(b'0' + (n / 10u32.pow(place) % 10) as u8);
+/// `n` in exactly `width` digits (zero-padded; `n` is below 10^width, `width` at most 10).
+fn digits(buf: &mut Vec<u8>, mut n: u32, width: usize) {
+    let mut out = [b'0'; 10];
+    for slot in out[..width].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
     }
+    buf.extend_from_slice(&out[..width]);
 }
 
 /// Milliseconds with microsecond precision: `1.234`.
@@ -307,7 +439,8 @@ fn latency_ms(buf: &mut Vec<u8>, took: Duration) {
     digits(buf, (micros % 1000) as u32, 3);
 }
 
-fn ip(buf: &mut Vec<u8>, ip: Option<IpAddr>) {
+/// An IP address as `Display` writes it (IPv4 without the formatter: it is on every line).
+pub(crate) fn write_ip(buf: &mut Vec<u8>, ip: Option<IpAddr>) {
     match ip {
         Some(IpAddr::V4(v4)) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -341,8 +474,33 @@ fn json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
 }
 
-/// UTC, RFC 3339 with microseconds (`2026-12-06T20:43:45.123456Z`), as the subscriber's timer writes
-/// it. The date and time of day are formatted once a second per thread.
+/// `at` in UTC, RFC 3339 with microseconds (`2026-12-06T20:43:45.123456Z`): what `timestamptz` reads
+/// back exactly to the microsecond (its precision), without a format description's interpretation.
+pub fn rfc3339_utc(buf: &mut Vec<u8>, at: time::OffsetDateTime) {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        let _ = write!(buf, "{year}");
+    } else {
+        digits(buf, year.unsigned_abs(), 4);
+    }
+    for (sep, n) in [
+        (b'-', u32::from(u8::from(at.month()))),
+        (b'-', u32::from(at.day())),
+        (b'T', u32::from(at.hour())),
+        (b':', u32::from(at.minute())),
+        (b':', u32::from(at.second())),
+    ] {
+        buf.push(sep);
+        digits(buf, n, 2);
+    }
+    buf.push(b'.');
+    digits(buf, at.microsecond(), 6);
+    buf.push(b'Z');
+}
+
+/// Now, as `rfc3339_utc` writes it and the subscriber's timer does. The date and time of day are
+/// formatted once a second per thread.
 fn timestamp(buf: &mut Vec<u8>) {
     thread_local! {
         static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
@@ -358,17 +516,10 @@ fn timestamp(buf: &mut Vec<u8>) {
         }
         let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let mut formatted = Vec::with_capacity(27);
+        rfc3339_utc(&mut formatted, t);
         let mut prefix = [0u8; 19];
-        let _ = write!(
-            &mut prefix[..],
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        );
+        prefix.copy_from_slice(&formatted[..19]);
         cached.set((secs, prefix));
         prefix
     });
@@ -443,6 +594,101 @@ mod tests {
         assert!(v.get("operation").is_none());
     }
 
+    /// Lines as the subscriber of `init` formats them, into a buffer.
+    fn captured(json: bool, log: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_max_level(tracing::Level::DEBUG);
+        if json {
+            let subscriber = builder
+                .with_ansi(false)
+                .fmt_fields(JsonFields::new())
+                .event_format(Lines { json: true })
+                .finish();
+            tracing::subscriber::with_default(subscriber, log);
+        } else {
+            let subscriber = builder
+                .with_ansi(false)
+                .event_format(Lines { json: false })
+                .finish();
+            tracing::subscriber::with_default(subscriber, log);
+        }
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn lines_of_a_request_carry_its_id() {
+        let in_request = || {
+            CURRENT_REQUEST.sync_scope(Arc::from("req-7f3a"), || {
+                tracing::warn!(target: "phone_auth::test", attempts = 3, "store \"slow\"");
+            });
+            tracing::warn!(target: "phone_auth::test", "outside");
+        };
+        let json = captured(true, in_request);
+        let lines: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{json}");
+        assert_eq!(lines[0]["span"]["request_id"], "req-7f3a");
+        assert_eq!(lines[0]["span"]["name"], "request");
+        assert_eq!(lines[0]["message"], "store \"slow\"");
+        assert_eq!(lines[0]["attempts"], 3);
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["target"], "phone_auth::test");
+        assert!(lines[0]["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(lines[1].get("span").is_none());
+
+        let text = captured(false, in_request);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0]
+                .ends_with(" WARN request{request_id=req-7f3a}: phone_auth::test: store \"slow\" attempts=3"),
+            "{text}"
+        );
+        assert!(lines[1].ends_with(" WARN phone_auth::test: outside"), "{text}");
+
+        // Debug spans (`RUST_LOG=phone_auth=debug`) still show in text lines, after the request.
+        let text = captured(false, || {
+            CURRENT_REQUEST.sync_scope(Arc::from("req-1"), || {
+                let span = tracing::debug_span!("issue", phone = "+1650***0000");
+                let _entered = span.enter();
+                tracing::info!(target: "phone_auth::test", "inside");
+            });
+        });
+        assert!(
+            text.contains(
+                "request{request_id=req-1}: issue{phone=\"+1650***0000\"}: phone_auth::test: inside"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_to_the_microsecond() {
+        let at = time::macros::datetime!(2026-12-06 20:43:45.123456789 +02:00);
+        let mut buf = Vec::new();
+        rfc3339_utc(&mut buf, at);
+        assert_eq!(buf, b"2026-12-06T18:43:45.123456Z");
+        let back = time::OffsetDateTime::parse(
+            std::str::from_utf8(&buf).unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert_eq!(back, at.replace_nanosecond(123_456_000).unwrap());
+    }
+
     #[test]
     fn the_text_access_line_reads_like_the_others() {
         let mut buf = Vec::new();
@@ -457,7 +703,7 @@ mod tests {
         );
         let mut small = Vec::new();
         latency_ms(&mut small, Duration::from_micros(5));
-        ip(&mut small, Some("2001:db8::1".parse().unwrap()));
+        write_ip(&mut small, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(small, b"0.0052001:db8::1");
         let mut coloured = Vec::new();
         line(None, "/healthz").text(&mut coloured, true);
@@ -472,10 +718,10 @@ mod tests {
                 .body(axum::body::Body::empty())
                 .unwrap()
         };
-        assert_eq!(request_id(&req("abc-123_x.y:z")), "abc-123_x.y:z");
+        assert_eq!(&*request_id(&req("abc-123_x.y:z")), "abc-123_x.y:z");
         for bad in ["", "a b", "evil\"}", &"a".repeat(129), "semi;colon"] {
             let id = request_id(&req(bad));
-            assert_ne!(id, bad);
+            assert_ne!(&*id, bad);
             assert_eq!(id.len(), 36, "a fresh UUID-shaped id");
         }
         let (a, b) = (request_id(&req("")), request_id(&req("")));

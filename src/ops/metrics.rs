@@ -7,10 +7,15 @@
 //! is a calling code. Every error answered over HTTP 200 is counted by its `extensions.code`, so a
 //! Redis outage shows here even though a load balancer sees only 200s.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, Key, Label, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "phone_auth_http_requests_total";
@@ -72,6 +77,120 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .clone()
         .map_err(|e| anyhow::anyhow!(e))
 }
+
+/// Whether our recorder is installed: before (or without) it, every metric call is a no-op.
+fn installed() -> bool {
+    matches!(HANDLE.get(), Some(Ok(_)))
+}
+
+thread_local! {
+    /// The series recorded on every request, by their name and label values (the `&'static str`s'
+    /// addresses: every value is a constant of this crate). `counter!` with labels builds a key (a
+    /// `Vec` of labels), hashes it and looks it up in the shared registry on each call; a handle is
+    /// an `Arc` to the series itself. Filled only once the recorder is installed (a handle taken
+    /// before would point at no recorder for good).
+    static COUNTERS: RefCell<HashMap<Series<4>, Counter, AddressHash>> = RefCell::new(HashMap::default());
+    static HISTOGRAMS: RefCell<HashMap<Series<2>, Histogram, AddressHash>> = RefCell::new(HashMap::default());
+}
+
+/// A series by the addresses of its name and label values; hashed as one word (equality still
+/// compares every address).
+#[derive(PartialEq, Eq)]
+struct Series<const N: usize>([usize; N]);
+
+impl<const N: usize> std::hash::Hash for Series<N> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mixed = self.0.iter().fold(0u64, |acc, a| {
+            (acc.rotate_left(5) ^ *a as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
+        });
+        state.write_u64(mixed);
+    }
+}
+
+/// A hash for the caches' keys, which are addresses of constants (nothing a client chooses): `Series`
+/// mixes them with one multiply per word (FxHash's) and this passes the word on, instead of SipHash,
+/// which cost more than the lookup it served.
+#[derive(Clone, Copy, Default)]
+struct AddressHash;
+
+impl std::hash::BuildHasher for AddressHash {
+    type Hasher = AddressHasher;
+    fn build_hasher(&self) -> AddressHasher {
+        AddressHasher(0)
+    }
+}
+
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+    fn write_usize(&mut self, word: usize) {
+        self.write_u64(word as u64);
+    }
+}
+
+fn labels(pairs: &[(&'static str, &'static str)]) -> Vec<Label> {
+    pairs
+        .iter()
+        .map(|(k, v)| Label::from_static_parts(k, v))
+        .collect()
+}
+
+/// `counter!(name, k1 => v1[, k2 => v2])`, its handle kept per thread.
+fn hot_counter(name: &'static str, pairs: &[(&'static str, &'static str)]) -> Option<Counter> {
+    if !installed() {
+        return None;
+    }
+    let id = Series([
+        name.as_ptr() as usize,
+        pairs.first().map_or(0, |p| p.1.as_ptr() as usize),
+        pairs.get(1).map_or(0, |p| p.1.as_ptr() as usize),
+        pairs.get(2).map_or(0, |p| p.1.as_ptr() as usize),
+    ]);
+    Some(COUNTERS.with_borrow_mut(|cache| {
+        cache
+            .entry(id)
+            .or_insert_with(|| {
+                metrics::with_recorder(|r| {
+                    r.register_counter(&Key::from_parts(name, labels(pairs)), &METADATA)
+                })
+            })
+            .clone()
+    }))
+}
+
+fn hot_histogram(name: &'static str, pairs: &[(&'static str, &'static str)]) -> Option<Histogram> {
+    if !installed() {
+        return None;
+    }
+    let id = Series([
+        name.as_ptr() as usize,
+        pairs.first().map_or(0, |p| p.1.as_ptr() as usize),
+    ]);
+    Some(HISTOGRAMS.with_borrow_mut(|cache| {
+        cache
+            .entry(id)
+            .or_insert_with(|| {
+                metrics::with_recorder(|r| {
+                    r.register_histogram(&Key::from_parts(name, labels(pairs)), &METADATA)
+                })
+            })
+            .clone()
+    }))
+}
+
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by status.");
@@ -161,13 +280,19 @@ pub fn operation_label(root_field: Option<&str>) -> &'static str {
 }
 
 pub fn graphql_request(operation: &'static str, codes: &[&'static str], took: Duration) {
-    if codes.is_empty() {
-        counter!(GRAPHQL_REQUESTS, "operation" => operation, "code" => "OK").increment(1);
+    if codes.is_empty()
+        && let Some(c) = hot_counter(GRAPHQL_REQUESTS, &[("operation", operation), ("code", "OK")])
+    {
+        c.increment(1);
     }
     for code in codes {
-        counter!(GRAPHQL_REQUESTS, "operation" => operation, "code" => *code).increment(1);
+        if let Some(c) = hot_counter(GRAPHQL_REQUESTS, &[("operation", operation), ("code", code)]) {
+            c.increment(1);
+        }
     }
-    histogram!(GRAPHQL_DURATION, "operation" => operation).record(took.as_secs_f64());
+    if let Some(h) = hot_histogram(GRAPHQL_DURATION, &[("operation", operation)]) {
+        h.record(took.as_secs_f64());
+    }
 }
 
 /// Static labels only: a label built per request (`status.to_string()`) is an allocation and a
@@ -192,17 +317,25 @@ pub fn http_request(status: u16) {
         s if (400..500).contains(&s) => "4xx",
         _ => "5xx",
     };
-    counter!(HTTP_REQUESTS, "status" => status).increment(1);
+    if let Some(c) = hot_counter(HTTP_REQUESTS, &[("status", status)]) {
+        c.increment(1);
+    }
 }
 
 pub fn budget_refused(budget: &'static str) {
-    counter!(BUDGET_REFUSALS, "budget" => budget).increment(1);
+    if let Some(c) = hot_counter(BUDGET_REFUSALS, &[("budget", budget)]) {
+        c.increment(1);
+    }
 }
 
 /// The outcome of the code issue script (`services::otp`): 0 issued, else the budget that refused.
 pub fn issue_outcome(status: i64) {
     match status {
-        0 => counter!(CODES_ISSUED).increment(1),
+        0 => {
+            if let Some(c) = hot_counter(CODES_ISSUED, &[]) {
+                c.increment(1);
+            }
+        }
         1 => budget_refused("phone_resend_cooldown"),
         2 => budget_refused("phone_sends"),
         3 => budget_refused("ip_code_requests"),
@@ -216,7 +349,11 @@ pub fn issue_outcome(status: i64) {
 pub fn check_outcome(status: i64) {
     match status {
         0 => counter!(CODES_VERIFIED).increment(1),
-        1 | 2 => counter!(CODE_CHECKS_FAILED).increment(1),
+        1 | 2 => {
+            if let Some(c) = hot_counter(CODE_CHECKS_FAILED, &[]) {
+                c.increment(1);
+            }
+        }
         3 => budget_refused("phone_failures"),
         4 => budget_refused("ip_code_checks"),
         _ => {}
@@ -224,25 +361,38 @@ pub fn check_outcome(status: i64) {
 }
 
 pub fn sms_job(provider: &'static str, to: &str, outcome: &'static str) {
-    counter!(SMS_JOBS, "provider" => provider, "country_code" => calling_code(to), "outcome" => outcome)
-        .increment(1);
+    let labels = [
+        ("provider", provider),
+        ("country_code", calling_code(to)),
+        ("outcome", outcome),
+    ];
+    if let Some(c) = hot_counter(SMS_JOBS, &labels) {
+        c.increment(1);
+    }
 }
 
 /// The calling code of an E.164 number (`+44...` -> "44"): a region label of bounded cardinality
-/// (about 230 codes) that names no subscriber.
-fn calling_code(e164: &str) -> String {
+/// (about 230 codes) that names no subscriber. Each code's label is made once (and kept: a
+/// `&'static str`, so the series handle is cached like the others).
+fn calling_code(e164: &str) -> &'static str {
+    static LABELS: std::sync::Mutex<Vec<(u16, &'static str)>> = std::sync::Mutex::new(Vec::new());
     let digits = e164.trim_start_matches('+');
     // ITU-T E.164 calling codes are prefix-free: 1 to 3 digits.
     for len in 1..=3 {
-        if let Some(code) = digits.get(..len)
-            && phonenumber::metadata::DATABASE
-                .by_code(&code.parse::<u16>().unwrap_or(0))
-                .is_some()
-        {
-            return code.to_owned();
+        let Some(code) = digits.get(..len).and_then(|c| c.parse::<u16>().ok()) else {
+            continue;
+        };
+        let mut labels = LABELS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, label)) = labels.iter().find(|(c, _)| *c == code) {
+            return label;
+        }
+        if phonenumber::metadata::DATABASE.by_code(&code).is_some() {
+            let label: &'static str = Box::leak(code.to_string().into_boxed_str());
+            labels.push((code, label));
+            return label;
         }
     }
-    "unknown".to_owned()
+    "unknown"
 }
 
 pub fn store_error(store: &'static str, kind: &'static str) {

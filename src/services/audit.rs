@@ -275,7 +275,11 @@ async fn writer(sink: AuditSink, mut account: mpsc::Receiver<AuditRow>, mut bulk
 }
 
 /// Takes what is queued, account events first, up to `BATCH` rows. True when the batch is full.
-fn fill(batch: &mut Vec<AuditRow>, account: &mut mpsc::Receiver<AuditRow>, bulk: &mut mpsc::Receiver<AuditRow>) -> bool {
+fn fill(
+    batch: &mut Vec<AuditRow>,
+    account: &mut mpsc::Receiver<AuditRow>,
+    bulk: &mut mpsc::Receiver<AuditRow>,
+) -> bool {
     while batch.len() < BATCH {
         match account.try_recv().or_else(|_| bulk.try_recv()) {
             Ok(row) => batch.push(row),
@@ -342,7 +346,6 @@ async fn copy_batch(pool: &PgPool, rows: &[AuditRow]) -> Result<(), sqlx::Error>
 /// string (the user agent) goes through `escape`, so it can never end a field or a row. Written
 /// straight into the batch: no string per field.
 fn encode_copy_row(out: &mut Vec<u8>, r: &AuditRow) {
-    use std::io::Write as _;
     fn text(out: &mut Vec<u8>, v: Option<&str>) {
         match v {
             None => out.extend_from_slice(b"\\N"),
@@ -351,6 +354,10 @@ fn encode_copy_row(out: &mut Vec<u8>, r: &AuditRow) {
     }
     // Only ASCII bytes are replaced: UTF-8 sequences pass through whole.
     fn escape(out: &mut Vec<u8>, v: &[u8]) {
+        if !v.iter().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+            out.extend_from_slice(v);
+            return;
+        }
         for &b in v {
             match b {
                 b'\\' => out.extend_from_slice(b"\\\\"),
@@ -364,17 +371,14 @@ fn encode_copy_row(out: &mut Vec<u8>, r: &AuditRow) {
     fn uuid(out: &mut Vec<u8>, v: Option<Uuid>) {
         match v {
             None => out.extend_from_slice(b"\\N"),
-            Some(u) => out.extend_from_slice(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes()),
+            Some(u) => {
+                out.extend_from_slice(u.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes())
+            }
         }
     }
     // RFC 3339 with an offset: what timestamptz reads back exactly (digits, '-', ':', '.', 'T', 'Z':
     // nothing to escape).
-    if r.at
-        .format_into(out, &time::format_description::well_known::Rfc3339)
-        .is_err()
-    {
-        out.extend_from_slice(b"now");
-    }
+    crate::ops::logging::rfc3339_utc(out, r.at);
     out.push(b'\t');
     escape(out, r.event.as_bytes());
     out.push(b'\t');
@@ -395,9 +399,7 @@ fn encode_copy_row(out: &mut Vec<u8>, r: &AuditRow) {
     out.push(b'\t');
     match r.client_ip {
         None => out.extend_from_slice(b"\\N"),
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
+        ip => crate::ops::logging::write_ip(out, ip),
     }
     out.push(b'\t');
     text(out, r.user_agent.as_deref());

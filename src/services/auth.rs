@@ -167,14 +167,18 @@ impl AuthService {
     {
         // Boxed before it is spawned: the flow futures are several KiB, and moving them by value into
         // the task cost ~10% of a wrong `verifyUser` (callgrind, docs/BENCHMARKS.md).
-        // In the request's span, so the flow's log lines carry its request id; with its caller, so
-        // its audit events say who asked.
+        // With the request's id, so the flow's log lines carry it; with its caller, so its audit
+        // events say who asked.
         let caller = Caller::current();
+        let request = crate::ops::logging::current_request();
         let guard = FlowGuard::new(&self.flows);
         let flow = CALLER.scope(caller, Box::pin(flow(self.clone())).in_current_span());
         tokio::spawn(async move {
             let _guard = guard;
-            flow.await
+            match request {
+                Some(id) => crate::ops::logging::CURRENT_REQUEST.scope(id, flow).await,
+                None => flow.await,
+            }
         })
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("flow task: {e}")))?

@@ -254,7 +254,11 @@ async fn the_audit_trail_holds_a_whole_flow_in_order() {
     assert_eq!(detail("unlocked", 0)["by"], "code");
     assert_eq!(detail("signed_out", 0)["allSessions"], true);
     if let Some((_, db)) = &app.embedded {
-        let ips: Vec<Option<String>> = db.audit_events().into_iter().map(|r| r.client_ip).collect();
+        let ips: Vec<Option<String>> = db
+            .audit_events()
+            .into_iter()
+            .map(|r| r.client_ip.map(|ip| ip.to_string()))
+            .collect();
         assert!(ips.iter().all(|ip| ip.as_deref() == Some("127.0.0.1")), "{ips:?}");
         return;
     }
