@@ -341,11 +341,9 @@ impl AccessLine<'_> {
     /// As tracing-subscriber's full text format: `<time>  INFO request{request_id=..}: <target>:
     /// request method=POST ...`, with its colours on a terminal.
     fn text(&self, buf: &mut Vec<u8>, ansi: bool) {
-        let (dim, bold, italic, green, reset): (&[u8], &[u8], &[u8], &[u8], &[u8]) = if ansi {
-            (b"\x1b[2m", b"\x1b[1m", b"\x1b[3m", b"\x1b[32m", b"\x1b[0m")
-        } else {
-            (b"", b"", b"", b"", b"")
-        };
+        let paint = |code: &'static [u8]| -> &'static [u8] { if ansi { code } else { b"" } };
+        let (dim, bold, italic) = (paint(b"\x1b[2m"), paint(b"\x1b[1m"), paint(b"\x1b[3m"));
+        let (green, reset) = (paint(b"\x1b[32m"), paint(b"\x1b[0m"));
         let put = |buf: &mut Vec<u8>, parts: &[&[u8]]| {
             for part in parts {
                 buf.extend_from_slice(part);
