@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use metrics::{
     Counter, Histogram, Key, Label, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -90,7 +89,7 @@ thread_local! {
     /// an `Arc` to the series itself. Filled only once the recorder is installed (a handle taken
     /// before would point at no recorder for good).
     static COUNTERS: RefCell<HashMap<Series<4>, Counter, AddressHash>> = RefCell::new(HashMap::default());
-    static HISTOGRAMS: RefCell<HashMap<Series<2>, Histogram, AddressHash>> = RefCell::new(HashMap::default());
+    static HISTOGRAMS: RefCell<HashMap<Series<3>, Histogram, AddressHash>> = RefCell::new(HashMap::default());
 }
 
 /// A series by the addresses of its name and label values; hashed as one word (equality still
@@ -176,6 +175,7 @@ fn hot_histogram(name: &'static str, pairs: &[(&'static str, &'static str)]) -> 
     let id = Series([
         name.as_ptr() as usize,
         pairs.first().map_or(0, |p| p.1.as_ptr() as usize),
+        pairs.get(1).map_or(0, |p| p.1.as_ptr() as usize),
     ]);
     Some(HISTOGRAMS.with_borrow_mut(|cache| {
         cache
@@ -399,13 +399,24 @@ pub fn store_error(store: &'static str, kind: &'static str) {
     counter!(STORE_ERRORS, "store" => store, "kind" => kind).increment(1);
 }
 
-/// Times a store call: `timed("redis", "otp_issue", fut)`.
+/// Times a store call: `timed("redis", "script", fut)` records its latency in
+/// `phone_auth_store_duration_seconds{store, operation}`. Without the recorder, just `fut`.
 pub async fn timed<T>(store: &'static str, operation: &'static str, fut: impl Future<Output = T>) -> T {
+    if !installed() {
+        return fut.await;
+    }
     let start = Instant::now();
     let out = fut.await;
-    histogram!(STORE_DURATION, "store" => store, "operation" => operation)
-        .record(start.elapsed().as_secs_f64());
+    if let Some(h) = hot_histogram(STORE_DURATION, &[("store", store), ("operation", operation)]) {
+        h.record(start.elapsed().as_secs_f64());
+    }
     out
+}
+
+/// Whether store calls are timed (the recorder is installed): callers that would box a future only
+/// to time it ask first.
+pub fn timing_stores() -> bool {
+    installed()
 }
 
 /// Serves `GET /metrics` on `addr` (its own listener, in the background).

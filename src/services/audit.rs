@@ -194,7 +194,9 @@ pub enum AuditSink {
 impl AuditSink {
     async fn insert(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
         match self {
-            AuditSink::Postgres(pool) => copy_batch(pool, rows).await,
+            AuditSink::Postgres(pool) => {
+                crate::ops::metrics::timed("postgres", "audit_copy", copy_batch(pool, rows)).await
+            }
             AuditSink::Embedded(db) => {
                 db.audit_insert(rows);
                 Ok(())

@@ -116,12 +116,50 @@ impl RedisConn {
     }
 }
 
+/// The `operation` label of a Redis command's latency: its kind, from a fixed list (a script, the
+/// outbox's stream commands, the rest).
+fn command_label(cmd: &Cmd) -> &'static str {
+    let Some(redis::Arg::Simple(name)) = cmd.args_iter().next() else {
+        return "other";
+    };
+    const KNOWN: &[(&str, &str)] = &[
+        ("EVALSHA", "script"),
+        ("EVAL", "script"),
+        ("SCRIPT", "script_load"),
+        ("XREADGROUP", "xreadgroup"),
+        ("XADD", "xadd"),
+        ("XACK", "xack"),
+        ("XAUTOCLAIM", "xautoclaim"),
+        ("XCLAIM", "xclaim"),
+        ("XPENDING", "xpending"),
+        ("XLEN", "xlen"),
+        ("XRANGE", "xrange"),
+        ("XDEL", "xdel"),
+        ("WAIT", "wait"),
+        ("GET", "get"),
+        ("SET", "set"),
+        ("DEL", "del"),
+        ("INCR", "incr"),
+        ("DECR", "decr"),
+        ("PING", "ping"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(command, _)| name.eq_ignore_ascii_case(command.as_bytes()))
+        .map_or("other", |(_, label)| label)
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
+        let call = match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        };
+        // Every Redis call of every store passes here: its latency, when metrics are on.
+        if !crate::ops::metrics::timing_stores() {
+            return call;
         }
+        Box::pin(crate::ops::metrics::timed("redis", command_label(cmd), call))
     }
 
     fn req_packed_commands<'a>(
@@ -130,10 +168,14 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
+        let call = match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        };
+        if !crate::ops::metrics::timing_stores() {
+            return call;
         }
+        Box::pin(crate::ops::metrics::timed("redis", "pipeline", call))
     }
 
     fn get_db(&self) -> i64 {

@@ -187,9 +187,9 @@ pub enum Sessions {
 }
 
 macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
+    ($self:ident, $op:literal, $s:ident => $call:expr) => {
         match &$self.backend {
-            Sessions::Postgres($s) => $call.await,
+            Sessions::Postgres($s) => crate::ops::metrics::timed("postgres", $op, $call).await,
             Sessions::Embedded($s) => {
                 let $s = &**$s;
                 $call.await
@@ -238,7 +238,7 @@ impl SessionStore {
             auth: &auth,
             device,
         };
-        dispatch!(self, s => s.insert(&row, audit))?;
+        dispatch!(self, "insert", s => s.insert(&row, audit))?;
         Ok(NewSession {
             session_id,
             refresh_token: token,
@@ -255,7 +255,7 @@ impl SessionStore {
         let hash = OpaqueToken::digest_if_plausible(refresh_token).ok_or(AppError::InvalidToken)?;
         let (token, new_hash) = new_refresh_token()?;
         let (user, session_id, expires_at, auth) =
-            dispatch!(self, s => s.rotate(&hash, &new_hash))?.ok_or(AppError::InvalidToken)?;
+            dispatch!(self, "rotate", s => s.rotate(&hash, &new_hash))?.ok_or(AppError::InvalidToken)?;
         Ok((
             user,
             NewSession {
@@ -269,12 +269,12 @@ impl SessionStore {
 
     /// The user of a session that is live (not revoked, not expired) and belongs to `user_id`.
     pub async fn live_user(&self, session_id: Uuid, user_id: Uuid) -> AppResult<Option<User>> {
-        dispatch!(self, s => s.live_user(session_id, user_id))
+        dispatch!(self, "live_user", s => s.live_user(session_id, user_id))
     }
 
     /// Deletes sessions (and their refresh tokens) that ended more than a day ago.
     pub async fn purge_expired(&self) -> AppResult<u64> {
-        dispatch!(self, s => s.purge_expired())
+        dispatch!(self, "purge_expired", s => s.purge_expired())
     }
 
     /// Revokes one session, or every live session of the user. Returns how many were revoked. The
@@ -290,7 +290,7 @@ impl SessionStore {
             .user(user_id)
             .session(session_id)
             .detail(serde_json::json!({ "allSessions": all }));
-        dispatch!(self, s => s.revoke(session_id, user_id, all, audit))
+        dispatch!(self, "revoke", s => s.revoke(session_id, user_id, all, audit))
     }
 
     /// A live session of `user_id` with its user and how it was signed in (recent-authentication
@@ -300,19 +300,19 @@ impl SessionStore {
         session_id: Uuid,
         user_id: Uuid,
     ) -> AppResult<Option<(User, SessionAuth)>> {
-        dispatch!(self, s => s.live_session(session_id, user_id))
+        dispatch!(self, "live_session", s => s.live_session(session_id, user_id))
     }
 
     /// The live sessions of a user, newest first.
     pub async fn list_live(&self, user_id: Uuid) -> AppResult<Vec<SessionInfo>> {
-        dispatch!(self, s => s.list_live(user_id))
+        dispatch!(self, "list_live", s => s.list_live(user_id))
     }
 
     /// Revokes one live session of `user_id` (`revokeSession`). False when there is none with that id
     /// for that user. The event (`audit`, completed here: session_revoked) is written with it.
     pub async fn revoke_own(&self, session_id: Uuid, user_id: Uuid, audit: AuditRow) -> AppResult<bool> {
         let audit = audit.user(user_id);
-        dispatch!(self, s => s.revoke_own(session_id, user_id, audit))
+        dispatch!(self, "revoke_own", s => s.revoke_own(session_id, user_id, audit))
     }
 }
 

@@ -95,9 +95,9 @@ impl UserStore {
 }
 
 macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
+    ($self:ident, $op:literal, $s:ident => $call:expr) => {
         match $self {
-            UserStore::Postgres($s) => $call.await,
+            UserStore::Postgres($s) => crate::ops::metrics::timed("postgres", $op, $call).await,
             UserStore::Embedded($s) => {
                 let $s = &**$s;
                 $call.await
@@ -108,10 +108,10 @@ macro_rules! dispatch {
 
 impl UserStorage for UserStore {
     async fn find_by_phone(&self, phone: &PhoneNumber) -> AppResult<Option<User>> {
-        dispatch!(self, s => s.find_by_phone(phone))
+        dispatch!(self, "find_by_phone", s => s.find_by_phone(phone))
     }
     async fn find_credentials(&self, phone: &PhoneNumber) -> AppResult<Option<(User, String)>> {
-        dispatch!(self, s => s.find_credentials(phone))
+        dispatch!(self, "find_credentials", s => s.find_credentials(phone))
     }
     async fn create(
         &self,
@@ -121,13 +121,13 @@ impl UserStorage for UserStore {
         first_name: Option<&str>,
         last_name: Option<&str>,
     ) -> AppResult<User> {
-        dispatch!(self, s => s.create(id, phone, password_hash, first_name, last_name))
+        dispatch!(self, "create", s => s.create(id, phone, password_hash, first_name, last_name))
     }
     async fn find_by_ids(&self, ids: &[Uuid]) -> AppResult<Vec<User>> {
-        dispatch!(self, s => s.find_by_ids(ids))
+        dispatch!(self, "find_by_ids", s => s.find_by_ids(ids))
     }
     async fn password_hash(&self, id: Uuid) -> AppResult<Option<String>> {
-        dispatch!(self, s => s.password_hash(id))
+        dispatch!(self, "password_hash", s => s.password_hash(id))
     }
     async fn set_password_revoking(
         &self,
@@ -137,7 +137,7 @@ impl UserStorage for UserStore {
         reason: &str,
         audit: AuditRow,
     ) -> AppResult<Option<u64>> {
-        dispatch!(self, s => s.set_password_revoking(id, password_hash, keep, reason, audit))
+        dispatch!(self, "set_password_revoking", s => s.set_password_revoking(id, password_hash, keep, reason, audit))
     }
     async fn change_phone(
         &self,
@@ -145,10 +145,10 @@ impl UserStorage for UserStore {
         new_phone: &PhoneNumber,
         audit: AuditRow,
     ) -> AppResult<Option<String>> {
-        dispatch!(self, s => s.change_phone(id, new_phone, audit))
+        dispatch!(self, "change_phone", s => s.change_phone(id, new_phone, audit))
     }
     async fn delete(&self, id: Uuid, audit: AuditRow) -> AppResult<Option<String>> {
-        dispatch!(self, s => s.delete(id, audit))
+        dispatch!(self, "delete", s => s.delete(id, audit))
     }
 }
 

@@ -113,6 +113,26 @@ async fn metrics_count_a_flow_and_logs_carry_the_request_id() {
         sample(&metrics, "phone_auth_hash_wait_seconds_count", &[]) >= 4.0,
         "{metrics}"
     );
+    // Store latency, by store and operation: the code scripts on Redis, the sign-up's session insert
+    // and the sign-in's credential lookup on PostgreSQL.
+    assert!(
+        sample(
+            &metrics,
+            "phone_auth_store_duration_seconds_count",
+            &[("store", "redis"), ("operation", "script")]
+        ) >= 6.0,
+        "{metrics}"
+    );
+    for operation in ["insert", "find_credentials"] {
+        assert!(
+            sample(
+                &metrics,
+                "phone_auth_store_duration_seconds_count",
+                &[("store", "postgres"), ("operation", operation)]
+            ) >= 1.0,
+            "{operation}: {metrics}"
+        );
+    }
     assert!(!metrics.contains("6502530"), "no phone in any label");
     assert!(!metrics.contains("127.0.0.1"), "no IP in any label");
 
