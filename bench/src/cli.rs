@@ -96,6 +96,17 @@ pub struct RunArgs {
     /// Extra server environment, KEY=VALUE (repeatable), e.g. HASH_CONCURRENCY=1.
     #[arg(long = "server-env")]
     pub server_env: Vec<String>,
+    /// Interleaved A/B: a second server "b" with these settings after `--server-env`'s (KEY=VALUE,
+    /// repeatable). With it, only generate-code and verify-wrong run (those selected), in alternating
+    /// slices against "a" and "b" (see `--ab-slices`).
+    #[arg(long = "b-env")]
+    pub b_env: Vec<String>,
+    /// Slices per scenario of the interleaved A/B (half on each side, order A B B A ...).
+    #[arg(long, default_value_t = 24)]
+    pub ab_slices: usize,
+    /// Measured seconds per slice of the interleaved A/B (each after 0.2 s of warm-up).
+    #[arg(long, default_value_t = 1.0)]
+    pub ab_slice_seconds: f64,
     /// Logs and the report go here.
     #[arg(long, default_value = "target/bench")]
     pub work_dir: PathBuf,

@@ -340,6 +340,9 @@ async fn phases(bench: &mut Bench) -> anyhow::Result<()> {
         return Ok(());
     }
     seed::recreate_database(&bench.args.pg_server, &bench.args.database).await?;
+    if !bench.args.b_env.is_empty() {
+        return scenarios::interleaved::interleaved_phase(bench).await;
+    }
     if bench.wants("argon2") || bench.wants("login") {
         baseline::argon2_rates(bench)?;
     }

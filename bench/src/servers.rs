@@ -61,6 +61,25 @@ pub async fn start_server_on(
     extra_env: &[(&str, String)],
     embedded: bool,
 ) -> anyhow::Result<Server> {
+    start_server_full(bench, name, extra_env, embedded, &[]).await
+}
+
+/// `start_server` with `overrides` applied after `--server-env` (the "b" side of an interleaved A/B).
+pub async fn start_server_overriding(
+    bench: &mut Bench,
+    name: &str,
+    overrides: &[(String, String)],
+) -> anyhow::Result<Server> {
+    start_server_full(bench, name, &[], false, overrides).await
+}
+
+async fn start_server_full(
+    bench: &mut Bench,
+    name: &str,
+    extra_env: &[(&str, String)],
+    embedded: bool,
+    overrides: &[(String, String)],
+) -> anyhow::Result<Server> {
     let port = procs::free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let prefix = format!("bench:{}:{name}:", bench.run_id);
@@ -96,6 +115,7 @@ pub async fn start_server_on(
             .with_context(|| format!("--server-env {kv:?} is not KEY=VALUE"))?;
         env.push((k.to_owned(), v.to_owned()));
     }
+    env.extend(overrides.iter().cloned());
     for (k, v) in &env {
         command.env(k, v);
     }

@@ -76,7 +76,7 @@ pub async fn verify_wrong_as(bench: &mut Bench, server: &Server, scenario: &str)
 
 /// Setup of verify-wrong: a pending code for each of `--pending-codes` fresh test numbers, with Redis
 /// memory measured around it (noted under "redis-memory"). Returns the phones that got one.
-async fn pending_codes(bench: &mut Bench, server: &Server) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn pending_codes(bench: &mut Bench, server: &Server) -> anyhow::Result<Vec<String>> {
     let mut conn = redis_conn(&bench.redis_url).await?;
     let numbers = PhoneGen::new("+1408");
     // One request first, so that the scripts are loaded and the per-IP and service keys exist.

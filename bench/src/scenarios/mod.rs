@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod cluster;
 pub mod codes;
 pub mod embedded;
+pub mod interleaved;
 pub mod mixed;
 pub mod sessions;
 pub mod users;
