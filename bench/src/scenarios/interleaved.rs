@@ -125,6 +125,12 @@ where
             "{scenario} on {}: {unexpected} unexpected answers",
             servers[side].name
         );
+        anyhow::ensure!(
+            count > 0,
+            "{scenario} on {}: no request in slice {i} (verify-wrong: raise --pending-codes; a slice \
+             uses about its rate x (slice + 0.2 s) / 4 phones of its side)",
+            servers[side].name
+        );
         rates[side].push(count as f64 / seconds.as_secs_f64());
     }
     let (sum_a, sum_b): (f64, f64) = (rates[0].iter().sum(), rates[1].iter().sum());
