@@ -97,7 +97,10 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let meta = event.metadata();
+        // An event a crate emitted through `log` has the target "log" and its own in a field: the
+        // subscriber's formats print the real one, and so does this.
+        let normalized = tracing_log::NormalizeEvent::normalized_metadata(event);
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let request = current_request();
         let mut now = Vec::with_capacity(27);
         timestamp(&mut now);
@@ -106,6 +109,13 @@ where
             // The fields as one JSON object (`JsonFields`), flattened into the line.
             let mut fields = String::new();
             ctx.format_fields(Writer::new(&mut fields), event)?;
+            if normalized.is_some() {
+                // A `log` record: its metadata came as `log.*` fields (already used above).
+                if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(&fields) {
+                    map.retain(|k, _| !k.starts_with("log."));
+                    fields = serde_json::Value::Object(map).to_string();
+                }
+            }
             let fields = fields
                 .trim()
                 .strip_prefix('{')
@@ -671,6 +681,19 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn lines_of_log_records_name_their_real_target() {
+        // Records of crates that log through `log` reach the subscriber through its LogTracer.
+        let _ = tracing_log::LogTracer::init();
+        let text = captured(false, || log::warn!(target: "redis::aio", "reconnecting"));
+        assert!(text.ends_with(" WARN redis::aio: reconnecting\n"), "{text}");
+        let json = captured(true, || log::warn!(target: "redis::aio", "reconnecting"));
+        let line: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(line["target"], "redis::aio", "{json}");
+        assert_eq!(line["message"], "reconnecting");
+        assert!(line.get("log.target").is_none(), "{json}");
     }
 
     #[test]
