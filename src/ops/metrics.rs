@@ -92,23 +92,21 @@ thread_local! {
     static HISTOGRAMS: RefCell<HashMap<Series<3>, Histogram, AddressHash>> = RefCell::new(HashMap::default());
 }
 
-/// A series by the addresses of its name and label values; hashed as one word (equality still
-/// compares every address).
+/// A series by the addresses of its name and label values (unused label slots are 0).
 #[derive(PartialEq, Eq)]
 struct Series<const N: usize>([usize; N]);
 
 impl<const N: usize> std::hash::Hash for Series<N> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mixed = self.0.iter().fold(0u64, |acc, a| {
-            (acc.rotate_left(5) ^ *a as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
-        });
-        state.write_u64(mixed);
+        // Word by word, without the length prefix that hashing the array would add.
+        for address in self.0 {
+            state.write_u64(address as u64);
+        }
     }
 }
 
-/// A hash for the caches' keys, which are addresses of constants (nothing a client chooses): `Series`
-/// mixes them with one multiply per word (FxHash's) and this passes the word on, instead of SipHash,
-/// which cost more than the lookup it served.
+/// A hash for the caches' keys, which are addresses of constants (nothing a client chooses): one
+/// multiply per word (FxHash's) instead of SipHash, which cost more than the lookup it served.
 #[derive(Clone, Copy, Default)]
 struct AddressHash;
 
@@ -125,68 +123,60 @@ impl std::hash::Hasher for AddressHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+    // `Series` writes one premixed word; anything else is mixed in word by word.
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.write_u64(u64::from(*b));
         }
     }
     fn write_u64(&mut self, word: u64) {
-        self.0 = word;
-    }
-    fn write_usize(&mut self, word: usize) {
-        self.write_u64(word as u64);
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
-fn labels(pairs: &[(&'static str, &'static str)]) -> Vec<Label> {
-    pairs
-        .iter()
-        .map(|(k, v)| Label::from_static_parts(k, v))
-        .collect()
+/// The handle of series `name{pairs}` from `cache`, registered with the recorder the first time
+/// (`register`). `N` is one more than the most labels the cache's series have.
+fn cached<T: Clone, const N: usize>(
+    cache: &'static std::thread::LocalKey<RefCell<HashMap<Series<N>, T, AddressHash>>>,
+    name: &'static str,
+    pairs: &[(&'static str, &'static str)],
+    register: impl FnOnce(&dyn metrics::Recorder, &Key) -> T,
+) -> Option<T> {
+    if !installed() {
+        return None;
+    }
+    debug_assert!(pairs.len() < N, "{name}: more labels than its cache keys");
+    let mut id = [0usize; N];
+    id[0] = name.as_ptr() as usize;
+    for (slot, (_, value)) in id[1..].iter_mut().zip(pairs) {
+        *slot = value.as_ptr() as usize;
+    }
+    Some(cache.with_borrow_mut(|cache| {
+        cache
+            .entry(Series(id))
+            .or_insert_with(|| {
+                let labels: Vec<Label> = pairs
+                    .iter()
+                    .map(|(k, v)| Label::from_static_parts(k, v))
+                    .collect();
+                metrics::with_recorder(|r| register(r, &Key::from_parts(name, labels)))
+            })
+            .clone()
+    }))
 }
 
-/// `counter!(name, k1 => v1[, k2 => v2])`, its handle kept per thread.
+/// `counter!(name, k1 => v1, ...)` (up to three labels), its handle kept per thread.
 fn hot_counter(name: &'static str, pairs: &[(&'static str, &'static str)]) -> Option<Counter> {
-    if !installed() {
-        return None;
-    }
-    let id = Series([
-        name.as_ptr() as usize,
-        pairs.first().map_or(0, |p| p.1.as_ptr() as usize),
-        pairs.get(1).map_or(0, |p| p.1.as_ptr() as usize),
-        pairs.get(2).map_or(0, |p| p.1.as_ptr() as usize),
-    ]);
-    Some(COUNTERS.with_borrow_mut(|cache| {
-        cache
-            .entry(id)
-            .or_insert_with(|| {
-                metrics::with_recorder(|r| {
-                    r.register_counter(&Key::from_parts(name, labels(pairs)), &METADATA)
-                })
-            })
-            .clone()
-    }))
+    cached(&COUNTERS, name, pairs, |r, key| {
+        r.register_counter(key, &METADATA)
+    })
 }
 
+/// `histogram!(name, k1 => v1, ...)` (up to two labels), its handle kept per thread.
 fn hot_histogram(name: &'static str, pairs: &[(&'static str, &'static str)]) -> Option<Histogram> {
-    if !installed() {
-        return None;
-    }
-    let id = Series([
-        name.as_ptr() as usize,
-        pairs.first().map_or(0, |p| p.1.as_ptr() as usize),
-        pairs.get(1).map_or(0, |p| p.1.as_ptr() as usize),
-    ]);
-    Some(HISTOGRAMS.with_borrow_mut(|cache| {
-        cache
-            .entry(id)
-            .or_insert_with(|| {
-                metrics::with_recorder(|r| {
-                    r.register_histogram(&Key::from_parts(name, labels(pairs)), &METADATA)
-                })
-            })
-            .clone()
-    }))
+    cached(&HISTOGRAMS, name, pairs, |r, key| {
+        r.register_histogram(key, &METADATA)
+    })
 }
 
 static METADATA: metrics::Metadata<'static> =

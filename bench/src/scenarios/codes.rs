@@ -59,19 +59,25 @@ pub async fn verify_wrong_as(bench: &mut Bench, server: &Server, scenario: &str)
                     if !c.limits.next() {
                         break 'phones;
                     }
-                    c.gql(
-                        "verifyUser(wrong)",
-                        verify_body(phone, WRONG_CODE),
-                        None,
-                        &["INVALID_CODE"],
-                    )
-                    .await;
+                    wrong_code(&mut c, phone).await;
                 }
             }
             c
         }
     })
     .await
+}
+
+/// One wrong code for `phone` (a pending code's phone): INVALID_CODE expected. Four per phone at
+/// most: the fifth would burn the code (TOO_MANY_ATTEMPTS).
+pub(crate) async fn wrong_code(c: &mut crate::client::Client, phone: &str) {
+    c.gql(
+        "verifyUser(wrong)",
+        verify_body(phone, WRONG_CODE),
+        None,
+        &["INVALID_CODE"],
+    )
+    .await;
 }
 
 /// Setup of verify-wrong: a pending code for each of `--pending-codes` fresh test numbers, with Redis

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::bodies::{PhoneGen, WRONG_CODE, gen_body, verify_body};
+use crate::bodies::{PhoneGen, gen_body};
 use crate::client::{Client, drive};
 use crate::run::Bench;
-use crate::scenarios::codes::pending_codes;
+use crate::scenarios::codes::{pending_codes, wrong_code};
 use crate::servers::{Server, start_server, start_server_overriding, stop_server};
 
 pub async fn interleaved_phase(bench: &mut Bench) -> anyhow::Result<()> {
@@ -53,13 +53,7 @@ async fn scenarios(bench: &mut Bench, a: &Server, b: &Server) -> anyhow::Result<
                         let Some(phone) = phones.get(cursor.fetch_add(1, Ordering::Relaxed) / 4) else {
                             break;
                         };
-                        c.gql(
-                            "verifyUser(wrong)",
-                            verify_body(phone, WRONG_CODE),
-                            None,
-                            &["INVALID_CODE"],
-                        )
-                        .await;
+                        wrong_code(&mut c, phone).await;
                     }
                     c
                 }
