@@ -429,8 +429,9 @@ async fn admin_commands_through_the_binary() {
     );
 }
 
-/// The writer's batches go in by COPY text format: a client-chosen user agent with the characters
-/// that format reserves (tab, newline, backslash, `\N`) must be stored exactly, in its own field.
+/// The writer's batches go in by binary COPY: every field as the type's binary representation, so a
+/// client-chosen user agent with the characters text formats reserve (tab, newline, backslash, `\N`)
+/// is stored exactly, in its own field, and the time is the event's (PostgreSQL's epoch, not Unix's).
 #[tokio::test]
 async fn audit_rows_keep_a_hostile_user_agent_exactly() {
     crate::real_stores_only!("the COPY text format of the PostgreSQL writer, and the admin binary");
@@ -447,9 +448,21 @@ async fn audit_rows_keep_a_hostile_user_agent_exactly() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let start = Instant::now();
-    let row: (String, Option<String>, Vec<u8>, Option<String>, Value) = loop {
+    let sent = time::OffsetDateTime::now_utc();
+    type Row = (
+        String,
+        Option<String>,
+        Vec<u8>,
+        Option<String>,
+        Value,
+        time::OffsetDateTime,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+    );
+    let row: Row = loop {
         let row = sqlx::query_as(
-            "select event, user_agent, phone_digest, client_ip, detail from audit_events where event = 'code_sent'",
+            "select event, user_agent, phone_digest, client_ip, detail, at, user_id, session_id \
+             from audit_events where event = 'code_sent'",
         )
         .fetch_optional(app.pg())
         .await
@@ -464,6 +477,13 @@ async fn audit_rows_keep_a_hostile_user_agent_exactly() {
     assert_eq!(row.2, phone_auth::services::audit::phone_digest(phone));
     assert_eq!(row.3.as_deref(), Some("127.0.0.1"));
     assert_eq!(row.4, json!({ "testNumber": false }));
+    let skew = (row.5 - sent).abs();
+    assert!(
+        skew < time::Duration::seconds(5),
+        "event time {} vs sent {sent}",
+        row.5
+    );
+    assert_eq!((row.6, row.7), (None, None));
     // Read back by the admin lookup (the digest index), as an operator would.
     let (ok, out) = admin(&app, &["audit", "--phone", phone]);
     assert!(ok, "{out}");
