@@ -80,17 +80,17 @@ impl Bench {
 
 /// CPU times (ms) and the server's minor page faults at one instant.
 #[derive(Clone, Copy, Default)]
-struct Counters {
-    server_cpu: Option<u64>,
-    own_cpu: Option<u64>,
-    server_faults: Option<u64>,
-    redis_cpu: Option<u64>,
-    postgres_cpu: Option<u64>,
-    machine_busy: Option<u64>,
+pub(crate) struct Counters {
+    pub(crate) server_cpu: Option<u64>,
+    pub(crate) own_cpu: Option<u64>,
+    pub(crate) server_faults: Option<u64>,
+    pub(crate) redis_cpu: Option<u64>,
+    pub(crate) postgres_cpu: Option<u64>,
+    pub(crate) machine_busy: Option<u64>,
 }
 
 impl Counters {
-    fn read(server: u32, redis: Option<u32>) -> Counters {
+    pub(crate) fn read(server: u32, redis: Option<u32>) -> Counters {
         Counters {
             server_cpu: procs::cpu_ms(server),
             own_cpu: procs::cpu_ms(std::process::id()),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::bodies::{PhoneGen, gen_body};
 use crate::client::{Client, drive};
-use crate::run::Bench;
+use crate::run::{Bench, Counters};
 use crate::scenarios::codes::{pending_codes, wrong_code};
 use crate::servers::{Server, start_server, start_server_overriding, stop_server};
 
@@ -104,15 +104,40 @@ where
     let clients = bench.args.clients;
     println!("scenario {scenario} interleaved: {slices} slices of {seconds:?}");
     let mut rates = [Vec::new(), Vec::new()];
+    // CPU (ms) of the measured windows, per side: server, PostgreSQL, redis-server, loadgen, machine.
+    let mut cpu = [[0u64; 5]; 2];
+    let mut requests = [0u64; 2];
+    let redis_pid = bench.redis_pid;
     for i in 0..slices {
         // A B, then B A: a drift within a pair weighs on both sides alike.
         let side = if (i / 2) % 2 == 0 { i % 2 } else { 1 - i % 2 };
         let body = body.clone();
+        let pid = servers[side].guard.pid();
+        // CPU times are read when the measured window starts (after the warm-up) and when it ends.
+        let marker = tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            Counters::read(pid, redis_pid)
+        });
         let recorded = drive(servers[side].addr, clients, warmup, seconds, u64::MAX, move |c| {
             body(side, c)
         })
         .await?;
+        let end = Counters::read(pid, redis_pid);
+        let start = marker.await.unwrap_or_default();
+        let readings = |c: &Counters| {
+            [
+                c.server_cpu,
+                c.postgres_cpu,
+                c.redis_cpu,
+                c.own_cpu,
+                c.machine_busy,
+            ]
+        };
+        for (k, (s, e)) in readings(&start).into_iter().zip(readings(&end)).enumerate() {
+            cpu[side][k] += e.zip(s).map_or(0, |(e, s)| e.saturating_sub(s));
+        }
         let count = recorded.get(op).map_or(0, |s| s.count());
+        requests[side] += count;
         let unexpected: u64 = recorded.values().map(|s| s.unexpected()).sum();
         anyhow::ensure!(
             unexpected == 0,
@@ -148,6 +173,35 @@ where
             sum_b / sum_a,
             ratios[0],
             ratios[n - 1],
+        ),
+    );
+    // Where b's extra cost goes: CPU per request of each process (10 ms clock ticks, summed over
+    // each side's slices; the tail of a slice's requests can end in the next window).
+    let per = |side: usize, k: usize| cpu[side][k] as f64 * 1000.0 / requests[side].max(1) as f64;
+    let names = [
+        "server",
+        "PostgreSQL",
+        "redis-server",
+        "loadgen",
+        "machine (busy)",
+    ];
+    let parts: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            format!(
+                "{name} {:.1} -> {:.1} ({:+.1})",
+                per(0, k),
+                per(1, k),
+                per(1, k) - per(0, k)
+            )
+        })
+        .collect();
+    bench.note(
+        "interleaved",
+        format!(
+            "{scenario}: CPU us per request, a -> b (b - a): {}",
+            parts.join("; ")
         ),
     );
     Ok(())
