@@ -117,6 +117,9 @@ async fn worker(config: Config) -> anyhow::Result<()> {
 /// one core), and talks to the stores (each call bounded by its timeout, 2-3 s): 15 s covers it with
 /// room, and fits the 30 s Kubernetes grants between SIGTERM and SIGKILL along with the drain.
 const DETACHED_FLOWS_GRACE: Duration = Duration::from_secs(15);
+/// How long shutdown waits for the audit writer to write what is queued (a COPY takes milliseconds;
+/// this covers a PostgreSQL that answers slowly, within an orchestrator's usual 30 s grace).
+const AUDIT_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
     // Bound first: the default JWT_ISSUER names the address actually bound (LISTEN_ADDR with port 0
@@ -156,6 +159,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             "shutdown: detached flows still running after {DETACHED_FLOWS_GRACE:?}; stopping them"
         );
     }
+    // Last: nothing is left to record an event. Queued audit events (sign-in failures, locks,
+    // code events) are written before the process exits.
+    app.auth.audit().close(AUDIT_CLOSE_GRACE).await;
     tracing::info!("shut down");
     Ok(())
 }

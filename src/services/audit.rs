@@ -10,8 +10,9 @@
 //!   that drops under overload (`record_bulk`, counted in `phone_auth_audit_events_dropped_total`):
 //!   an SMS-pumping flood must not turn into a write flood, nor slow or fail a request.
 //!
-//! One writer task empties both queues in batches (one COPY of up to 1,024 rows, at most every 20 ms
-//! under load).
+//! One writer task empties both queues in batches (one COPY of up to 4,096 rows, at most every
+//! 100 ms under load); at shutdown `AuditLog::close` has it write what is queued before the process
+//! exits.
 //!
 //! Who is asking (client IP, user agent) is request-scoped: the HTTP layer sets `CALLER` around the
 //! request, and `AuthService::detached` carries it into the flow's task, so flows do not thread it
@@ -167,14 +168,17 @@ macro_rules! bind_audit {
 }
 
 /// Rows per COPY at most.
-const BATCH: usize = 1024;
-/// How long the writer lets a batch fill after its first row: at most this much later in the table,
-/// and no wake-up of the writer per event (docs/BENCHMARKS.md, session 7).
-const LINGER: Duration = Duration::from_millis(20);
+const BATCH: usize = 4096;
+/// How long the writer lets a batch fill after its first row: at most this much later in the table.
+/// Each COPY is a transaction with its own WAL flush: 200,000 code rows cost PostgreSQL 1.07-1.34 s
+/// of CPU in COPYs of 400 rows (20 ms at 20,000 events a second) and 0.71-0.90 s in COPYs of 2,000
+/// (100 ms): docs/BENCHMARKS.md, session 8. Shutdown does not wait for it (`AuditLog::close`).
+const LINGER: Duration = Duration::from_millis(100);
 /// Account events waiting at most (a flow waits for room beyond this).
 const ACCOUNT_QUEUE: usize = 4096;
-/// Code events waiting at most (dropped and counted beyond this).
-const BULK_QUEUE: usize = 8192;
+/// Code events waiting at most (dropped and counted beyond this): two lingers' worth at 100,000
+/// events a second, a few MB at most.
+const BULK_QUEUE: usize = 32768;
 
 #[derive(Clone)]
 pub struct AuditLog {
@@ -182,6 +186,25 @@ pub struct AuditLog {
     bulk: mpsc::Sender<AuditRow>,
     /// AUDIT_CODE_EVENTS.
     code_events: bool,
+    control: Arc<Control>,
+}
+
+/// Between `AuditLog::close` and the writer task.
+struct Control {
+    /// Set by `close`: write what is queued now, without lingering, then stop.
+    closing: std::sync::atomic::AtomicBool,
+    /// Wakes the writer out of its linger (a permit is kept if it is not waiting yet).
+    wake: tokio::sync::Notify,
+    /// True once the writer has stopped (everything queued before `close` is written).
+    stopped: tokio::sync::watch::Sender<bool>,
+    /// Rows taken from the queues but not written yet (the batch in hand), for `close`'s report.
+    in_hand: std::sync::atomic::AtomicUsize,
+}
+
+impl Control {
+    fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Where the trail is kept: PostgreSQL (`audit_events`), or the embedded backend's memory.
@@ -219,12 +242,45 @@ impl AuditLog {
     pub fn start(sink: AuditSink, code_events: bool) -> Self {
         let (account, account_rx) = mpsc::channel(ACCOUNT_QUEUE);
         let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
-        tokio::spawn(writer(sink, account_rx, bulk_rx));
+        let control = Arc::new(Control {
+            closing: false.into(),
+            wake: tokio::sync::Notify::new(),
+            stopped: tokio::sync::watch::Sender::new(false),
+            in_hand: 0.into(),
+        });
+        tokio::spawn(writer(sink, account_rx, bulk_rx, control.clone()));
         AuditLog {
             account,
             bulk,
             code_events,
+            control,
         }
+    }
+
+    /// At shutdown, once no request or flow is left to record anything: writes every queued event
+    /// now (no linger) and waits for the writer to stop, at most `grace` (PostgreSQL down: it keeps
+    /// retrying until then). False, with an error logged that says how many events are lost, if it
+    /// did not finish. Events recorded after this are not written.
+    pub async fn close(&self, grace: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        self.control.closing.store(true, Ordering::Release);
+        self.control.wake.notify_one();
+        let mut stopped = self.control.stopped.subscribe();
+        if tokio::time::timeout(grace, stopped.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        let queued = (self.account.max_capacity() - self.account.capacity())
+            + (self.bulk.max_capacity() - self.bulk.capacity())
+            + self.control.in_hand.load(Ordering::Relaxed);
+        tracing::error!(
+            events = queued,
+            ?grace,
+            "shutdown: the audit writer could not write its queued events in time; they are lost"
+        );
+        false
     }
 
     /// An account event with no PostgreSQL change of its own: waits for room, never dropped.
@@ -246,24 +302,56 @@ impl AuditLog {
     }
 }
 
-async fn writer(sink: AuditSink, mut account: mpsc::Receiver<AuditRow>, mut bulk: mpsc::Receiver<AuditRow>) {
+async fn writer(
+    sink: AuditSink,
+    mut account: mpsc::Receiver<AuditRow>,
+    mut bulk: mpsc::Receiver<AuditRow>,
+    control: Arc<Control>,
+) {
+    use std::sync::atomic::Ordering;
     let mut batch = Vec::with_capacity(BATCH);
+    let (mut account_open, mut bulk_open) = (true, true);
     loop {
-        // Account events first: they are the ones that must not wait behind a flood.
-        tokio::select! {
-            biased;
-            Some(row) = account.recv() => batch.push(row),
-            Some(row) = bulk.recv() => batch.push(row),
-            else => return,
+        if control.closing() {
+            // Closing: whatever is queued, in full batches, then stop.
+            if !fill(&mut batch, &mut account, &mut bulk) && batch.is_empty() {
+                break;
+            }
+        } else {
+            // Account events first: they are the ones that must not wait behind a flood.
+            tokio::select! {
+                biased;
+                row = account.recv(), if account_open => match row {
+                    Some(row) => batch.push(row),
+                    None => {
+                        account_open = false;
+                        continue;
+                    }
+                },
+                row = bulk.recv(), if bulk_open => match row {
+                    Some(row) => batch.push(row),
+                    None => {
+                        bulk_open = false;
+                        continue;
+                    }
+                },
+                () = control.wake.notified(), if account_open || bulk_open => continue,
+                // Every `AuditLog` dropped and nothing queued.
+                else => break,
+            }
+            // Let the batch fill for `LINGER` before writing it: rows arriving meanwhile are queued
+            // without waking this task, and a busy server makes one COPY (one transaction, one WAL
+            // flush) every `LINGER` instead of one per handful of rows. A backlog (a full batch
+            // already) is written back to back; `close` cuts the wait short.
+            if !fill(&mut batch, &mut account, &mut bulk) {
+                tokio::select! {
+                    () = tokio::time::sleep(LINGER) => {}
+                    () = control.wake.notified() => {}
+                }
+                fill(&mut batch, &mut account, &mut bulk);
+            }
         }
-        // Let the batch fill for `LINGER` before writing it: rows arriving meanwhile are queued
-        // without waking this task, and a busy server makes one COPY (one transaction, one WAL
-        // flush) every `LINGER` instead of one per handful of rows.
-        // A backlog (a full batch already) is written back to back.
-        if !fill(&mut batch, &mut account, &mut bulk) {
-            tokio::time::sleep(LINGER).await;
-            fill(&mut batch, &mut account, &mut bulk);
-        }
+        control.in_hand.store(batch.len(), Ordering::Relaxed);
         // A failed batch is retried (PostgreSQL down): account events must not be lost while the
         // process lives; backpressure holds new ones meanwhile.
         let mut wait = Duration::from_millis(100);
@@ -273,7 +361,9 @@ async fn writer(sink: AuditSink, mut account: mpsc::Receiver<AuditRow>, mut bulk
             wait = (wait * 2).min(Duration::from_secs(5));
         }
         batch.clear();
+        control.in_hand.store(0, Ordering::Relaxed);
     }
+    control.stopped.send_replace(true);
 }
 
 /// Takes what is queued, account events first, up to `BATCH` rows. True when the batch is full.

@@ -120,6 +120,11 @@ pub enum Verified {
 }
 
 impl AuthService {
+    /// The audit trail's writer (`close` at shutdown).
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
     pub fn new(p: Parts) -> Self {
         AuthService {
             phone_policy: p.phone_policy,

@@ -489,3 +489,35 @@ async fn audit_rows_keep_a_hostile_user_agent_exactly() {
     assert!(ok, "{out}");
     assert!(out.contains("code_sent"), "{out}");
 }
+
+/// SIGTERM right after requests: the audit events they queued (the writer lets a batch fill for
+/// 100 ms) are written before the process exits, account events and code events alike.
+#[tokio::test]
+async fn shutdown_writes_the_queued_audit_events() {
+    crate::real_stores_only!("a service process on PostgreSQL, stopped by SIGTERM");
+    let stores = crate::process::Stores::new();
+    let mut p = Process::start_on(
+        stores.clone(),
+        &[
+            ("SHUTDOWN_DRAIN_SECONDS", "0".into()),
+            ("SMS_TEST_NUMBERS", "+16502530888:424242".into()),
+        ],
+    )
+    .await;
+    let phone = "+16502530888";
+    p.gql(GENERATE, json!({ "p": phone })).await;
+    let wrong = p.gql(VERIFY, json!({ "p": phone, "c": "000000" })).await;
+    assert_eq!(wrong["errors"][0]["extensions"]["code"], "INVALID_CODE");
+    let status = p.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}:\n{}", p.lines().join("\n"));
+    let events: Vec<String> = sqlx::query_scalar("select event from audit_events order by at, id")
+        .fetch_all(&stores.pg().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        ["code_sent", "code_check_failed"],
+        "{}",
+        p.lines().join("\n")
+    );
+}

@@ -192,6 +192,31 @@ impl Process {
     pub fn lines(&self) -> Vec<String> {
         self.out.lock().unwrap().clone()
     }
+
+    /// SIGTERM (what an orchestrator sends), then waits for the exit: its status, or a panic with the
+    /// log after `within`.
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "no exit {within:?} after SIGTERM:\n{}",
+                self.lines().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Process {
