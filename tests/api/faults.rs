@@ -395,3 +395,46 @@ async fn a_killed_redis_connection_costs_no_request() {
     app.wait_outbox_empty().await;
     assert_eq!(app.sms.count(PHONE), 2, "the sign-up's code and this one");
 }
+
+/// SIGTERM while PostgreSQL is down: the audit writer cannot write the event queued by a
+/// generateCode (which needs only Redis). Shutdown gives it its 5 s, then says how many events are
+/// lost and exits 0: it neither hangs nor loses them silently.
+#[tokio::test]
+async fn shutdown_with_postgres_down_reports_the_audit_events_it_lost() {
+    crate::real_stores_only!("a service process on a throwaway PostgreSQL, stopped");
+    let pg = PgServer::start();
+    let mut p = crate::process::Process::start(&[
+        ("DATABASE_URL", pg.url()),
+        ("SHUTDOWN_DRAIN_SECONDS", "0".into()),
+        ("SMS_TEST_NUMBERS", "+16502530777:424242".into()),
+    ])
+    .await;
+    pg.stop();
+    let sent = p
+        .gql(
+            "mutation($p: String!) { generateCode(phone: $p) { expiresInSeconds } }",
+            serde_json::json!({ "p": "+16502530777" }),
+        )
+        .await;
+    assert!(sent["errors"].is_null(), "{sent}");
+    let start = Instant::now();
+    let status = p.terminate(Duration::from_secs(30)).await;
+    let log = p.lines().join("\n");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(
+        start.elapsed() >= Duration::from_secs(4),
+        "did not wait for the writer:\n{log}"
+    );
+    let lost = p
+        .lines()
+        .into_iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not write its queued events"))
+        })
+        .unwrap_or_else(|| panic!("no line about the lost events:\n{log}"));
+    assert_eq!(lost["level"], "ERROR", "{lost}");
+    assert_eq!(lost["events"], 1, "{lost}");
+}
