@@ -461,6 +461,14 @@ fn encode_copy_row(out: &mut Vec<u8>, r: &AuditRow) {
             }
         }
     }
+    // A field written in place (an address as text, the JSON): its length is patched in after.
+    fn written(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        write(out);
+        let len = (out.len() - at - 4) as i32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
     out.extend_from_slice(&9i16.to_be_bytes());
     // Floor to the microsecond (what PostgreSQL keeps), before or after 1970 alike.
     let micros = i64::try_from(r.at.unix_timestamp_nanos().div_euclid(1000)).unwrap_or(i64::MAX);
@@ -471,23 +479,14 @@ fn encode_copy_row(out: &mut Vec<u8>, r: &AuditRow) {
     field(out, r.phone_digest.as_deref());
     match r.client_ip {
         None => field(out, None),
-        ip => {
-            // Length first, then the address as text (`write_ip`), the length patched in after.
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            crate::ops::logging::write_ip(out, ip);
-            let len = (out.len() - at - 4) as i32;
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        }
+        ip => written(out, |out| crate::ops::logging::write_ip(out, ip)),
     }
     field(out, r.user_agent.as_deref().map(str::as_bytes));
     field(out, r.session_id.as_ref().map(|u| u.as_bytes().as_slice()));
-    let at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    out.push(1);
-    let _ = serde_json::to_writer(&mut *out, &r.detail);
-    let len = (out.len() - at - 4) as i32;
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    written(out, |out| {
+        out.push(1);
+        let _ = serde_json::to_writer(&mut *out, &r.detail);
+    });
 }
 
 /// Deletes events older than `days`. Returns how many.
