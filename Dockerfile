@@ -1,7 +1,7 @@
 # Build: the Rust toolchain this project is tested with (1.95), then a slim runtime image.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # GraphiQL's files, embedded by src/http/graphiql.rs (include_bytes!).
 COPY assets ./assets

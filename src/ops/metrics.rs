@@ -134,16 +134,19 @@ impl std::hash::Hasher for AddressHasher {
     }
 }
 
-/// The handle of series `name{pairs}` from `cache`, registered with the recorder the first time
-/// (`register`). `N` is one more than the most labels the cache's series have.
-fn cached<T: Clone, const N: usize>(
+/// Gives `apply` the handle of series `name{pairs}` from `cache`, registered with the recorder the
+/// first time (`register`); nothing without the recorder. The handle is used where it is kept: a
+/// clone would be an `Arc` increment and decrement, on a count every worker thread shares, per call.
+/// `N` is one more than the most labels the cache's series have.
+fn with_cached<T, const N: usize>(
     cache: &'static std::thread::LocalKey<RefCell<HashMap<Series<N>, T, AddressHash>>>,
     name: &'static str,
     pairs: &[(&'static str, &'static str)],
     register: impl FnOnce(&dyn metrics::Recorder, &Key) -> T,
-) -> Option<T> {
+    apply: impl FnOnce(&T),
+) {
     if !installed() {
-        return None;
+        return;
     }
     debug_assert!(pairs.len() < N, "{name}: more labels than its cache keys");
     let mut id = [0usize; N];
@@ -151,32 +154,40 @@ fn cached<T: Clone, const N: usize>(
     for (slot, (_, value)) in id[1..].iter_mut().zip(pairs) {
         *slot = value.as_ptr() as usize;
     }
-    Some(cache.with_borrow_mut(|cache| {
-        cache
-            .entry(Series(id))
-            .or_insert_with(|| {
-                let labels: Vec<Label> = pairs
-                    .iter()
-                    .map(|(k, v)| Label::from_static_parts(k, v))
-                    .collect();
-                metrics::with_recorder(|r| register(r, &Key::from_parts(name, labels)))
-            })
-            .clone()
-    }))
+    let series = Series(id);
+    cache.with_borrow_mut(|cache| {
+        if let Some(handle) = cache.get(&series) {
+            return apply(handle);
+        }
+        let labels: Vec<Label> = pairs
+            .iter()
+            .map(|(k, v)| Label::from_static_parts(k, v))
+            .collect();
+        let handle = metrics::with_recorder(|r| register(r, &Key::from_parts(name, labels)));
+        apply(cache.entry(series).or_insert(handle));
+    });
 }
 
-/// `counter!(name, k1 => v1, ...)` (up to three labels), its handle kept per thread.
-fn hot_counter(name: &'static str, pairs: &[(&'static str, &'static str)]) -> Option<Counter> {
-    cached(&COUNTERS, name, pairs, |r, key| {
-        r.register_counter(key, &METADATA)
-    })
+/// `counter!(name, k1 => v1, ...).increment(by)` (up to three labels), its handle kept per thread.
+fn count(name: &'static str, pairs: &[(&'static str, &'static str)], by: u64) {
+    with_cached(
+        &COUNTERS,
+        name,
+        pairs,
+        |r, key| r.register_counter(key, &METADATA),
+        |c: &Counter| c.increment(by),
+    );
 }
 
-/// `histogram!(name, k1 => v1, ...)` (up to two labels), its handle kept per thread.
-fn hot_histogram(name: &'static str, pairs: &[(&'static str, &'static str)]) -> Option<Histogram> {
-    cached(&HISTOGRAMS, name, pairs, |r, key| {
-        r.register_histogram(key, &METADATA)
-    })
+/// `histogram!(name, k1 => v1, ...).record(value)` (up to two labels), its handle kept per thread.
+fn observe(name: &'static str, pairs: &[(&'static str, &'static str)], value: f64) {
+    with_cached(
+        &HISTOGRAMS,
+        name,
+        pairs,
+        |r, key| r.register_histogram(key, &METADATA),
+        |h: &Histogram| h.record(value),
+    );
 }
 
 static METADATA: metrics::Metadata<'static> =
@@ -270,19 +281,13 @@ pub fn operation_label(root_field: Option<&str>) -> &'static str {
 }
 
 pub fn graphql_request(operation: &'static str, codes: &[&'static str], took: Duration) {
-    if codes.is_empty()
-        && let Some(c) = hot_counter(GRAPHQL_REQUESTS, &[("operation", operation), ("code", "OK")])
-    {
-        c.increment(1);
+    if codes.is_empty() {
+        count(GRAPHQL_REQUESTS, &[("operation", operation), ("code", "OK")], 1);
     }
     for code in codes {
-        if let Some(c) = hot_counter(GRAPHQL_REQUESTS, &[("operation", operation), ("code", code)]) {
-            c.increment(1);
-        }
+        count(GRAPHQL_REQUESTS, &[("operation", operation), ("code", code)], 1);
     }
-    if let Some(h) = hot_histogram(GRAPHQL_DURATION, &[("operation", operation)]) {
-        h.record(took.as_secs_f64());
-    }
+    observe(GRAPHQL_DURATION, &[("operation", operation)], took.as_secs_f64());
 }
 
 /// Static labels only: a label built per request (`status.to_string()`) is an allocation and a
@@ -307,24 +312,18 @@ pub fn http_request(status: u16) {
         s if (400..500).contains(&s) => "4xx",
         _ => "5xx",
     };
-    if let Some(c) = hot_counter(HTTP_REQUESTS, &[("status", status)]) {
-        c.increment(1);
-    }
+    count(HTTP_REQUESTS, &[("status", status)], 1);
 }
 
 pub fn budget_refused(budget: &'static str) {
-    if let Some(c) = hot_counter(BUDGET_REFUSALS, &[("budget", budget)]) {
-        c.increment(1);
-    }
+    count(BUDGET_REFUSALS, &[("budget", budget)], 1);
 }
 
 /// The outcome of the code issue script (`services::otp`): 0 issued, else the budget that refused.
 pub fn issue_outcome(status: i64) {
     match status {
         0 => {
-            if let Some(c) = hot_counter(CODES_ISSUED, &[]) {
-                c.increment(1);
-            }
+            count(CODES_ISSUED, &[], 1);
         }
         1 => budget_refused("phone_resend_cooldown"),
         2 => budget_refused("phone_sends"),
@@ -338,11 +337,9 @@ pub fn issue_outcome(status: i64) {
 /// The outcome of the code check script: 0 verified, 1 wrong, 2 wrong and burnt, else a budget.
 pub fn check_outcome(status: i64) {
     match status {
-        0 => counter!(CODES_VERIFIED).increment(1),
+        0 => count(CODES_VERIFIED, &[], 1),
         1 | 2 => {
-            if let Some(c) = hot_counter(CODE_CHECKS_FAILED, &[]) {
-                c.increment(1);
-            }
+            count(CODE_CHECKS_FAILED, &[], 1);
         }
         3 => budget_refused("phone_failures"),
         4 => budget_refused("ip_code_checks"),
@@ -356,9 +353,7 @@ pub fn sms_job(provider: &'static str, to: &str, outcome: &'static str) {
         ("country_code", calling_code(to)),
         ("outcome", outcome),
     ];
-    if let Some(c) = hot_counter(SMS_JOBS, &labels) {
-        c.increment(1);
-    }
+    count(SMS_JOBS, &labels, 1);
 }
 
 /// The calling code of an E.164 number (`+44...` -> "44"): a region label of bounded cardinality
@@ -397,9 +392,11 @@ pub async fn timed<T>(store: &'static str, operation: &'static str, fut: impl Fu
     }
     let start = Instant::now();
     let out = fut.await;
-    if let Some(h) = hot_histogram(STORE_DURATION, &[("store", store), ("operation", operation)]) {
-        h.record(start.elapsed().as_secs_f64());
-    }
+    observe(
+        STORE_DURATION,
+        &[("store", store), ("operation", operation)],
+        start.elapsed().as_secs_f64(),
+    );
     out
 }
 

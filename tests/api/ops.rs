@@ -490,6 +490,44 @@ async fn audit_rows_keep_a_hostile_user_agent_exactly() {
     assert!(out.contains("code_sent"), "{out}");
 }
 
+/// `AUDIT_RETENTION_DAYS`: the hourly purge deletes the events older than the retention and keeps
+/// the others, on either backend. On PostgreSQL the table is first put in a logical-replication
+/// publication, as a team replicating its database would: the table has no primary key (migrations),
+/// and without its replica identity PostgreSQL refuses every DELETE from a published table.
+#[tokio::test]
+async fn the_retention_purge_deletes_only_the_old_events() {
+    use phone_auth::services::audit::{AuditLog, AuditRow, AuditSink};
+    let app = TestApp::spawn().await;
+    let sink = || match &app.embedded {
+        Some((_, db)) => AuditSink::Embedded(db.clone()),
+        None => AuditSink::Postgres(app.pg().clone()),
+    };
+    if app.embedded.is_none() {
+        sqlx::query("create publication audit_trail for table audit_events")
+            .execute(app.pg())
+            .await
+            .unwrap();
+    }
+    // Written as the service writes them (the queue and the batch writer), with times in the past.
+    let log = AuditLog::start(sink(), true);
+    for (event, days_ago) in [
+        ("signed_in", 400),
+        ("signed_out", 366),
+        ("signed_in", 364),
+        ("signed_out", 1),
+    ] {
+        let mut row = AuditRow::new(event).phone_e164("+16502530777");
+        row.at = time::OffsetDateTime::now_utc() - time::Duration::days(days_ago);
+        log.record(row).await;
+    }
+    assert!(log.close(Duration::from_secs(5)).await, "the events were written");
+    assert_eq!(app.audit_events(&[]).await.len(), 4);
+    assert_eq!(sink().purge(365).await.unwrap(), 2, "the two older than 365 days");
+    let left: Vec<String> = app.audit_events(&[]).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(left, ["signed_in", "signed_out"]);
+    assert_eq!(sink().purge(365).await.unwrap(), 0);
+}
+
 /// SIGTERM right after requests: the audit events they queued (the writer lets a batch fill for
 /// 100 ms) are written before the process exits, account events and code events alike.
 #[tokio::test]
