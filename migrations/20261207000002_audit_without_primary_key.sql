@@ -3,7 +3,7 @@
 -- `at` when events are read in order), so its primary key was a btree insert, and its identity a
 -- locked `nextval` (with a WAL record every 32 values), for every code sent or checked, for a
 -- uniqueness that nothing needs. COPY of 200,000 code rows in batches of 2,000 into the table as it
--- was and as it is after this migration, PostgreSQL's CPU (all its processes), eight runs and eight
+-- was and as it is after this migration, PostgreSQL's CPU (all its processes), eight runs of each,
 -- interleaved: 1.21-1.64 s (mean 1.42) before, 0.78-1.22 s (mean 1.04) after: about a quarter less
 -- (docs/BENCHMARKS.md, session 9).
 --
