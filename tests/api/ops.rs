@@ -434,7 +434,7 @@ async fn admin_commands_through_the_binary() {
 /// is stored exactly, in its own field, and the time is the event's (PostgreSQL's epoch, not Unix's).
 #[tokio::test]
 async fn audit_rows_keep_a_hostile_user_agent_exactly() {
-    crate::real_stores_only!("the COPY text format of the PostgreSQL writer, and the admin binary");
+    crate::real_stores_only!("the binary COPY of the PostgreSQL writer, and the admin binary");
     let app = TestApp::spawn().await;
     let phone = "+16502530456";
     let agent = "evil\\tagent\t(real tab) \\N\\\\x00 \"quoted\"";
